@@ -1,0 +1,267 @@
+"""Every file of a run directory is written here, under fixed names.
+
+Files are written to a temp name and renamed, so a crash never leaves half an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from har_bench.metrics import row_normalise
+
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+CONFUSION_CSV = "confusion_matrix.csv"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "training_curves.png"
+TIMINGS = "timings.json"
+MODEL_SUMMARY = "model_summary.json"
+ENVIRONMENT = "environment.json"
+ERROR = "error.txt"
+CHECKPOINTS = "checkpoints"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_status(run_dir: Path, status: str, /, **extra: Any) -> None:
+    """(Re)write metrics.json with a status, keeping whatever it already held."""
+    path = run_dir / METRICS
+    current = read_json(path) if path.exists() else {}
+    current.update(extra)
+    current["status"] = status
+    current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(path, current)
+
+
+def write_history(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:
+    tmp = run_dir / (HISTORY + ".tmp")
+    pd.DataFrame(list(history)).to_csv(tmp, index=False)
+    os.replace(tmp, run_dir / HISTORY)
+
+
+def write_confusion_matrix(run_dir: Path, cm: np.ndarray, class_names: Sequence[str]) -> None:
+    """Counts as CSV (true class = rows) and a row-normalised, labelled PNG."""
+    tmp = run_dir / (CONFUSION_CSV + ".tmp")
+    df = pd.DataFrame(cm, index=list(class_names), columns=list(class_names))
+    df.index.name = "true\\predicted"
+    df.to_csv(tmp)
+    os.replace(tmp, run_dir / CONFUSION_CSV)
+    fig = confusion_matrix_figure(cm, class_names)
+    _save_figure(fig, run_dir / CONFUSION_PNG)
+
+
+def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str = "") -> Any:
+    plt = _pyplot()
+    norm = row_normalise(cm)
+    k = len(class_names)
+    size = max(4.0, 0.6 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"confusion matrix (row-normalised, n={int(cm.sum())})")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    fig.tight_layout()
+    return fig
+
+
+def write_training_curves(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:
+    plt = _pyplot()
+    df = pd.DataFrame(list(history))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-o"), ("val", "-s")):
+        ax_loss.plot(df["epoch"], df[f"{split}_loss"], style, label=split, markersize=3)
+        ax_acc.plot(df["epoch"], df[f"{split}_accuracy"], style, label=split, markersize=3)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, run_dir / CURVES_PNG)
+
+
+def _pyplot() -> Any:
+    # Imported on first use: matplotlib costs start-up time and needs no display here.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    plt = _pyplot()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def environment_info(device: str) -> dict[str, Any]:
+    import hydra
+    import sklearn
+    import torch
+
+    from har_bench import __version__
+
+    info: dict[str, Any] = {
+        "har_bench": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_version": torch.version.cuda,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit_learn": sklearn.__version__,
+        "hydra": hydra.__version__,
+        "device": device,
+        "command": sys.argv,
+        "git_commit": _git_commit(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class TensorBoardLogger:
+    """Scalars per epoch, figures and one HParams session, all in the run's own event file.
+
+    ``SummaryWriter.add_hparams`` writes into a new timestamped sub-run, so every run would show
+    twice in TensorBoard; here the session summaries go into the run's own writer instead and
+    the HParams plugin builds the experiment from all runs' session infos.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def log_epoch(self, row: Mapping[str, float]) -> None:
+        epoch = int(row["epoch"])
+        for key, value in row.items():
+            if key == "epoch" or value is None or not np.isfinite(value):
+                continue
+            split, _, name = key.partition("_")
+            tag = f"{split}/{name}" if split in ("train", "val") else f"perf/{key}"
+            self.writer.add_scalar(tag, value, epoch)
+        self.writer.flush()
+
+    def log_confusion_matrix(self, cm: np.ndarray, class_names: Sequence[str], step: int) -> None:
+        self.writer.add_figure(
+            "test/confusion_matrix", confusion_matrix_figure(cm, class_names), step
+        )
+
+    def log_hparams(
+        self, hparams: Mapping[str, Any], metrics: Mapping[str, float], status: str = "success"
+    ) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for key, value in hparams.items():
+            if isinstance(value, bool):
+                start.hparams[key].bool_value = value
+            elif isinstance(value, int | float):
+                start.hparams[key].number_value = float(value)
+            elif value is not None:
+                start.hparams[key].string_value = str(value)
+        status_value = {
+            "success": api_pb2.STATUS_SUCCESS,
+            "failure": api_pb2.STATUS_FAILURE,
+        }.get(status, api_pb2.STATUS_UNKNOWN)
+        end = plugin_data_pb2.SessionEndInfo(status=status_value, end_time_secs=time.time())
+        for tag, content in (
+            (
+                metadata.SESSION_START_INFO_TAG,
+                plugin_data_pb2.HParamsPluginData(session_start_info=start),
+            ),
+            (
+                metadata.SESSION_END_INFO_TAG,
+                plugin_data_pb2.HParamsPluginData(session_end_info=end),
+            ),
+        ):
+            summary = Summary(
+                value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(content))]
+            )
+            self.writer.file_writer.add_summary(summary)
+        # The metric columns of the HPARAMS tab are these scalar tags of the same run.
+        for key, value in metrics.items():
+            if value is not None and np.isfinite(value):
+                self.writer.add_scalar(f"hparams/{key}", float(value), 0)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,58 @@
+"""The dataset contract every loader produces, so models, splits and artifacts do not care
+where the windows came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class HARData:
+    """Windows of sensor data with labels and the subject each window came from.
+
+    ``official_split`` holds "train"/"test" per window where the dataset defines an official
+    split (UCI-HAR), else None.
+    """
+
+    name: str
+    X: np.ndarray  # [N, C, T] float32
+    y: np.ndarray  # [N] int64 in 0..K-1
+    subjects: np.ndarray  # [N] int64
+    class_names: list[str]
+    channel_names: list[str]
+    official_split: np.ndarray | None = None  # [N] "train" | "test"
+    sampling_rate_hz: float | None = None
+    recording: np.ndarray | None = None  # [N] int64, optional recording/session id
+    start: np.ndarray | None = None  # [N] int64 sample index of the window start, optional
+    info: dict = field(default_factory=dict)  # loader notes (e.g. skipped lines, cache path)
+
+    def __post_init__(self) -> None:
+        n = len(self.X)
+        if self.X.ndim != 3:
+            raise ValueError(f"X must be [N, C, T], got shape {self.X.shape}")
+        for name in ("y", "subjects", "official_split", "recording", "start"):
+            arr = getattr(self, name)
+            if arr is not None and len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} entries, expected {n} (one per window)")
+        if len(self.channel_names) != self.X.shape[1]:
+            raise ValueError(
+                f"{len(self.channel_names)} channel names for {self.X.shape[1]} channels"
+            )
+        if n and (self.y.min() < 0 or self.y.max() >= len(self.class_names)):
+            raise ValueError(
+                f"labels must be in 0..{len(self.class_names) - 1}, got {self.y.min()}..{self.y.max()}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def window_length(self) -> int:
+        return int(self.X.shape[2])

@@ -1,0 +1,307 @@
+"""Checksummed downloads and crash-safe zip extraction for dataset archives.
+
+Nothing here knows about Hydra or a particular dataset: loaders pass in URLs, paths and
+hashes. Two invariants matter more than speed:
+
+* a file only ever appears under its final name once it is complete and verified
+  (``.part`` file + ``os.replace``), so an interrupted run never leaves a "cached" archive
+  that later runs would trust;
+* an extracted folder only ever appears complete (extract into a temp dir, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+_CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ChecksumError(ValueError):
+    """A downloaded or cached file does not have the expected SHA-256."""
+
+
+class DownloadError(OSError):
+    """The URL could not be fetched (network error, HTTP error, truncated body)."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in chunks so large archives do not need to fit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _normalize_sha256(sha256: str | None) -> str | None:
+    # Configs often carry "" or null for "unknown"; treat both as "no expected hash".
+    if sha256 is None or not str(sha256).strip():
+        return None
+    value = str(sha256).strip().lower()
+    if not _SHA256_RE.match(value):
+        raise ValueError(f"sha256 must be 64 hex characters, got {sha256!r}")
+    return value
+
+
+def _sidecar(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".sha256")
+
+
+def _read_sidecar(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    # sha256sum format ("<hash>  <name>"); only the first token matters.
+    tokens = path.read_text(encoding="utf-8").split()
+    return tokens[0].lower() if tokens else None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _verify_existing(dest: Path, expected: str | None) -> Path:
+    """Check an already-present file against the given hash, else its trust-on-first-use
+    sidecar. A mismatch is an error, never a silent re-download: a changed cached archive
+    means corruption or tampering, and the user should decide what to do."""
+    sidecar = _sidecar(dest)
+    source = "configured"
+    if expected is None:
+        expected = _read_sidecar(sidecar)
+        source = f"recorded ({sidecar.name})"
+    actual = sha256_file(dest)
+    if expected is None:
+        # A file placed by hand (or by an older version): trust it now, verify it from now on.
+        _write_text_atomic(sidecar, f"{actual}  {dest.name}\n")
+        return dest
+    if actual != expected:
+        raise ChecksumError(
+            f"cached file {dest} does not match its {source} sha256: expected {expected}, "
+            f"got {actual}. It is corrupt or was modified; delete it (and {sidecar.name}, if "
+            f"the new content is trusted) to download again."
+        )
+    return dest
+
+
+def _progress_bar(enabled: bool):
+    # Imported lazily so that importing the data package stays cheap.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    *,
+    progress: bool = True,
+    timeout: float = 60,
+) -> Path:
+    """Download ``url`` to ``dest`` and verify it; return ``dest``.
+
+    If ``dest`` already exists it is not downloaded again but verified against ``sha256``,
+    or, when none is given, against the ``<dest>.sha256`` sidecar written on first download
+    (trust on first use). On a fresh download a mismatch with ``sha256`` deletes the partial
+    file and raises :class:`ChecksumError`; nothing is left behind under ``dest``.
+    """
+    dest = Path(dest)
+    expected = _normalize_sha256(sha256)
+    if dest.exists():
+        return _verify_existing(dest, expected)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_suffix(dest.suffix + ".part")
+    source = "configured"
+    if expected is None:
+        # Archive deleted but its sidecar kept: the re-download must match what was trusted.
+        expected = _read_sidecar(_sidecar(dest))
+        source = f"recorded in {_sidecar(dest).name}"
+    request = urllib.request.Request(url, headers={"User-Agent": "har-bench"})
+    h = hashlib.sha256()
+    received = 0
+    try:
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.URLError as e:
+            reason = getattr(e, "reason", e)
+            raise DownloadError(
+                f"could not download {url}: {reason}. If you already have the data, point "
+                f"the dataset root at a local copy instead."
+            ) from e
+        try:
+            with response, open(part, "wb") as out, _progress_bar(progress) as bar:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                task = bar.add_task(f"download {dest.name}", total=total)
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    received += len(chunk)
+                    bar.update(task, advance=len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            # Name the URL: a bare "Connection reset by peer" says nothing about what failed.
+            raise DownloadError(f"download of {url} failed after {received} bytes: {e}") from e
+        if total is not None and received != total:
+            raise DownloadError(f"download of {url} was truncated: got {received} of {total} bytes")
+        actual = h.hexdigest()
+        if expected is not None and actual != expected:
+            raise ChecksumError(
+                f"checksum mismatch for {url}: expected sha256 {expected} ({source}), "
+                f"got {actual}. "
+                f"The download was discarded; nothing was cached."
+            )
+        # Sidecar first: if we crash between the two steps, the archive is simply
+        # downloaded again, whereas an archive without sidecar would be trusted blindly.
+        _write_text_atomic(_sidecar(dest), f"{actual}  {dest.name}\n")
+        os.replace(part, dest)
+    except BaseException:
+        # Includes KeyboardInterrupt: a partial file must never survive.
+        part.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _check_member_name(name: str, archive: str) -> None:
+    """Reject zip-slip members: absolute paths, drive letters or '..' components."""
+    norm = name.replace("\\", "/")
+    parts = PurePosixPath(norm).parts
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or ".." in parts:
+        raise ValueError(f"unsafe path {name!r} in zip archive {archive}; refusing to extract")
+
+
+def _is_junk(name: str) -> bool:
+    # macOS resource forks ride along in many hand-made archives.
+    return name.startswith("__MACOSX/") or PurePosixPath(name).name.startswith("._")
+
+
+def _extract_root(
+    archive_path: Path, zf: zipfile.ZipFile, member_root: str, into: Path, depth: int
+) -> Path:
+    """Extract ``member_root/`` from ``zf`` into ``into``, descending into a nested zip
+    when the folder is not at the top level. Returns the extracted folder."""
+    names = zf.namelist()
+    label = str(archive_path)
+    for name in names:
+        _check_member_name(name, label)
+    prefix = member_root.strip("/") + "/"
+    members = [n for n in names if n.startswith(prefix) and not _is_junk(n)]
+    if members:
+        for name in members:
+            zf.extract(name, into)
+        return into / member_root.strip("/")
+
+    nested = [n for n in names if n.lower().endswith(".zip") and not _is_junk(n)]
+    # Prefer "<member_root>.zip" (the UCI layout); otherwise accept a lone nested zip.
+    preferred = [n for n in nested if PurePosixPath(n).stem == member_root.strip("/")]
+    choice = preferred[:1] or (nested if len(nested) == 1 else [])
+    if not choice or depth >= 3:
+        top = sorted({n.split("/", 1)[0] for n in names})
+        raise FileNotFoundError(
+            f"zip archive {label} has no folder {member_root!r} (nor a nested zip containing "
+            f"it); top-level entries: {top[:10]}"
+        )
+    inner_path = Path(zf.extract(choice[0], into / ".nested"))
+    with zipfile.ZipFile(inner_path) as inner:
+        return _extract_root(Path(f"{label}!{choice[0]}"), inner, member_root, into, depth + 1)
+
+
+def _stamp_path(dest_dir: Path, member_root: str) -> Path:
+    return dest_dir / f".{member_root.strip('/')}.extracted.json"
+
+
+def _archive_stamp(archive: Path) -> dict:
+    st = archive.stat()
+    return {"archive": str(archive.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _is_current(target: Path, stamp_file: Path, stamp: dict) -> bool:
+    if not (target.is_dir() and stamp_file.is_file()):
+        return False
+    try:
+        return json.loads(stamp_file.read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False  # unreadable stamp: re-extract
+
+
+def extract_zip(archive: Path, dest_dir: Path, member_root: str) -> Path:
+    """Extract the folder ``member_root`` of ``archive`` to ``dest_dir/member_root``.
+
+    The folder is extracted into a temporary directory inside ``dest_dir`` and renamed into
+    place, so a crash never leaves a half-extracted ``member_root``. If ``member_root`` is not
+    a folder of the archive but the archive nests a zip (e.g. the UCI download wraps
+    ``UCI HAR Dataset.zip`` plus ``__MACOSX/`` junk), extraction goes through the nested zip.
+    A stamp file records which archive (path, size, mtime) produced the folder, so repeated
+    calls are free and a changed archive is re-extracted.
+    """
+    archive = Path(archive)
+    dest_dir = Path(dest_dir)
+    target = dest_dir / member_root.strip("/")
+    stamp_file = _stamp_path(dest_dir, member_root)
+    stamp = _archive_stamp(archive)
+    if _is_current(target, stamp_file, stamp):
+        return target
+
+    if not zipfile.is_zipfile(archive):
+        raise ValueError(f"{archive} is not a zip archive")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            extracted = _extract_root(archive, zf, member_root, tmp / "x", depth=0)
+        if not extracted.is_dir():
+            raise FileNotFoundError(f"zip archive {archive} has no folder {member_root!r}")
+        if _is_current(target, stamp_file, stamp):
+            # Another process (e.g. a parallel multirun job) finished the same extraction
+            # while we worked; keep its folder rather than swapping it under its feet.
+            return target
+        if target.exists():
+            # os.replace cannot overwrite a non-empty dir: move the old one aside first
+            # (into tmp, which is deleted below).
+            os.replace(target, tmp / "old")
+        os.replace(extracted, target)
+        _write_text_atomic(stamp_file, json.dumps(stamp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def filename_from_url(url: str, default: str = "download.zip") -> str:
+    """Last path component of ``url`` (percent-decoded), for naming the cached archive."""
+    name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    return name or default

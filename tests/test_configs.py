@@ -1,0 +1,88 @@
+"""Every option of every config group composes, and its objects instantiate."""
+
+import pytest
+import torch
+from helpers import config_options
+from hydra.utils import instantiate
+
+from har_bench.engine import Trainer
+
+
+def test_root_config_has_the_documented_keys(compose_cfg):
+    cfg = compose_cfg()
+    for key in (
+        "seed",
+        "dataset.root",
+        "paths.data_dir",
+        "trainer.max_epochs",
+        "trainer.batch_size",
+        "trainer.accumulate_grad_batches",
+        "trainer.precision",
+        "trainer.device",
+        "trainer.limit_train_batches",
+        "trainer.limit_eval_batches",
+        "trainer.patience",
+        "model.cardinality",
+        "model.base_width",
+        "optimizer.lr",
+    ):
+        node = cfg
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
+
+
+@pytest.mark.parametrize("name", config_options("optimizer"))
+def test_optimizers_instantiate(compose_cfg, name):
+    cfg = compose_cfg(f"optimizer={name}")
+    opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+@pytest.mark.parametrize("name", config_options("scheduler"))
+def test_schedulers_instantiate(compose_cfg, name):
+    cfg = compose_cfg(f"scheduler={name}")
+    if not cfg.get("scheduler"):
+        return  # "none": constant lr
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    instantiate(cfg.scheduler)(opt).step()
+
+
+@pytest.mark.parametrize("name", config_options("trainer"))
+def test_trainers_instantiate(compose_cfg, name):
+    assert isinstance(instantiate(compose_cfg(f"trainer={name}").trainer), Trainer)
+
+
+@pytest.mark.parametrize("name", config_options("dataset"))
+def test_datasets_compose(compose_cfg, name):
+    cfg = compose_cfg(f"dataset={name}")
+    assert cfg.dataset._target_.startswith("har_bench.data.")
+
+
+def test_synthetic_dataset_and_split_instantiate(compose_cfg):
+    cfg = compose_cfg("dataset=synthetic")
+    data = instantiate(cfg.dataset)
+    split = instantiate(cfg.split)(data)
+    assert len(split.train) and len(split.val) and len(split.test)
+    subjects = split.subjects(data)
+    assert not set(subjects["val"]) & set(subjects["train"])
+    assert not set(subjects["test"]) & (set(subjects["train"]) | set(subjects["val"]))
+
+
+@pytest.mark.parametrize("name", config_options("experiment"))
+def test_experiments_compose(compose_cfg, name):
+    cfg = compose_cfg(f"experiment={name}")
+    instantiate(cfg.trainer)
+    instantiate(cfg.model, in_channels=3, num_classes=4)
+
+
+def test_multirun_dirs_are_unique_per_job(compose_cfg):
+    from omegaconf import OmegaConf
+
+    hydra_cfg = OmegaConf.to_container(compose_cfg(return_hydra_config=True).hydra, resolve=False)
+    assert "/multirun/" in hydra_cfg["sweep"]["dir"]
+    assert hydra_cfg["sweep"]["subdir"] == "${hydra.job.num}"
+    # Microseconds in the time: two runs started in the same second get different folders.
+    assert hydra_cfg["run"]["dir"].endswith("${now:%H-%M-%S-%f}")

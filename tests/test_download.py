@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_uci import write_uci_dataset, zip_dataset
+
+from har_bench.data import load_uci_har
+from har_bench.data.download import (
+    ChecksumError,
+    DownloadError,
+    download,
+    extract_zip,
+    filename_from_url,
+    sha256_file,
+)
+
+ZIP_NAME = "human+activity+recognition+using+smartphones.zip"
+
+
+class _Server:
+    def __init__(self, root: Path) -> None:
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                outer.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args) -> None:  # keep pytest output clean
+                pass
+
+        self.httpd = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A local HTTP server whose root holds the fixture dataset as the nested UCI zip."""
+    site = tmp_path / "site"
+    site.mkdir()
+    fx = write_uci_dataset(tmp_path / "src", gz=True)
+    zip_dataset(fx.dataset_dir, site / ZIP_NAME, nested=True)
+    server = _Server(site)
+    try:
+        yield server, site / ZIP_NAME, fx
+    finally:
+        server.close()
+
+
+def test_download_with_correct_sha256(tmp_path, served):
+    server, archive, _ = served
+    dest = tmp_path / "cache" / ZIP_NAME
+    out = download(server.url(ZIP_NAME), dest, sha256_file(archive).upper(), progress=False)
+    assert out == dest
+    assert dest.read_bytes() == archive.read_bytes()
+    assert not dest.with_suffix(".zip.part").exists()
+    assert (tmp_path / "cache" / f"{ZIP_NAME}.sha256").read_text().split()[0] == sha256_file(
+        archive
+    )
+
+
+def test_download_shows_progress_without_crashing(tmp_path, served, capsys):
+    server, archive, _ = served
+    download(server.url(ZIP_NAME), tmp_path / "a.zip", progress=True)
+    assert sha256_file(tmp_path / "a.zip") == sha256_file(archive)
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path, served):
+    server, archive, _ = served
+    cache = tmp_path / "cache"
+    wrong = "0" * 64
+    with pytest.raises(ChecksumError) as err:
+        download(server.url(ZIP_NAME), cache / ZIP_NAME, wrong, progress=False)
+    msg = str(err.value)
+    assert server.url(ZIP_NAME) in msg and wrong in msg and sha256_file(archive) in msg
+    assert "nothing was cached" in msg
+    assert isinstance(err.value, ValueError)
+    assert list(cache.iterdir()) == []  # no .part, no archive, no sidecar
+
+
+def test_trust_on_first_use_then_tamper_detected(tmp_path, served):
+    server, archive, _ = served
+    dest = tmp_path / "cache" / ZIP_NAME
+    download(server.url(ZIP_NAME), dest, progress=False)
+    sidecar = dest.with_name(dest.name + ".sha256")
+    assert sidecar.read_text().split()[0] == sha256_file(archive)
+    assert len(server.requests) == 1
+
+    # Present and intact: verified against the sidecar, not fetched again.
+    download(server.url(ZIP_NAME), dest, progress=False)
+    assert len(server.requests) == 1
+
+    dest.write_bytes(dest.read_bytes() + b"tampered")
+    with pytest.raises(ChecksumError, match=re.escape(str(dest))):
+        download(server.url(ZIP_NAME), dest, progress=False)
+    assert len(server.requests) == 1  # no silent re-download
+    assert dest.read_bytes().endswith(b"tampered")
+
+
+def test_existing_file_checked_against_given_sha256(tmp_path):
+    dest = tmp_path / "x.zip"
+    dest.write_bytes(b"abc")
+    with pytest.raises(ChecksumError, match="x.zip"):
+        download("http://127.0.0.1:9/never-fetched", dest, "1" * 64, progress=False)
+    assert download("http://127.0.0.1:9/never-fetched", dest, sha256_file(dest)) == dest
+
+
+def test_redownload_must_match_kept_sidecar(tmp_path, served):
+    server, _, _ = served
+    dest = tmp_path / "cache" / ZIP_NAME
+    dest.parent.mkdir()
+    dest.with_name(dest.name + ".sha256").write_text("f" * 64 + "\n")
+    with pytest.raises(ChecksumError, match="recorded in"):
+        download(server.url(ZIP_NAME), dest, progress=False)
+    assert not dest.exists() and not dest.with_suffix(".zip.part").exists()
+
+
+def test_http_error_names_url(tmp_path, served):
+    server, _, _ = served
+    with pytest.raises(DownloadError, match="missing.zip"):
+        download(server.url("missing.zip"), tmp_path / "m.zip", progress=False)
+    assert list(tmp_path.glob("m.zip*")) == []
+
+
+def test_invalid_sha256_string(tmp_path):
+    with pytest.raises(ValueError, match="64 hex"):
+        download("http://127.0.0.1:9/x", tmp_path / "x", "abc", progress=False)
+
+
+def test_filename_from_url():
+    assert filename_from_url("https://h/static/public/240/" + ZIP_NAME) == ZIP_NAME
+    assert filename_from_url("https://h/a/UCI%20HAR.zip?x=1") == "UCI HAR.zip"
+    assert filename_from_url("https://h/", "d.zip") == "d.zip"
+
+
+# --------------------------------------------------------------------------- extract_zip
+
+
+def test_extract_nested_zip_skips_junk(tmp_path):
+    fx = write_uci_dataset(tmp_path / "src")
+    archive = zip_dataset(fx.dataset_dir, tmp_path / "outer.zip", nested=True)
+    out = extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    assert out == tmp_path / "dest" / "UCI HAR Dataset"
+    assert (out / "train" / "Inertial Signals" / "body_acc_x_train.txt").is_file()
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [
+        ".UCI HAR Dataset.extracted.json",
+        "UCI HAR Dataset",
+    ]
+
+
+def test_extract_reextracts_when_archive_changes(tmp_path):
+    fx = write_uci_dataset(tmp_path / "src")
+    archive = zip_dataset(fx.dataset_dir, tmp_path / "a.zip")
+    out = extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    (fx.dataset_dir / "NEW.txt").write_text("new")
+    zip_dataset(fx.dataset_dir, archive)
+    out = extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    assert (out / "NEW.txt").read_text() == "new"
+    assert not list((tmp_path / "dest").glob(".extract-*"))
+
+
+def test_zip_slip_rejected(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("UCI HAR Dataset/ok.txt", "ok")
+        zf.writestr("UCI HAR Dataset/../../evil.txt", "pwned")
+    with pytest.raises(ValueError, match="unsafe path"):
+        extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    assert not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "dest" / "UCI HAR Dataset").exists()
+
+    absolute = tmp_path / "abs.zip"
+    with zipfile.ZipFile(absolute, "w") as zf:
+        zf.writestr("/etc/UCI HAR Dataset/x.txt", "x")
+    with pytest.raises(ValueError, match="unsafe path"):
+        extract_zip(absolute, tmp_path / "dest", "UCI HAR Dataset")
+
+
+def test_crash_mid_extraction_leaves_no_partial_folder(tmp_path, monkeypatch):
+    fx = write_uci_dataset(tmp_path / "src")
+    archive = zip_dataset(fx.dataset_dir, tmp_path / "a.zip")
+    real_extract = zipfile.ZipFile.extract
+    calls = {"n": 0}
+
+    def flaky(self, member, path=None, pwd=None):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError("disk full (simulated)")
+        return real_extract(self, member, path, pwd)
+
+    monkeypatch.setattr(zipfile.ZipFile, "extract", flaky)
+    with pytest.raises(OSError, match="simulated"):
+        extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_missing_member_root(tmp_path):
+    archive = tmp_path / "other.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("something/else.txt", "x")
+    with pytest.raises(FileNotFoundError, match="UCI HAR Dataset"):
+        extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+
+
+# --------------------------------------------------------------------------- load_uci_har
+
+
+def test_load_uci_har_downloads_and_caches(tmp_path, served):
+    server, archive, fx = served
+    data_dir = tmp_path / "data"
+    url = server.url(ZIP_NAME)
+    data = load_uci_har(None, str(data_dir), url, sha256_file(archive), progress=False)
+    np.testing.assert_array_equal(data.X, fx.X)
+    np.testing.assert_array_equal(data.y, fx.y)
+    assert data.info["archive"] == str(data_dir / "uci_har" / ZIP_NAME)
+    assert data.info["cache_hit"] is False
+
+    again = load_uci_har(None, str(data_dir), url, sha256_file(archive), progress=False)
+    assert again.info["cache_hit"] is True
+    assert len(server.requests) == 1
+
+
+def test_load_uci_har_checksum_mismatch_caches_nothing(tmp_path, served):
+    server, _, _ = served
+    data_dir = tmp_path / "data"
+    with pytest.raises(ChecksumError):
+        load_uci_har(None, str(data_dir), server.url(ZIP_NAME), "0" * 64, progress=False)
+    leftovers = [p for p in data_dir.rglob("*") if p.is_file()]
+    assert leftovers == []

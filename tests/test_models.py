@@ -1,0 +1,103 @@
+import pytest
+import torch
+from helpers import config_options
+from hydra.utils import instantiate
+
+from har_bench.models import ResNet
+
+# torchvision's published parameter counts (ImageNet, 3 input channels, 1000 classes).
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnext50": 25_028_904,
+    "resnext101": 88_791_336,
+}
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_image_layout_matches_torchvision_param_counts(compose_cfg, name):
+    cfg = compose_cfg(f"model={name}", "model.layout=2d_image")
+    model = instantiate(cfg.model, in_channels=3, num_classes=1000)
+    assert count(model) == TORCHVISION_PARAMS[name]
+
+
+def test_wide_resnet50_matches_torchvision():
+    model = ResNet(3, 1000, "bottleneck", [3, 4, 6, 3], base_width=128, layout="2d_image")
+    assert count(model) == 68_883_240
+
+
+@pytest.mark.parametrize("name", config_options("model"))
+def test_every_model_config_forward_backward_1d(compose_cfg, name):
+    cfg = compose_cfg(f"model={name}")
+    model = instantiate(cfg.model, in_channels=9, num_classes=6)
+    x = torch.randn(2, 9, 128, requires_grad=False)
+    out = model(x)
+    assert out.shape == (2, 6)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("layout,shape", [("2d_sensor", (2, 9, 64)), ("2d_image", (2, 3, 32, 32))])
+def test_other_layouts_forward_backward(layout, shape):
+    model = ResNet(
+        shape[1],
+        5,
+        "bottleneck",
+        [1, 1, 1, 1],
+        cardinality=4,
+        base_width=16,
+        layout=layout,
+        stem_width=16,
+    )
+    out = model(torch.randn(*shape))
+    assert out.shape == (2, 5)
+    out.sum().backward()
+
+
+def test_2d_sensor_keeps_one_column_per_sensor_channel():
+    model = ResNet(9, 6, "basic", [1, 1, 1, 1], layout="2d_sensor", stem_width=8)
+    # Head over stage-4 width x sensor channels, as in the PAMAP2 article.
+    assert model.fc.in_features == 8 * 8 * 9
+    x = torch.randn(2, 9, 64)
+    assert model.forward_features(x).shape == (2, 8 * 8 * 9)
+
+
+def test_grouped_conv_is_one_grouped_layer():
+    model = ResNet(9, 6, "bottleneck", [1, 1, 1, 1], cardinality=32, base_width=4)
+    conv = model.layer1[0].conv2
+    assert conv.groups == 32 and conv.in_channels == 128
+    dw = ResNet(9, 6, "bottleneck", [1, 1, 1, 1], cardinality=32, base_width=4, depthwise=True)
+    assert dw.layer1[0].conv2.groups == dw.layer1[0].conv2.in_channels == 128
+
+
+def test_zero_init_residual_starts_blocks_as_identity():
+    model = ResNet(9, 6, "bottleneck", [1, 1], zero_init_residual=True, stem_width=16)
+    assert torch.all(model.layer1[0].bn3.weight == 0)
+    plain = ResNet(9, 6, "bottleneck", [1, 1], stem_width=16)
+    assert torch.all(plain.layer1[0].bn3.weight == 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"layout": "3d"}, "model.layout='3d'"),
+        ({"block": "fancy"}, "model.block='fancy'"),
+        ({"cardinality": 0}, "model.cardinality=0"),
+        ({"stem_width": 16, "base_width": 6}, "base_width=6 gives 1.5 channels per group"),
+        ({"layers": []}, "model.layers=[]"),
+        ({"kernel_size": 4}, "model.kernel_size=4"),
+        ({"dropout": 1.5}, "model.dropout=1.5"),
+        ({"block": "basic", "cardinality": 32}, "cardinality=32"),
+    ],
+)
+def test_invalid_model_settings_name_the_value(kwargs, needle):
+    args = {"block": "bottleneck", "layers": [1, 1, 1, 1]} | kwargs
+    with pytest.raises(ValueError) as err:
+        ResNet(9, 6, **args)
+    assert needle in str(err.value)

@@ -1,0 +1,227 @@
+"""End to end: a tiny training writes every run-directory artifact with consistent numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import SHARED_DATA
+
+from har_bench import artifacts
+from har_bench.run import run
+
+ARTIFACTS = [
+    "metrics.json",
+    "history.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+    "training_curves.png",
+    "timings.json",
+    "model_summary.json",
+    "environment.json",
+    "checkpoints/best.pt",
+    "checkpoints/last.pt",
+]
+SMALL_MODEL = ["model=resnet18", "model.stem_width=8"]
+
+
+def hparams_sessions(run_dir: Path) -> int:
+    """Count HParams session-start summaries in the run's own event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    n = 0
+    for f in run_dir.rglob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(f)).Load():
+            for v in event.summary.value:
+                n += v.tag == metadata.SESSION_START_INFO_TAG
+    return n
+
+
+def check_run_dir(run_dir: Path, epochs: int) -> dict:
+    for name in ARTIFACTS:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert 1 <= metrics["best_epoch"] <= epochs
+    for split in ("val", "test"):
+        for key in (
+            "accuracy",
+            "balanced_accuracy",
+            "macro_precision",
+            "macro_recall",
+            "macro_f1",
+            "weighted_f1",
+        ):
+            assert 0.0 <= metrics[split][key] <= 1.0
+        for cls in metrics[split]["per_class"].values():
+            assert set(cls) == {"precision", "recall", "f1", "support", "accuracy"}
+    cm = pd.read_csv(run_dir / "confusion_matrix.csv", index_col=0)
+    assert list(cm.columns) == list(cm.index) == list(metrics["test"]["per_class"])
+    counts = cm.to_numpy()
+    assert metrics["test"]["accuracy"] == pytest.approx(np.trace(counts) / counts.sum())
+    assert counts.sum() == metrics["test"]["num_samples"]
+    for i, name in enumerate(cm.index):
+        assert counts[i].sum() == metrics["test"]["per_class"][name]["support"]
+
+    history = pd.read_csv(run_dir / "history.csv")
+    assert len(history) == metrics["epochs_trained"] <= epochs
+    for col in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_macro_f1",
+        "lr",
+        "epoch_seconds",
+        "samples_per_second",
+    ):
+        assert col in history
+    best_row = history[history.epoch == metrics["best_epoch"]].iloc[0]
+    assert best_row.val_macro_f1 == pytest.approx(metrics["best_val_metric"])
+    assert best_row.val_macro_f1 == pytest.approx(metrics["val"]["macro_f1"], abs=1e-6)
+
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert len(timings["train_seconds_per_epoch"]) == len(history)
+    assert timings["train_seconds_total"] == pytest.approx(sum(timings["train_seconds_per_epoch"]))
+    assert 0 < timings["inference_latency_ms"]["p50"] <= timings["inference_latency_ms"]["p95"]
+    assert timings["inference_samples_per_second"] > 0 and timings["test_inference_seconds"] > 0
+    summary = json.loads((run_dir / "model_summary.json").read_text())
+    assert summary["params"] == summary["trainable_params"] > 0
+    assert summary["flops_per_sample"] > 0 and summary["size_mb"] > 0
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["torch"] and env["device"] == "cpu"
+    assert hparams_sessions(run_dir) == 1
+    return metrics
+
+
+def test_tiny_run_writes_every_artifact(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "dataset=synthetic", *SMALL_MODEL, "trainer.max_epochs=3", "efficiency.latency_repeats=3"
+    )
+    run_dir = tmp_path / "run"
+    metrics = run(cfg, run_dir)
+    on_disk = check_run_dir(run_dir, epochs=3)
+    assert on_disk["test"] == metrics["test"]
+
+
+def test_failed_run_keeps_status_and_traceback(compose_cfg, tmp_path):
+    cfg = compose_cfg("dataset=synthetic", "dataset.num_subjects=1")
+    with pytest.raises(ValueError, match="num_subjects"):
+        run(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "num_subjects" in metrics["error"]
+    assert "Traceback" in (tmp_path / "run" / artifacts.ERROR).read_text()
+
+
+def test_uci_har_layout_end_to_end(compose_cfg, tmp_path):
+    from fixtures_uci import write_uci_dataset
+
+    fx = write_uci_dataset(tmp_path / "src", gz=True, n_train=24, n_test=12)
+    cfg = compose_cfg(
+        f"dataset.root={fx.dataset_dir}",
+        *SMALL_MODEL,
+        "trainer.max_epochs=2",
+        "efficiency.latency_repeats=2",
+        "split.val_fraction=0.5",
+    )
+    run(cfg, tmp_path / "run")
+    metrics = check_run_dir(tmp_path / "run", epochs=2)
+    assert metrics["test"]["num_samples"] == 12
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "har_bench.cli", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HAR_BENCH_DATA": str(cwd / "data"), **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_cli_runs_started_together_get_their_own_dirs(tmp_path):
+    args = ["experiment=smoke", *SMALL_MODEL, "efficiency.latency_repeats=2"]
+    procs = [cli(*args, cwd=tmp_path) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    runs = sorted((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 2
+    for r in runs:
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", r.parent.name)
+        assert re.fullmatch(r"\d{2}-\d{2}-\d{2}-\d{6}", r.name)
+        assert json.loads((r / "metrics.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_cli_multirun_puts_jobs_under_multirun(tmp_path):
+    p = cli(
+        "-m",
+        "experiment=smoke",
+        *SMALL_MODEL,
+        "efficiency.latency_repeats=2",
+        "model.cardinality=1",
+        "seed=0,1",
+        cwd=tmp_path,
+    )
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/metrics.json"))
+    assert [j.parent.name for j in jobs] == ["0", "1"]
+
+
+def test_cli_help_lists_groups(tmp_path):
+    p = cli("--help", cwd=tmp_path)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0
+    for group in ("model:", "dataset:", "optimizer:", "trainer:", "experiment:"):
+        assert group in out
+    assert "resnext50" in out and "uci_har" in out
+
+
+def test_cli_user_error_is_one_line_exit_2(tmp_path):
+    p = cli("dataset=synthetic", "trainer.accumulate_grad_batches=0", cwd=tmp_path)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert "trainer.accumulate_grad_batches=0 is invalid" in err
+    assert "Traceback" not in err
+    (metrics,) = (tmp_path / "outputs").glob("*/*/metrics.json")
+    assert json.loads(metrics.read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "UCI_HAR").is_dir(), reason="shared UCI-HAR data absent")
+def test_real_uci_har_resnext50_smoke(tmp_path):
+    p = cli(
+        "model=resnext50",
+        "dataset=uci_har",
+        f"dataset.root={SHARED_DATA / 'UCI_HAR'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=5",
+        "efficiency.latency_repeats=5",
+        cwd=tmp_path,
+    )
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    metrics = check_run_dir(run_dir, epochs=1)
+    assert metrics["test"]["num_samples"] == 2947
+    assert metrics["model"] == "resnext50" and metrics["dataset"] == "uci_har"
+    assert set(metrics["test"]["per_class"]) == {
+        "WALKING",
+        "WALKING_UPSTAIRS",
+        "WALKING_DOWNSTAIRS",
+        "SITTING",
+        "STANDING",
+        "LAYING",
+    }
