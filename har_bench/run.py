@@ -20,7 +20,7 @@ from torch import nn
 
 from har_bench import artifacts
 from har_bench.data.base import HARData
-from har_bench.data.splits import Split, standardise
+from har_bench.data.splits import SPLIT_REPORT, Split, assert_clean, split_report, standardise
 from har_bench.engine import Trainer, measure_latency, seed_everything
 from har_bench.metrics import classification_metrics, confusion_counts
 
@@ -55,6 +55,11 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     data: HARData = build(cfg, "dataset")
     split: Split = build(cfg, "split")(data)
+    # Written before the check so a leaking split can be inspected; then it fails the run
+    # (unless split=random with allow_leakage=true, which only logs and records it).
+    report = split_report(data, split, name=_choice("split"))
+    artifacts.write_json(run_dir / SPLIT_REPORT, report)
+    assert_clean(report)
     log.info(
         "dataset %s: %d windows, %d channels x %d samples, %d classes; split train/val/test = "
         "%d/%d/%d windows (%.1fs)",

@@ -17,7 +17,7 @@ class HARData:
     """
 
     name: str
-    X: np.ndarray  # [N, C, T] float32
+    X: np.ndarray  # [N, C, T] float32 (sensor windows) or [N, C, H, W] (images)
     y: np.ndarray  # [N] int64 in 0..K-1
     subjects: np.ndarray  # [N] int64
     class_names: list[str]
@@ -30,8 +30,10 @@ class HARData:
 
     def __post_init__(self) -> None:
         n = len(self.X)
-        if self.X.ndim != 3:
-            raise ValueError(f"X must be [N, C, T], got shape {self.X.shape}")
+        if self.X.ndim not in (3, 4):
+            raise ValueError(f"X must be [N, C, T] (or [N, C, H, W] images), got {self.X.shape}")
+        if (self.recording is None) != (self.start is None):
+            raise ValueError("recording and start must be given together (or neither)")
         for name in ("y", "subjects", "official_split", "recording", "start"):
             arr = getattr(self, name)
             if arr is not None and len(arr) != n:
