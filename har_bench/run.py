@@ -23,6 +23,7 @@ from har_bench.data.base import HARData
 from har_bench.data.splits import SPLIT_REPORT, Split, assert_clean, split_report, standardise
 from har_bench.engine import Trainer, measure_latency, seed_everything
 from har_bench.metrics import classification_metrics, confusion_counts
+from har_bench.models.summary import model_summary
 
 log = logging.getLogger(__name__)
 
@@ -208,33 +209,6 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
                 msg = f"{group}: {msg}"
             raise type(cause)(msg) from cause
         raise
-
-
-def model_summary(model: nn.Module, sample: torch.Tensor) -> dict[str, Any]:
-    """Parameter counts, size and FLOPs for one sample (counted by torch.utils.flop_counter).
-
-    FLOPs count a multiply-add as 2 (torch's convention); ``macs_per_sample`` is half that.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(sample[:1])
-    model.train(was_training)
-    flops = int(counter.get_total_flops())
-    return {
-        "params": int(params),
-        "trainable_params": int(trainable),
-        "flops_per_sample": flops,
-        "macs_per_sample": flops // 2,
-        "size_mb": size / 2**20,
-        "input_shape": list(sample.shape[1:]),
-    }
 
 
 def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:

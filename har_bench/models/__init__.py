@@ -1,5 +1,26 @@
 """Models: one ResNet family (ResNet, ResNeXt, wide, depthwise) and the HAR baselines."""
 
-from har_bench.models.resnet import ResNet, bottleneck_width, init_weights
+from har_bench.models.baselines import CNN, LSTM, DeepConvLSTM
+from har_bench.models.resnet import (
+    RESNEXT50_SHAPES,
+    ResNet,
+    bottleneck_width,
+    default_kernel_size,
+    init_weights,
+    parse_shape,
+)
+from har_bench.models.summary import count_flops, model_summary
 
-__all__ = ["ResNet", "bottleneck_width", "init_weights"]
+__all__ = [
+    "CNN",
+    "LSTM",
+    "RESNEXT50_SHAPES",
+    "DeepConvLSTM",
+    "ResNet",
+    "bottleneck_width",
+    "count_flops",
+    "default_kernel_size",
+    "init_weights",
+    "model_summary",
+    "parse_shape",
+]

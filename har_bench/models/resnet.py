@@ -13,6 +13,7 @@ so that is one small :class:`_Layout` object and every block is built through it
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,42 @@ from torch import nn
 
 LAYOUTS = ("1d", "2d_sensor", "2d_image")
 BLOCKS = ("basic", "bottleneck")
+
+# The ResNeXt paper's complexity-matched points for ResNeXt-50 (Xie et al. 2017, Table 2):
+# cardinality C and width per group d chosen so that FLOPs and params stay ~constant.
+RESNEXT50_SHAPES = {
+    "1x64d": (1, 64),
+    "2x40d": (2, 40),
+    "4x24d": (4, 24),
+    "8x14d": (8, 14),
+    "32x4d": (32, 4),
+}
+# Kernel taps of the grouped convolution for which that matching holds: a 3x3 conv has 9.
+_MATCHED_TAPS = 9
+
+
+def parse_shape(shape: str) -> tuple[int, int]:
+    """``"8x14d"`` -> (cardinality 8, base_width 14)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*d\s*", str(shape))
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(
+            f"model.shape={shape!r} is invalid: expected '<cardinality>x<width>d', e.g. one of "
+            f"{', '.join(RESNEXT50_SHAPES)}"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def default_kernel_size(layout: str) -> int:
+    """Block kernel when ``kernel_size`` is null.
+
+    9 in the 1d layout, so a 1-D conv has the taps (and weights) of the 3x3 conv it stands in
+    for; this keeps the image networks' parameter balance, and with it the ResNeXt paper's
+    complexity matching across cardinalities. 3 in the 2-D layouts: 3x3 for images, (3, 1)
+    along time for 2d_sensor as in the PAMAP2 article.
+    """
+    return 9 if layout == "1d" else 3
 
 
 @dataclass(frozen=True)
@@ -155,9 +192,12 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. (3, 4, 6, 3); the stage i has ``stem_width * 2**i`` planes.
         cardinality: groups of the bottleneck's kxk conv (ResNeXt's C).
         base_width: channels per group at the first stage (ResNeXt's d, 64 for ResNet).
+        shape: ``"<C>x<d>d"`` (e.g. ``"8x14d"``) sets cardinality and base_width in one value, so
+            one sweep override walks the ResNeXt paper's complexity-matched table.
         layout: ``1d``, ``2d_sensor`` or ``2d_image`` (see module docstring).
         stem_width: channels of the stem and planes of the first stage.
-        kernel_size: kernel of the blocks' kxk convolution (along time for sensor layouts).
+        kernel_size: kernel of the blocks' kxk convolution (along time for sensor layouts);
+            None = :func:`default_kernel_size` of the layout.
         stem_kernel_size / stem_stride / stem_pool: the stem; the ImageNet stem is 7 / 2 / True.
         depthwise: groups = width in every kxk conv (depthwise convolution).
         zero_init_residual: zero the last BN of each residual branch so blocks start as identity.
@@ -175,7 +215,7 @@ class ResNet(nn.Module):
         base_width: int = 64,
         layout: str = "1d",
         stem_width: int = 64,
-        kernel_size: int = 3,
+        kernel_size: int | None = None,
         stem_kernel_size: int = 7,
         stem_stride: int = 2,
         stem_pool: bool = True,
@@ -183,8 +223,13 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         dropout: float = 0.0,
         sensor_channels: int | None = None,
+        shape: str | None = None,
     ) -> None:
         super().__init__()
+        if shape is not None:
+            cardinality, base_width = parse_shape(shape)
+        if kernel_size is None:
+            kernel_size = default_kernel_size(layout)
         _validate(
             in_channels=in_channels,
             num_classes=num_classes,
@@ -199,6 +244,19 @@ class ResNet(nn.Module):
             stem_stride=stem_stride,
             dropout=dropout,
         )
+        if shape is not None and block == "bottleneck" and not depthwise:
+            taps = (
+                kernel_size
+                if layout == "1d"
+                else (kernel_size if layout == "2d_sensor" else kernel_size**2)
+            )
+            if taps != _MATCHED_TAPS:
+                warnings.warn(
+                    f"model.shape={shape}: the ResNeXt table is complexity-matched for 9-tap "
+                    f"grouped convolutions (3x3, or kernel_size=9 in 1d); with {taps} taps the "
+                    "FLOPs of the shapes differ",
+                    stacklevel=2,
+                )
         self.layout = _Layout(layout)
         block_cls = BasicBlock if block == "basic" else Bottleneck
         self.groups = cardinality
