@@ -117,7 +117,9 @@ def _segments(
         runs = label_runs(labels)
     if rec.time_s is None or max_gap_s is None:
         return runs
-    gaps = np.flatnonzero(np.diff(rec.time_s) > max_gap_s) + 1
+    # A jump back in time is a clock reset or a spliced file: as much a break as a gap.
+    d = np.diff(rec.time_s)
+    gaps = np.flatnonzero((d > max_gap_s) | (d < 0)) + 1
     if not len(gaps):
         return runs
     out = []
