@@ -1,0 +1,318 @@
+"""UEA/UCR multivariate archive datasets from their ``.ts`` files.
+
+``<Name>_TRAIN.ts`` and ``<Name>_TEST.ts`` (Bagnall et al., arXiv:1811.00075): header tags
+(``@problemName``, ``@univariate``, ``@dimensions``, ``@equalLength``, ``@seriesLength``,
+``@classLabel true <labels>``, ``@missing``, ``@timeStamps``), then after ``@data`` one case per
+line: the dimensions separated by ``:``, values by ``,``, the class label last; ``?`` marks a
+missing value.
+
+The archive's TRAIN/TEST files are the official split. The archive records no subjects, so
+**every case gets its own subject id** (train cases 0..n_train-1, test cases after them):
+validation is then a random share of the training *cases*, and the subject check of the split
+report only proves that no case is on two sides. Variable-length series are brought to one
+length by ``variable_length``: ``pad`` (zeros after the end) or ``resample`` (linear
+interpolation over the series' own span).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ._io import check_choice, find_file, read_text
+from .base import HARData
+from .download import _check_member_name, download
+
+DEFAULT_URL = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
+MODES = ("pad", "resample")
+
+
+class TsFile:
+    """The parsed content of one ``.ts`` file."""
+
+    def __init__(self, series: list[list[np.ndarray]], labels: list[str], header: dict) -> None:
+        self.series = series  # per case, per dimension, 1-D float arrays
+        self.labels = labels
+        self.header = header
+
+    @property
+    def class_labels(self) -> list[str] | None:
+        return self.header.get("classlabel")
+
+
+def _bool_tag(value: str, path: Path, lineno: int, tag: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("true", "false"):
+        raise ValueError(f"{path}, line {lineno}: @{tag} must be true or false, got {value!r}")
+    return v == "true"
+
+
+def parse_ts(path: Path) -> TsFile:
+    """Parse a classification ``.ts`` file; errors name the file and line."""
+    header: dict = {}
+    series: list[list[np.ndarray]] = []
+    labels: list[str] = []
+    in_data = False
+    for lineno, raw in enumerate(read_text(path).splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            if not line.startswith("@"):
+                raise ValueError(
+                    f"{path}, line {lineno}: expected a @tag before @data, got {line!r}"
+                )
+            tag, _, value = line[1:].partition(" ")
+            tag = tag.lower()
+            if tag == "data":
+                in_data = True
+            elif tag == "classlabel":
+                tokens = value.split()
+                if not tokens or not _bool_tag(tokens[0], path, lineno, tag):
+                    raise ValueError(
+                        f"{path}, line {lineno}: @classLabel is not 'true <labels>': this is "
+                        f"not a classification problem"
+                    )
+                header[tag] = tokens[1:]
+            elif tag in ("timestamps", "univariate", "equallength", "missing"):
+                header[tag] = _bool_tag(value, path, lineno, tag)
+            elif tag in ("dimensions", "serieslength"):
+                try:
+                    header[tag] = int(value)
+                except ValueError:
+                    raise ValueError(
+                        f"{path}, line {lineno}: @{tag} must be an integer, got {value!r}"
+                    ) from None
+            else:
+                header[tag] = value.strip()
+            continue
+        if header.get("timestamps"):
+            raise ValueError(f"{path}: @timeStamps true series are not supported")
+        fields = line.split(":")
+        if len(fields) < 2:
+            raise ValueError(f"{path}, line {lineno}: expected '<dim>:...:<label>', got no ':'")
+        *dims, label = fields
+        case = []
+        for d, text in enumerate(dims):
+            try:
+                values = [np.nan if t.strip() == "?" else float(t) for t in text.split(",")]
+            except ValueError:
+                bad = next(t for t in text.split(",") if not _is_number(t))
+                raise ValueError(
+                    f"{path}, line {lineno}, dimension {d}: {bad!r} is not a number"
+                ) from None
+            case.append(np.asarray(values, dtype=np.float64))
+        if series and len(case) != len(series[0]):
+            raise ValueError(
+                f"{path}, line {lineno}: {len(case)} dimensions, earlier cases have "
+                f"{len(series[0])}"
+            )
+        if "dimensions" in header and len(case) != header["dimensions"]:
+            raise ValueError(
+                f"{path}, line {lineno}: {len(case)} dimensions, @dimensions says "
+                f"{header['dimensions']}"
+            )
+        classes = header.get("classlabel")
+        label = label.strip()
+        if classes is not None and label not in classes:
+            raise ValueError(
+                f"{path}, line {lineno}: class {label!r} is not in @classLabel {classes}"
+            )
+        series.append(case)
+        labels.append(label)
+    if not in_data:
+        raise ValueError(f"{path}: no @data line; is this a .ts file?")
+    if not series:
+        raise ValueError(f"{path}: no cases after @data")
+    return TsFile(series, labels, header)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return token.strip() == "?"
+    return True
+
+
+def _fill_missing(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Linear interpolation over NaNs (edges take the nearest value; all-NaN becomes 0)."""
+    nan = np.isnan(x)
+    n = int(nan.sum())
+    if not n:
+        return x, 0
+    if n == len(x):
+        return np.zeros_like(x), n
+    idx = np.arange(len(x))
+    return np.interp(idx, idx[~nan], x[~nan]), n
+
+
+def _to_length(x: np.ndarray, length: int, mode: str) -> np.ndarray:
+    if len(x) == length:
+        return x
+    if mode == "resample":
+        if len(x) == 1:
+            return np.full(length, x[0])
+        return np.interp(np.linspace(0, len(x) - 1, length), np.arange(len(x)), x)
+    out = np.zeros(length, dtype=x.dtype)
+    out[: min(length, len(x))] = x[:length]
+    return out
+
+
+def _extract_ts(archive: Path, dest: Path, name: str) -> Path:
+    """Pull ``<name>_TRAIN.ts``/``<name>_TEST.ts`` out of the archive (wherever they sit in
+    it) into ``dest``, atomically."""
+    wanted = {f"{name}_TRAIN.ts", f"{name}_TEST.ts"}
+    if all((dest / w).is_file() for w in wanted):
+        return dest
+    if not zipfile.is_zipfile(archive):
+        raise ValueError(f"{archive} is not a zip archive")
+    with zipfile.ZipFile(archive) as zf:
+        members = {}
+        for m in zf.namelist():
+            _check_member_name(m, str(archive))
+            base = PurePosixPath(m).name
+            if base in wanted and not m.startswith("__MACOSX/"):
+                members[base] = m
+        missing = sorted(wanted - set(members))
+        if missing:
+            raise FileNotFoundError(f"zip archive {archive} has no {', '.join(missing)}")
+        dest.mkdir(parents=True, exist_ok=True)
+        for base, m in members.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{base}.", dir=dest)
+            try:
+                with os.fdopen(fd, "wb") as out, zf.open(m) as src:
+                    shutil.copyfileobj(src, out)
+                os.replace(tmp, dest / base)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+    return dest
+
+
+def _resolve(
+    root: str | os.PathLike[str] | None,
+    name: str,
+    workdir: Path,
+    url: str,
+    sha256: str | None,
+    progress: bool,
+) -> Path:
+    hint = (
+        f"dataset.root must be a folder holding {name}_TRAIN.ts and {name}_TEST.ts (directly "
+        f"or in {name}/), or the dataset's zip (or null to download it)"
+    )
+    if root is None:
+        url = url.format(name=name)
+        archive = download(url, workdir / f"{name}.zip", sha256, progress=progress)
+        return _extract_ts(archive, workdir / name, name)
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"UEA root {path} does not exist; {hint}")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"UEA root {path} is a file but not a zip archive; {hint}")
+        return _extract_ts(path, workdir / name, name)
+    for folder in (path / name, path):
+        try:
+            find_file(folder, f"{name}_TRAIN.ts", "UEA")
+            return folder
+        except FileNotFoundError:
+            continue
+    # Let find_file produce the message naming the exact file looked for.
+    find_file(path / name if (path / name).is_dir() else path, f"{name}_TRAIN.ts", "UEA", hint)
+    raise AssertionError("unreachable")
+
+
+def load_uea(
+    name: str,
+    root: str | os.PathLike[str] | None,
+    data_dir: str | os.PathLike[str],
+    variable_length: str = "pad",
+    length: int | None = None,
+    url: str = DEFAULT_URL,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> HARData:
+    """Load ``<name>_TRAIN.ts`` + ``<name>_TEST.ts`` as ``HARData`` (X: [N, dims, length]).
+
+    Args:
+        name: the archive's dataset name, e.g. ``BasicMotions``.
+        root: local copy (folder or zip), or None to download ``url`` (``{name}`` filled in).
+        data_dir: writable folder for downloads (``uea/``).
+        variable_length: ``pad`` (zeros after the end) or ``resample`` (linear interpolation),
+            applied to series shorter or longer than ``length``.
+        length: target length; None = the longest series in either file.
+    """
+    if not isinstance(name, str) or not name or "/" in name or name != name.strip():
+        raise ValueError(f"dataset.name={name!r} is invalid: expected a UEA dataset name")
+    mode = check_choice("dataset.variable_length", variable_length, MODES)
+    if length is not None and (
+        isinstance(length, bool) or not isinstance(length, int) or length < 1
+    ):
+        raise ValueError(f"dataset.length={length!r} is invalid: expected an integer >= 1 or null")
+    workdir = Path(data_dir).expanduser() / "uea"
+    folder = _resolve(root, name, workdir, url, sha256, progress)
+    parts = {
+        split: parse_ts(find_file(folder, f"{name}_{split.upper()}.ts", "UEA"))
+        for split in ("train", "test")
+    }
+    declared = parts["train"].class_labels or parts["test"].class_labels
+    class_names = (
+        list(declared)
+        if declared
+        else sorted(set(parts["train"].labels) | set(parts["test"].labels))
+    )
+    unknown = sorted(set(parts["test"].labels) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"{name}_TEST.ts has classes {unknown} that the train file does not declare"
+        )
+    dims = {len(p.series[0]) for p in parts.values()}
+    if len(dims) != 1:
+        raise ValueError(f"UEA {name}: TRAIN and TEST have different numbers of dimensions {dims}")
+    lengths = [len(d) for p in parts.values() for case in p.series for d in case]
+    target = int(length) if length is not None else max(lengths)
+
+    xs, ys, missing = [], [], 0
+    for p in parts.values():
+        for case, label in zip(p.series, p.labels, strict=True):
+            channels = []
+            for d in case:
+                d, n = _fill_missing(d)
+                missing += n
+                channels.append(_to_length(d, target, mode))
+            xs.append(np.stack(channels))
+            ys.append(class_names.index(label))
+    n_train = len(parts["train"].labels)
+    n = len(ys)
+    n_dims = dims.pop()
+    return HARData(
+        name="uea",
+        X=np.asarray(xs, dtype=np.float32).reshape(n, n_dims, target),
+        y=np.asarray(ys, dtype=np.int64),
+        subjects=np.arange(n, dtype=np.int64),  # one id per case: the archive has no subjects
+        class_names=class_names,
+        channel_names=[f"dim_{d}" for d in range(n_dims)],
+        official_split=np.repeat(np.array(["train", "test"]), [n_train, n - n_train]),
+        sampling_rate_hz=None,
+        recording=np.arange(n, dtype=np.int64),
+        start=np.zeros(n, dtype=np.int64),
+        info={
+            "source": str(folder),
+            "problem": name,
+            "n_train": n_train,
+            "n_test": n - n_train,
+            "length": target,
+            "variable_length": mode,
+            "min_length": int(min(lengths)),
+            "max_length": int(max(lengths)),
+            "missing_values_filled": missing,
+            "subjects": "none in the archive: each case is its own subject id",
+        },
+    )
