@@ -400,7 +400,9 @@ def split_report(
                 k = overlapping_windows(data, parts[a], parts[b])
                 overlaps[key] = k
                 if k:
-                    problems.append(f"{k} {a} windows overlap {b} windows of the same recording")
+                    problems.append(
+                        f"{k} pairs of {a}/{b} windows overlap in time within one recording"
+                    )
     report["checks"] = {
         "shared_windows": shared_windows,
         "shared_subjects": shared_subjects,

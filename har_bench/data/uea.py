@@ -65,7 +65,7 @@ def parse_ts(path: Path) -> TsFile:
         if not in_data:
             if not line.startswith("@"):
                 raise ValueError(
-                    f"{path}, line {lineno}: expected a @tag before @data, got {line!r}"
+                    f"{path}, line {lineno}: expected a @tag before @data, got {line[:60]!r}"
                 )
             tag, _, value = line[1:].partition(" ")
             tag = tag.lower()
