@@ -11,7 +11,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,24 @@ ERROR = "error.txt"
 CHECKPOINTS = "checkpoints"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename over ``path``: readers see the old file or the new one.
+
+    fsync before the rename, or a power cut can leave an empty file under the final name.
+    """
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -56,29 +70,38 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_status(run_dir: Path, status: str, /, **extra: Any) -> None:
-    """(Re)write metrics.json with a status, keeping whatever it already held."""
+def write_status(run_dir: Path, status: str, /, clear: Sequence[str] = (), **extra: Any) -> None:
+    """(Re)write metrics.json with a status, keeping whatever it already held but ``clear``."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
     path = run_dir / METRICS
-    current = read_json(path) if path.exists() else {}
+    try:
+        current = read_json(path) if path.exists() else {}
+    except ValueError:
+        current = {}  # unreadable (hand-edited?): the status must still be recorded
+    for key in clear:
+        current.pop(key, None)
     current.update(extra)
     current["status"] = status
     current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json(path, current)
 
 
+def write_error(run_dir: Path, text: str) -> None:
+    _atomic_write_text(run_dir / ERROR, text)
+
+
 def write_history(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:
-    tmp = run_dir / (HISTORY + ".tmp")
-    pd.DataFrame(list(history)).to_csv(tmp, index=False)
-    os.replace(tmp, run_dir / HISTORY)
+    atomic_write(
+        run_dir / HISTORY, lambda tmp: pd.DataFrame(list(history)).to_csv(tmp, index=False)
+    )
 
 
 def write_confusion_matrix(run_dir: Path, cm: np.ndarray, class_names: Sequence[str]) -> None:
     """Counts as CSV (true class = rows) and a row-normalised, labelled PNG."""
-    tmp = run_dir / (CONFUSION_CSV + ".tmp")
     df = pd.DataFrame(cm, index=list(class_names), columns=list(class_names))
     df.index.name = "true\\predicted"
-    df.to_csv(tmp)
-    os.replace(tmp, run_dir / CONFUSION_CSV)
+    atomic_write(run_dir / CONFUSION_CSV, df.to_csv)
     fig = confusion_matrix_figure(cm, class_names)
     _save_figure(fig, run_dir / CONFUSION_PNG)
 
@@ -140,9 +163,12 @@ def _pyplot() -> Any:
 
 def _save_figure(fig: Any, path: Path) -> None:
     plt = _pyplot()
+    # The format comes from the suffix, so the temp name keeps it.
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -204,10 +230,12 @@ class TensorBoardLogger:
     the HParams plugin builds the experiment from all runs' session infos.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        """``purge_step``: on resume, hide the earlier event files' points from this step on,
+        so an epoch logged both before the crash and after the resume shows once."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def log_epoch(self, row: Mapping[str, float]) -> None:
         epoch = int(row["epoch"])

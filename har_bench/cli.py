@@ -3,18 +3,34 @@
 ``har-bench [overrides]`` trains through Hydra; non-training verbs (``har-bench compare ...``)
 are dispatched before Hydra sees the command line. Heavy imports (torch) happen only once a run
 starts, so ``har-bench --help`` stays fast.
+
+Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 1 the run failed
+(diverged, or a bug: traceback on stderr and in the run's error.txt); 130 / 143 stopped by
+SIGINT / SIGTERM (the command that resumes the run is printed). A sweep runs every job even when
+some fail, then exits 2 (all failures were bad input) or 1.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Verbs other than training: name -> callable taking the remaining argv, returning an exit code.
 VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def config_dir() -> Path:
@@ -24,22 +40,76 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent / "configs"
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # A failed download is the network's or the URL's fault, not a bug: one line, no traceback.
+    from har_bench.data.download import DownloadError
+
+    return (*USER_ERRORS, DownloadError)
+
+
+@dataclass
+class _Sweep:
+    jobs: int = 0
+    failures: list[bool] = field(default_factory=list)  # per failed job: was it bad input?
+
+
+_SWEEP = _Sweep()
+
+
 def _train(cfg: object) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from har_bench.engine import DivergedError
     from har_bench.run import run
 
     hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    _SWEEP.jobs += 1
     try:
-        result = run(cfg, Path(hc.runtime.output_dir))  # type: ignore[arg-type]
-    except USER_ERRORS as e:
-        if hc.mode == RunMode.MULTIRUN:
-            raise  # the launcher records the failed job and the sweep goes on
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        result = run(cfg, run_dir)  # type: ignore[arg-type]
+    except KeyboardInterrupt as e:
+        _report_interrupt(e, run_dir, multirun)
+        raise SystemExit(getattr(e, "exit_code", 130)) from None
+    except Exception as e:
+        user = isinstance(e, _user_errors())
+        diverged = isinstance(e, DivergedError)
+        if multirun:
+            # Hydra's launcher would record the exception and the sweeper re-raise it after the
+            # batch (traceback, exit 1, later batches never run). The job's own dir already
+            # says failed/diverged (+ error.txt); note it and let the sweep go on.
+            where = "" if user or diverged else f" (traceback in {run_dir / 'error.txt'})"
+            overrides = " ".join(hc.overrides.task)
+            print(f"error: job {hc.job.num} ({overrides}): {e}{where}", file=sys.stderr)
+            _SWEEP.failures.append(user)
+            # NaN, not None: sweepers such as Optuna's mark the trial failed instead of crashing.
+            return float("nan")
+        if user:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if diverged:
+            print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
     # Returned to Hydra (and to sweepers such as Optuna): the validation metric, never test.
     return result.get("best_val_metric")
+
+
+def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> None:
+    from har_bench.run import resume_command
+
+    name = getattr(e, "signal_name", "SIGINT")
+    saved = getattr(e, "saved", None)
+    command = resume_command(run_dir)
+    if command is None:
+        msg = f"interrupted by {name} before the first checkpoint; nothing to resume"
+    else:
+        held = saved or "the latest saved state"
+        msg = f"interrupted by {name}; checkpoints/last.pt holds {held}. Resume with:\n  {command}"
+    if multirun:
+        msg += "\n(the sweep stopped here; later jobs did not run)"
+    print(msg, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int | None:
@@ -48,10 +118,157 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return VERBS[args[0]](args[1:])
     import hydra
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *args]
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(_train)()
+    _SWEEP.jobs, _SWEEP.failures = 0, []
+    try:
+        with _hydra_raises():
+            if any("trainer.resume" in a for a in args):
+                from har_bench.resume import prepare
+
+                args = prepare(args)
+            sys.argv = [sys.argv[0], *args]
+            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(
+                _train
+            )()
+    except Exception as e:
+        msg = describe_config_error(e, args)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    if _SWEEP.failures:
+        n, total = len(_SWEEP.failures), _SWEEP.jobs
+        print(
+            f"error: {n} of {total} sweep jobs failed (see the error lines above; each job's "
+            "directory has metrics.json with its status)",
+            file=sys.stderr,
+        )
+        return 2 if all(_SWEEP.failures) else 1
     return 0
+
+
+@contextmanager
+def _hydra_raises() -> Any:
+    """Make Hydra raise its errors instead of printing them and exiting 1, so they can be
+    reworded here. A user who set HYDRA_FULL_ERROR keeps Hydra's own output."""
+    if "HYDRA_FULL_ERROR" in os.environ:
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
+    """One line for a composition error (unknown option, unknown key, bad override syntax) or
+    a refused resume; None for anything else (a bug keeps its traceback)."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        HydraException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    from har_bench.resume import ResumeError
+
+    if isinstance(e, ResumeError):
+        return str(e)
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if isinstance(e, MissingConfigException):
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        if group and e.options:
+            options = sorted(str(o) for o in e.options)
+            msg = f"{group}={name} is unknown: expected one of {', '.join(options)}"
+            close = _closest(name, options)
+            return msg + (f" (did you mean {group}={close}?)" if close else "")
+        return first
+    if isinstance(e, OverrideParseException):
+        bad = _unparsable(args)
+        return (
+            f"cannot parse the override {bad!r} ({first}); quote values with special "
+            "characters, e.g. 'dataset.root=\"/data/UCI HAR Dataset\"'"
+            if bad
+            else first
+        )
+    if isinstance(e, ConfigCompositionException):
+        m = re.match(r"Could not override '([^']+)'", text)
+        cause = e.__cause__
+        if m and cause is not None and "not in struct" in str(cause):
+            key = m[1]
+            close = closest_key(key, args)
+            hint = f"; did you mean {close}?" if close else ""
+            return f"{key} is not a config key{hint} (har-bench --help lists every key)"
+        if m and cause is not None:
+            return f"cannot set {m[1]}: {str(cause).strip().splitlines()[0]}"
+        return " ".join(line.strip() for line in text.splitlines()[:2])
+    if isinstance(e, HydraException | OmegaConfBaseException):
+        return first
+    return None
+
+
+def _closest(word: str, candidates: Sequence[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _unparsable(args: Sequence[str]) -> str | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for a in args:
+        if a.startswith("-"):
+            continue
+        try:
+            parser.parse_override(a)
+        except Exception:
+            return a
+    return None
+
+
+def closest_key(key: str, args: Sequence[str]) -> str | None:
+    """The existing config key nearest to a misspelled one, looked up in the config the
+    command's group choices (model=..., dataset=...) give, siblings first."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    choices = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and a[0] not in "+~-"]
+    cfg = None
+    for overrides in (choices, []):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+                cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            break
+        except Exception:
+            continue
+        finally:
+            GlobalHydra.instance().clear()
+    if cfg is None:
+        return None
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for k in node:
+            full = f"{prefix}{k}"
+            keys.append(full)
+            child = OmegaConf.select(node, str(k), throw_on_resolution_failure=False)
+            if OmegaConf.is_dict(child):
+                walk(child, full + ".")
+
+    walk(cfg, "")
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    if parent and siblings:
+        close = _closest(leaf, siblings)
+        if close:
+            return f"{parent}.{close}"
+    return _closest(key, keys)
 
 
 if __name__ == "__main__":

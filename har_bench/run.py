@@ -6,6 +6,10 @@ Hydra and OmegaConf stop here: everything below this module is plain typed Pytho
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shlex
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -21,37 +25,101 @@ from torch import nn
 from har_bench import artifacts
 from har_bench.data.base import HARData
 from har_bench.data.splits import SPLIT_REPORT, Split, assert_clean, split_report, standardise
-from har_bench.engine import Trainer, measure_latency, seed_everything
+from har_bench.engine import (
+    DivergedError,
+    Interrupted,
+    Trainer,
+    load_resume_state,
+    measure_latency,
+    seed_everything,
+    stop_on_signals,
+)
 from har_bench.metrics import classification_metrics, confusion_counts
 from har_bench.models.summary import model_summary
 
 log = logging.getLogger(__name__)
 
 
+# Keys of metrics.json that describe how a previous attempt ended; a resumed run drops them.
+_ENDING_KEYS = ("error", "interrupted", "diverged", "hint", "resume_command")
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate the configured model; write every artifact into ``run_dir``.
 
-    On any error the run dir keeps what was written so far, ``metrics.json`` says
-    ``status: failed`` with the message, and ``error.txt`` holds the traceback.
+    Whatever happens, the run dir keeps what was written so far and ``metrics.json`` ends with
+    a status: ``completed``; ``interrupted`` (SIGINT/SIGTERM, with the command that resumes
+    it); ``diverged`` (NaN/inf loss, with epoch, step and a hint); or ``failed`` with the
+    message, the traceback in ``error.txt``. Only SIGKILL or a power cut leave ``running``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.write_status(run_dir, "running", run_dir=str(run_dir))
-    try:
-        return _run(cfg, run_dir)
-    except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        (run_dir / artifacts.ERROR).write_text(traceback.format_exc())
-        artifacts.write_status(run_dir, status, error=f"{type(e).__name__}: {e}")
-        raise
+    with stop_on_signals():
+        artifacts.write_status(
+            run_dir,
+            "running",
+            clear=_ENDING_KEYS,
+            run_dir=str(run_dir),
+            # Lets a resume refuse a run that is still alive (see har_bench.resume).
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
+        try:
+            return _run(cfg, run_dir)
+        except KeyboardInterrupt as e:
+            saved = e.saved if isinstance(e, Interrupted) else None
+            name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
+            command = resume_command(run_dir)
+            artifacts.write_status(
+                run_dir,
+                "interrupted",
+                error=f"interrupted by {name}",
+                interrupted={"signal": name, "checkpoint": saved},
+                resume_command=command,
+            )
+            raise
+        except DivergedError as e:
+            artifacts.write_status(
+                run_dir,
+                "diverged",
+                error=str(e),
+                diverged={"epoch": e.epoch, "step": e.step, "loss": str(e.loss)},
+                hint="try a lower optimizer.lr or trainer.precision=32",
+            )
+            raise
+        except BaseException as e:
+            artifacts.write_error(run_dir, traceback.format_exc())
+            artifacts.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+            raise
+
+
+def resume_command(run_dir: Path) -> str | None:
+    """The command that continues this run, or None when it has no checkpoint yet."""
+    if not (run_dir / artifacts.CHECKPOINTS / "last.pt").is_file():
+        return None
+    return f"har-bench trainer.resume={shlex.quote(str(run_dir.resolve()))}"
 
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    seed_everything(int(cfg.seed))
-    # The trainer first: a bad trainer/device setting fails before any data is read.
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} is invalid: expected an integer >= 0")
+    seed_everything(seed)
+    # The trainer and optimizer first: a bad setting fails before any data is read.
     trainer: Trainer = build(cfg, "trainer")
-    artifacts.write_json(
-        run_dir / artifacts.ENVIRONMENT, artifacts.environment_info(str(trainer.device))
-    )
+    optimizer_factory = build(cfg, "optimizer")
+    scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
+    check_optimizer(optimizer_factory, scheduler_factory)
+    resume_state = _load_resume(trainer, run_dir)
+    env = artifacts.environment_info(str(trainer.device))
+    if resume_state is not None and (run_dir / artifacts.ENVIRONMENT).is_file():
+        # The first attempt's environment stays; each resume adds where it ran.
+        first = artifacts.read_json(run_dir / artifacts.ENVIRONMENT)
+        first.setdefault("resumed", []).append(
+            {"from_epoch": resume_state["epoch"], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            | {k: env[k] for k in ("command", "git_commit", "device", "platform", "torch")}
+        )
+        env = first
+    artifacts.write_json(run_dir / artifacts.ENVIRONMENT, env)
 
     t0 = time.perf_counter()
     data: HARData = build(cfg, "dataset")
@@ -61,6 +129,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     report = split_report(data, split, name=_choice("split"))
     artifacts.write_json(run_dir / SPLIT_REPORT, report)
     assert_clean(report)
+    check_split_labels(data, split)
     log.info(
         "dataset %s: %d windows, %d channels x %d samples, %d classes; split train/val/test = "
         "%d/%d/%d windows (%.1fs)",
@@ -95,8 +164,16 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["flops_per_sample"] / 1e6,
     )
 
-    tb = artifacts.TensorBoardLogger(run_dir)
     history: list[dict[str, float]] = []
+    purge_step = None
+    if resume_state is not None:
+        history = [dict(r) for r in resume_state["history"]]
+        # history.csv may lag last.pt by one epoch (killed between the two writes).
+        artifacts.write_history(run_dir, history)
+        purge_step = len(history) or None
+    tb = artifacts.TensorBoardLogger(run_dir, purge_step=purge_step)
+    if history:
+        tb.log_epoch(history[-1])
 
     def on_epoch_end(row: dict[str, float]) -> None:
         history.append(row)
@@ -104,16 +181,16 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tb.log_epoch(row)
 
     try:
-        scheduler = build(cfg, "scheduler") if cfg.get("scheduler") else None
         fit = trainer.fit(
             model,
             *parts["train"],
             *parts["val"],
-            optimizer_factory=build(cfg, "optimizer"),
-            scheduler_factory=scheduler,
+            optimizer_factory=optimizer_factory,
+            scheduler_factory=scheduler_factory,
             checkpoint_dir=run_dir / artifacts.CHECKPOINTS,
-            seed=int(cfg.seed),
+            seed=seed,
             on_epoch_end=on_epoch_end,
+            resume=resume_state,
         )
 
         # The test set is touched once, here, with the best-on-validation weights.
@@ -135,6 +212,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "dataset": _choice("dataset"),
             "run_dir": str(run_dir),
         }
+        if resume_state is not None:
+            metrics["resumed_from_epoch"] = resume_state["epoch"]
         for name, res in results.items():
             metrics[name] = {
                 "loss": res["loss"],
@@ -203,12 +282,107 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
         return instantiate(cfg[group], **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
-        if isinstance(cause, ValueError | FileNotFoundError | NotADirectoryError):
+        if isinstance(cause, TypeError):
+            # A key the constructor does not take, e.g. +trainer.foo=1.
+            m = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+            if m:
+                target = cfg[group].get("_target_", group)
+                raise ValueError(f"{group}.{m[1]} is not a parameter of {target}") from None
+        if isinstance(cause, ValueError | OSError):
             msg = str(cause)
             if not msg.startswith(f"{group}."):
                 msg = f"{group}: {msg}"
             raise type(cause)(msg) from cause
         raise
+
+
+# torch.optim's wording -> (config key, what it takes). torch checks these only when an
+# optimizer is created; check_optimizer does that before any data is read.
+_OPTIMIZER_CHECKS = {
+    "Invalid learning rate": ("lr", "a number >= 0"),
+    "Invalid epsilon value": ("eps", "a number >= 0"),
+    "Invalid weight_decay value": ("weight_decay", "a number >= 0"),
+    "Invalid momentum value": ("momentum", "a number >= 0"),
+    "Invalid beta parameter": ("betas", "two numbers in [0, 1)"),
+    "Invalid alpha value": ("alpha", "a number >= 0"),
+}
+
+
+def check_optimizer(optimizer_factory: Any, scheduler_factory: Any) -> None:
+    """Create the optimizer and scheduler on a dummy parameter, turning torch's errors into
+    messages that name the config key (``optimizer.lr=-0.1 is invalid: ...``)."""
+    keywords = dict(getattr(optimizer_factory, "keywords", {}) or {})
+    target = getattr(getattr(optimizer_factory, "func", None), "__name__", "the optimizer")
+    for key, value in keywords.items():
+        # A typo such as optimizer.lr=1e-3x arrives as a string; torch's error would not say so.
+        if key in ("lr", "eps", "weight_decay", "momentum", "alpha") and isinstance(value, str):
+            raise ValueError(f"optimizer.{key}={value!r} is invalid: expected a number")
+    try:
+        optimizer = optimizer_factory([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        m = re.search(r"unexpected keyword argument '(\w+)'", msg)
+        if m:
+            raise ValueError(f"optimizer.{m[1]} is not a parameter of {target}") from None
+        for prefix, (key, expected) in _OPTIMIZER_CHECKS.items():
+            if msg.startswith(prefix):
+                value = keywords.get(key, msg.rpartition(":")[2].strip())
+                raise ValueError(
+                    f"optimizer.{key}={value} is invalid: expected {expected}"
+                ) from None
+        raise ValueError(f"optimizer ({target}): {msg}") from None
+    if scheduler_factory is not None:
+        try:
+            scheduler_factory(optimizer)
+        except (ValueError, TypeError, ZeroDivisionError) as e:
+            m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if m:
+                raise ValueError(f"scheduler.{m[1]} is not a parameter of the scheduler") from None
+            raise ValueError(f"scheduler: {e}") from None
+
+
+def check_split_labels(data: HARData, split: Split) -> None:
+    """Training and test parts must have windows, and every test class must occur in training."""
+    sizes = {
+        part: len(idx)
+        for part, idx in (("train", split.train), ("val", split.val), ("test", split.test))
+    }
+    for part in ("train", "test"):
+        if sizes[part] == 0:
+            raise ValueError(
+                f"split={_choice('split')}: the {part} part has no windows (train/val/test = "
+                f"{sizes['train']}/{sizes['val']}/{sizes['test']} windows); check the split's "
+                "subjects or fractions against the dataset"
+            )
+    train_classes = set(np.unique(data.y[split.train]).tolist())
+    for part, idx in (("test", split.test), ("val", split.val)):
+        unseen = sorted(set(np.unique(data.y[idx]).tolist()) - train_classes)
+        if not unseen:
+            continue
+        names = [data.class_names[k] for k in unseen]
+        if part == "test":
+            raise ValueError(
+                f"split={_choice('split')}: test labels {names} never occur in the training "
+                f"part ({len(train_classes)} of {data.num_classes} classes there), so no model "
+                "can learn them; choose other test subjects or a dataset with those classes "
+                "in training"
+            )
+        log.warning("validation labels %s never occur in the training part", names)
+
+
+def _load_resume(trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
+    if trainer.resume is None:
+        return None
+    target = Path(trainer.resume).expanduser()
+    if target.resolve() != run_dir.resolve():
+        raise ValueError(
+            f"trainer.resume={trainer.resume} is not this run's directory ({run_dir}): a run "
+            "continues in its own directory (the har-bench CLI arranges that; from Python "
+            "call run(cfg, Path(cfg.trainer.resume)))"
+        )
+    state = load_resume_state(run_dir / artifacts.CHECKPOINTS)
+    log.info("resuming %s from %s", run_dir, run_dir / artifacts.CHECKPOINTS / "last.pt")
+    return state
 
 
 def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:

@@ -1,0 +1,263 @@
+"""``trainer.resume`` on the command line: find the run, check it, point Hydra at its directory.
+
+This runs before Hydra starts. Hydra writes the composed config into ``<run dir>/.hydra/``
+before the task runs, so a resume that is then refused (another model, say) would already have
+overwritten the old run's record; checked here, a refused resume writes nothing.
+
+Resolution:
+
+* ``trainer.resume=RUN_DIR`` takes the run's own overrides (``.hydra/overrides.yaml``) and puts
+  the command line's after them, so ``har-bench trainer.resume=RUN_DIR`` alone is enough and
+  anything given explicitly wins.
+* ``trainer.resume=last`` picks, under ``paths.output_dir``, the most recently checkpointed run
+  whose config equals the command line's and that has not completed.
+* Either way the composed config must equal the run's saved one, except for the keys in
+  :data:`IGNORED` (they do not change the numbers); ``hydra.run.dir`` is set to the run dir so
+  logs and artifacts continue in place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESUME_KEY = "trainer.resume"
+# May differ between a run and its resume. max_epochs is here so a stopped run can be given more
+# epochs (with cosine's T_max = max_epochs the schedule then changes: not an exact replay).
+IGNORED = (
+    "trainer.resume",
+    "trainer.max_epochs",
+    "trainer.progress",
+    "trainer.num_threads",
+    "paths",
+    "efficiency",
+    "dataset.progress",
+    "dataset.data_dir",
+)
+_SAFE_PATH = re.compile(r"^[\w./:@+-]+$")
+
+
+class ResumeError(ValueError):
+    """A ``trainer.resume`` that cannot be honoured; the message says why."""
+
+
+def prepare(args: Sequence[str]) -> list[str]:
+    """The command line with ``trainer.resume`` resolved, or unchanged when it has none."""
+    args = list(args)
+    if not any(RESUME_KEY in a for a in args):
+        return args
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ns, _ = get_args_parser().parse_known_args(args)
+    overrides: list[str] = list(ns.overrides or [])
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    resume = [
+        (o, p) for o, p in zip(overrides, parsed, strict=True) if p.key_or_group == RESUME_KEY
+    ]
+    if not resume:
+        return args
+    value = resume[-1][1].value()
+    if value in (None, ""):
+        return args
+    if ns.multirun:
+        raise ResumeError(
+            f"{RESUME_KEY} continues one run and cannot be combined with -m/--multirun; "
+            "resume each job directory on its own"
+        )
+    others = [o for o in overrides if o not in {r[0] for r in resume}]
+    given = {p.key_or_group for p in parsed if p.key_or_group != RESUME_KEY}
+    if str(value) == "last":
+        run_dir = find_last(others)
+    else:
+        run_dir = Path(str(value)).expanduser().resolve()
+        check_run_dir(run_dir, str(value))
+    saved = [
+        o
+        for o in saved_overrides(run_dir)
+        if _key(o) not in given and _key(o) != RESUME_KEY and not _key(o).startswith("hydra.")
+    ]
+    merged = [*saved, *others]
+    differences = config_differences(load_saved_config(run_dir), compose(merged))
+    if differences:
+        shown = "; ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
+        raise ResumeError(
+            f"{RESUME_KEY}={value}: that run has a different config ({shown}); resume it with "
+            "its own settings or start a new run"
+        )
+    flags = [a for a in args if a not in overrides]
+    return [
+        *flags,
+        *merged,
+        f"{RESUME_KEY}={hydra_quote(str(run_dir))}",
+        f"hydra.run.dir={hydra_quote(str(run_dir))}",
+    ]
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as a Hydra override value (paths with spaces, quotes, commas, ...)."""
+    if _SAFE_PATH.match(value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_run_dir(run_dir: Path, value: str) -> None:
+    """Refuse what cannot be resumed: not a run, no checkpoint, completed, still running."""
+    from har_bench import artifacts
+
+    prefix = f"{RESUME_KEY}={value}"
+    if not run_dir.is_dir():
+        raise ResumeError(f"{prefix}: no such run directory ({run_dir})")
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise ResumeError(
+            f"{prefix}: {run_dir} is not a har-bench run directory (no .hydra/config.yaml)"
+        )
+    if not (run_dir / artifacts.CHECKPOINTS / "last.pt").is_file():
+        raise ResumeError(
+            f"{prefix}: {run_dir} has no checkpoints/last.pt (it stopped before its first "
+            "checkpoint); start it again without trainer.resume"
+        )
+    status = read_status(run_dir)
+    if status.get("status") == "completed":
+        raise ResumeError(
+            f"{prefix}: {run_dir} already completed (metrics.json status: completed); "
+            "nothing to resume"
+        )
+    if status.get("status") == "running" and _alive(status):
+        raise ResumeError(
+            f"{prefix}: {run_dir} is still running (pid {status['pid']}); stop it first"
+        )
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``status: running`` is still there (a SIGKILLed run
+    leaves ``running`` behind; its pid is gone, or reused by something that is not har-bench)."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or status.get("host") != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            return b"har" in cmdline.read_bytes()  # empty for a zombie
+        except OSError:
+            return False
+    return True
+
+
+def saved_overrides(run_dir: Path) -> list[str]:
+    import yaml
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+
+
+def load_saved_config(run_dir: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def compose(overrides: Sequence[str]) -> dict[str, Any]:
+    """The task config (no ``hydra`` node, interpolations kept) these overrides give."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from har_bench.cli import config_dir
+
+    task = [o for o in overrides if not _key(o).startswith("hydra.")]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=task)
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: saved -> new`` for every leaf that differs, ignoring :data:`IGNORED`."""
+    a, b = _flatten(saved), _flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == k or key.startswith(k + ".") for k in IGNORED):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}")
+    return out
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def find_last(overrides: Sequence[str]) -> Path:
+    """The most recently checkpointed, not completed run with this config."""
+    from omegaconf import OmegaConf
+
+    from har_bench import artifacts
+
+    wanted = compose(overrides)
+    output_dir = Path(
+        str(OmegaConf.create(wanted).paths.output_dir)  # resolves ${...} in the path
+    ).expanduser()
+    checkpoints = sorted(
+        output_dir.glob(f"**/{artifacts.CHECKPOINTS}/last.pt"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    completed = None
+    for last in checkpoints:
+        run_dir = last.parent.parent.resolve()
+        if not (run_dir / ".hydra" / "config.yaml").is_file():
+            continue
+        if config_differences(load_saved_config(run_dir), wanted):
+            continue
+        if read_status(run_dir).get("status") == "completed":
+            completed = completed or run_dir
+            continue
+        check_run_dir(run_dir, "last")
+        return run_dir
+    detail = (
+        f"the newest one, {completed}, already completed"
+        if completed
+        else f"{len(checkpoints)} run(s) with a checkpoint were looked at"
+    )
+    raise ResumeError(
+        f"{RESUME_KEY}=last: no unfinished run under {output_dir} has this config ({detail}); "
+        "give the run directory instead, or start a new run"
+    )
