@@ -173,3 +173,11 @@ def test_report_contents_per_split_and_class():
     assert report["checks"]["overlapping_windows"] is None  # pre-cut windows
     assert "not checkable" in report["checks"]["overlap_check"]
     assert report["unused_windows"] == 0 and SPLIT_REPORT == "split_report.json"
+
+
+def test_report_keeps_counts_only_for_per_sample_ids():
+    data = load_synthetic(num_subjects=2500, windows_per_subject=1, window=8)
+    report = split_report(data, official_split(data, val_fraction=0.2, seed=0))
+    train = report["parts"]["train"]
+    assert train["subjects"] is None and train["windows_per_subject"] is None
+    assert train["num_subjects"] == train["windows"] > 1000 and report["clean"]

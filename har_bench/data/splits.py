@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 SPLIT_REPORT = "split_report.json"  # written into every run directory by har_bench.run
+MAX_LISTED_SUBJECTS = 1000
 
 
 @dataclass
@@ -358,13 +359,18 @@ def split_report(
             problems.append(f"{dup} windows are listed twice in {part}")
         subjects, sub_counts = np.unique(data.subjects[idx], return_counts=True)
         class_counts = np.bincount(data.y[idx], minlength=data.num_classes)
+        listed = len(subjects) <= MAX_LISTED_SUBJECTS
         report["parts"][part] = {
             "windows": int(len(idx)),
             "num_subjects": int(len(subjects)),
-            "subjects": [int(s) for s in subjects],
+            # Datasets without subjects (UEA, images) have one id per sample: tens of thousands
+            # of ids would bury the report, so only counts are kept for them.
+            "subjects": [int(s) for s in subjects] if listed else None,
             "windows_per_subject": {
                 str(int(s)): int(c) for s, c in zip(subjects, sub_counts, strict=True)
-            },
+            }
+            if listed
+            else None,
             "per_class": {c: int(k) for c, k in zip(data.class_names, class_counts, strict=True)},
             "missing_classes": [
                 c for c, k in zip(data.class_names, class_counts, strict=True) if k == 0
@@ -389,7 +395,7 @@ def split_report(
             shared = np.intersect1d(parts[a], parts[b])
             shared_windows[key] = int(len(shared))
             subj = np.intersect1d(data.subjects[parts[a]], data.subjects[parts[b]])
-            shared_subjects[key] = [int(s) for s in subj]
+            shared_subjects[key] = [int(s) for s in subj[:MAX_LISTED_SUBJECTS]]
             if len(shared):
                 problems.append(f"{len(shared)} windows are in both {a} and {b}")
             if len(subj):

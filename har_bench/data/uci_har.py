@@ -286,8 +286,13 @@ def load_uci_har(
     sha256: str | None = None,
     cache: bool = True,
     progress: bool = True,
+    features: bool = False,
 ) -> HARData:
     """Load UCI-HAR raw inertial windows as ``HARData`` (X: [10299, 9, 128] on the full set).
+
+    With ``features=True``, the 561 engineered features of ``X_train.txt``/``X_test.txt``
+    instead, as X [N, 561, 1]: one "channel" per feature (so per-channel standardisation is
+    per-feature z-scoring) and a length-1 "window", for MLP and other feature baselines.
 
     Args:
         root: the ``UCI HAR Dataset`` folder, a folder containing it, the official zip, or
@@ -301,6 +306,8 @@ def load_uci_har(
     """
     workdir = Path(data_dir).expanduser() / "uci_har"
     ds, archive = _resolve_dataset_dir(root, workdir, url, sha256, progress)
+    if features:
+        return _load_features(ds, archive)
     files = _source_files(ds)
 
     cache_path: Path | None = None
@@ -334,5 +341,55 @@ def load_uci_har(
         channel_names=list(CHANNEL_NAMES),
         official_split=np.repeat(np.array(["train", "test"]), [n_train, n - n_train]),
         sampling_rate_hz=SAMPLING_RATE_HZ,
+        info=info,
+    )
+
+
+N_FEATURES = 561
+
+
+def _load_features(ds: Path, archive: Path | None) -> HARData:
+    class_names = _read_class_names(_find(ds, "activity_labels.txt", ds))
+    names_path = _find(ds, "features.txt", ds)
+    with _open_text(names_path) as f:
+        rows = [line.split(maxsplit=1) for line in f.read().splitlines() if line.strip()]
+    if len(rows) != N_FEATURES or any(len(r) != 2 for r in rows):
+        raise ValueError(
+            f"{names_path}: expected {N_FEATURES} lines '<id> <name>', got {len(rows)}"
+        )
+    feature_names = [r[1].strip() for r in rows]
+    xs, ys, subjects = [], [], []
+    for split in SPLITS:
+        X = _read_table(_find(ds / split, f"X_{split}.txt", ds), N_FEATURES, np.float32)
+        y = _read_table(_find(ds / split, f"y_{split}.txt", ds), 1, np.int64).ravel()
+        subj = _read_table(_find(ds / split, f"subject_{split}.txt", ds), 1, np.int64).ravel()
+        if not len(X) == len(y) == len(subj):
+            raise ValueError(
+                f"UCI-HAR {split}: X_{split}.txt has {len(X)} rows, y_{split}.txt {len(y)}, "
+                f"subject_{split}.txt {len(subj)}"
+            )
+        bad = np.flatnonzero((y < 1) | (y > len(class_names)))
+        if bad.size:
+            raise ValueError(
+                f"{ds / split / f'y_{split}.txt'}, row {bad[0] + 1}: label {y[bad[0]]} is "
+                f"outside 1..{len(class_names)}"
+            )
+        xs.append(X)
+        ys.append(y - 1)
+        subjects.append(subj)
+    n_train = len(ys[0])
+    n = n_train + len(ys[1])
+    info: dict = {"source": str(ds), "features": True, "n_train": n_train, "n_test": n - n_train}
+    if archive is not None:
+        info["archive"] = str(archive)
+    return HARData(
+        name="uci_har",
+        X=np.concatenate(xs)[:, :, None],
+        y=np.concatenate(ys),
+        subjects=np.concatenate(subjects),
+        class_names=class_names,
+        channel_names=feature_names,
+        official_split=np.repeat(np.array(["train", "test"]), [n_train, n - n_train]),
+        sampling_rate_hz=None,
         info=info,
     )

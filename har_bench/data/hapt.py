@@ -1,0 +1,204 @@
+"""HAPT: Smartphone-Based Recognition of Human Activities and Postural Transitions
+(Reyes-Ortiz et al., Neurocomputing 2016), raw signals, windowed.
+
+``RawData/acc_expNN_userMM.txt`` and ``gyro_expNN_userMM.txt``: 3 columns at 50 Hz per
+experiment; ``RawData/labels.txt``: ``experiment user activity start end`` (1-based, inclusive
+sample indices). Activities 1-6 are the basic ones of UCI-HAR, 7-12 the postural transitions;
+samples outside any labelled segment are never inside a window. The official split is the
+subject split of HAPT's Train/Test folders (the UCI-HAR one): read from
+``Test/subject_id_test.txt`` when present, else the 9 documented test volunteers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._io import check_choice, find_file, read_text, strip_compression
+from .base import HARData
+from .download import download, extract_zip, filename_from_url
+from .windowing import Recording, check_window, window_recordings
+
+DEFAULT_URL = (
+    "https://archive.ics.uci.edu/static/public/341/"
+    "smartphone+based+recognition+of+human+activities+and+postural+transitions.zip"
+)
+SAMPLING_RATE_HZ = 50.0
+ACTIVITIES = [
+    "WALKING",
+    "WALKING_UPSTAIRS",
+    "WALKING_DOWNSTAIRS",
+    "SITTING",
+    "STANDING",
+    "LAYING",
+    "STAND_TO_SIT",
+    "SIT_TO_STAND",
+    "SIT_TO_LIE",
+    "LIE_TO_SIT",
+    "STAND_TO_LIE",
+    "LIE_TO_STAND",
+]
+TEST_SUBJECTS = [2, 4, 9, 10, 12, 13, 18, 20, 24]
+SENSORS = ("acc", "gyro")
+_FILE_RE = re.compile(r"^(acc|gyro)_exp(\d+)_user(\d+)\.txt$")
+_HINT = (
+    "dataset.root must be the HAPT folder holding RawData/, RawData/ itself, or the official "
+    "zip (or null to download it)"
+)
+
+
+def _resolve(root, workdir: Path, url: str, sha256: str | None, progress: bool) -> Path:
+    if root is None:
+        archive = download(
+            url, workdir / filename_from_url(url, "hapt.zip"), sha256, progress=progress
+        )
+        root = archive
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"HAPT root {path} does not exist; {_HINT}")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"HAPT root {path} is a file but not a zip archive; {_HINT}")
+        return extract_zip(path, workdir, "RawData").parent
+    if path.name == "RawData":
+        return path.parent
+    if not (path / "RawData").is_dir():
+        raise FileNotFoundError(f"HAPT folder {path} has no RawData/ folder; {_HINT}")
+    return path
+
+
+def _read_matrix(path: Path, ncols: int) -> np.ndarray:
+    text = read_text(path)
+    try:
+        fast = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, dtype=np.float64)
+        arr = fast.to_numpy()
+        if arr.ndim == 2 and arr.shape[1] == ncols and not np.isnan(arr).any():
+            return arr
+    except (ValueError, pd.errors.ParserError):
+        pass  # the careful pass below names the line
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    for lineno, row in enumerate(rows, start=1):
+        if len(row) != ncols:
+            raise ValueError(f"{path}, row {lineno}: expected {ncols} values, found {len(row)}")
+    try:
+        return np.asarray(rows, dtype=np.float64).reshape(len(rows), ncols)
+    except ValueError:
+        bad = next(
+            (i, t) for i, r in enumerate(rows, 1) for t in r if not _is_float(t)
+        )  # the first unparsable token
+        raise ValueError(f"{path}, row {bad[0]}: {bad[1]!r} is not a number") from None
+
+
+def _is_float(t: str) -> bool:
+    try:
+        float(t)
+    except ValueError:
+        return False
+    return True
+
+
+def _test_subjects(ds: Path) -> tuple[list[int], str]:
+    try:
+        path = find_file(ds / "Test", "subject_id_test.txt", "HAPT")
+    except FileNotFoundError:
+        return list(TEST_SUBJECTS), "documented HAPT/UCI-HAR test volunteers"
+    ids = pd.read_csv(path, header=None).iloc[:, 0].astype(int)
+    return sorted(set(ids.tolist())), str(path)
+
+
+def load_hapt(
+    root: str | os.PathLike[str] | None,
+    data_dir: str | os.PathLike[str],
+    transitions: bool = False,
+    sensors: list[str] | tuple[str, ...] = SENSORS,
+    window: int = 128,
+    step: int = 64,
+    resample_hz: float | None = None,
+    url: str = DEFAULT_URL,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> HARData:
+    """Load HAPT RawData as windows ([N, 3 per sensor, window]).
+
+    Args:
+        transitions: False = the 6 basic activities (transition segments dropped); True = all
+            12 classes.
+        sensors: ``acc`` (g) and/or ``gyro`` (rad/s), in this channel order.
+        window, step: samples at 50 Hz (128/64 = UCI-HAR's 2.56 s windows, 50 % overlap).
+    """
+    window, step = check_window(window, step)
+    sensors = [check_choice("dataset.sensors entry", str(s), SENSORS) for s in sensors]
+    if not sensors:
+        raise ValueError("dataset.sensors is empty: choose acc and/or gyro")
+    ds = _resolve(root, Path(data_dir).expanduser() / "hapt", url, sha256, progress)
+    raw = ds / "RawData"
+    labels_path = find_file(raw, "labels.txt", "HAPT", _HINT)
+    labels = _read_matrix(labels_path, 5).astype(np.int64)
+    bad = np.flatnonzero((labels[:, 2] < 1) | (labels[:, 2] > 12) | (labels[:, 3] > labels[:, 4]))
+    if bad.size:
+        raise ValueError(
+            f"{labels_path}, row {bad[0] + 1}: expected activity 1..12 and start <= end, got "
+            f"{labels[bad[0]].tolist()}"
+        )
+    experiments: dict[tuple[int, int], dict[str, Path]] = {}
+    for p in sorted(raw.iterdir()):
+        m = _FILE_RE.match(strip_compression(p.name))
+        if m:
+            experiments.setdefault((int(m.group(2)), int(m.group(3))), {})[m.group(1)] = p
+    if not experiments:
+        find_file(raw, "acc_exp01_user01.txt", "HAPT", _HINT)  # raises, naming the file
+    n_classes = 12 if transitions else 6
+    recs = []
+    for (exp, user), files in sorted(experiments.items()):
+        missing = [s for s in sensors if s not in files]
+        if missing:
+            raise FileNotFoundError(
+                f"HAPT file not found: {missing[0]}_exp{exp:02d}_user{user:02d}.txt in {raw}"
+            )
+        parts = [_read_matrix(files[s], 3) for s in sensors]
+        n = min(len(p) for p in parts)
+        if any(len(p) != n for p in parts):
+            raise ValueError(
+                f"HAPT experiment {exp}: acc and gyro have different lengths "
+                f"({', '.join(str(len(p)) for p in parts)})"
+            )
+        lab = np.full(n, -1, np.int64)
+        for _, _, act, start, end in labels[(labels[:, 0] == exp) & (labels[:, 1] == user)]:
+            if end > n:
+                raise ValueError(
+                    f"{labels_path}: segment {start}-{end} of experiment {exp} ends after its "
+                    f"{n} samples"
+                )
+            if act <= n_classes:
+                lab[start - 1 : end] = act - 1
+        recs.append(Recording(np.concatenate(parts, axis=1), lab, user))
+    w = window_recordings(
+        recs, window, step, sampling_rate_hz=SAMPLING_RATE_HZ, target_rate_hz=resample_hz
+    )
+    if not len(w.y):
+        raise ValueError(f"HAPT: no window of {window} samples fits; lower dataset.window")
+    test_subjects, source = _test_subjects(ds)
+    return HARData(
+        name="hapt",
+        X=w.X,
+        y=w.y,
+        subjects=w.subjects,
+        class_names=ACTIVITIES[:n_classes],
+        channel_names=[f"{s}_{a}" for s in sensors for a in "xyz"],
+        official_split=np.where(np.isin(w.subjects, test_subjects), "test", "train"),
+        sampling_rate_hz=float(resample_hz) if resample_hz else SAMPLING_RATE_HZ,
+        recording=w.recording,
+        start=w.start,
+        info={
+            "source": str(ds),
+            "experiments": len(recs),
+            "test_subjects": test_subjects,
+            "test_subjects_from": source,
+        },
+    )

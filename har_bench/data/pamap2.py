@@ -1,0 +1,285 @@
+"""PAMAP2 Physical Activity Monitoring (Reiss & Stricker, ISWC 2012), windowed.
+
+``Protocol/subject10N.dat``: 54 space-separated columns at 100 Hz: timestamp (s), activity id,
+heart rate, then 17 columns for each IMU (hand, chest, ankle): temperature, 3D acceleration
+(+-16 g), 3D acceleration (+-6 g), 3D gyroscope, 3D magnetometer, 4 orientation values
+(documented as invalid). Activity 0 ("transient") is dropped: its samples are never inside a
+window. NaNs (dropped wireless packets) are filled by linear interpolation within each subject's
+recording. PAMAP2 defines no train/test split: the config defaults to ``split=group_kfold``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._io import cache_key, check_choice, find_file, load_cache, read_text, save_cache
+from .base import HARData
+from .download import download, extract_zip, filename_from_url
+from .windowing import Recording, check_window, window_recordings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = (
+    "https://archive.ics.uci.edu/static/public/231/pamap2+physical+activity+monitoring.zip"
+)
+MEMBER_ROOT = "PAMAP2_Dataset"
+N_COLUMNS = 54
+SAMPLING_RATE_HZ = 100.0
+IMUS = ("hand", "chest", "ankle")
+# Offsets inside an IMU's 17 columns.
+SENSOR_COLUMNS = {"temperature": [0], "acc16": [1, 2, 3], "acc6": [4, 5, 6], "gyro": [7, 8, 9],
+                  "mag": [10, 11, 12]}  # fmt: skip
+ACTIVITIES = {
+    1: "lying",
+    2: "sitting",
+    3: "standing",
+    4: "walking",
+    5: "running",
+    6: "cycling",
+    7: "Nordic walking",
+    9: "watching TV",
+    10: "computer work",
+    11: "car driving",
+    12: "ascending stairs",
+    13: "descending stairs",
+    16: "vacuum cleaning",
+    17: "ironing",
+    18: "folding laundry",
+    19: "house cleaning",
+    20: "playing soccer",
+    24: "rope jumping",
+}
+# The 12 activities of the data-collection protocol (the Protocol/ folder).
+PROTOCOL_ACTIVITIES = [1, 2, 3, 4, 5, 6, 7, 12, 13, 16, 17, 24]
+_CACHE_VERSION = "1"
+_HINT = (
+    "dataset.root must be the PAMAP2_Dataset folder (with Protocol/), a folder containing it, "
+    "or the official zip (or null to download it)"
+)
+
+
+def _resolve(root, workdir: Path, url: str, sha256: str | None, progress: bool) -> Path:
+    if root is None:
+        archive = download(
+            url, workdir / filename_from_url(url, "pamap2.zip"), sha256, progress=progress
+        )
+        return extract_zip(archive, workdir, MEMBER_ROOT)
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"PAMAP2 root {path} does not exist; {_HINT}")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"PAMAP2 root {path} is a file but not a zip archive; {_HINT}")
+        return extract_zip(path, workdir, MEMBER_ROOT)
+    if path.name == "Protocol":
+        return path.parent
+    if not (path / "Protocol").is_dir() and (path / MEMBER_ROOT / "Protocol").is_dir():
+        return path / MEMBER_ROOT
+    if not (path / "Protocol").is_dir():
+        raise FileNotFoundError(f"PAMAP2 folder {path} has no Protocol/ folder; {_HINT}")
+    return path
+
+
+def read_dat(path: Path) -> np.ndarray:
+    """One ``subject10N.dat`` as a [T, 54] float64 array (NaN kept); errors name file + line."""
+    text = read_text(path)
+    try:
+        arr = pd.read_csv(
+            io.StringIO(text), sep=r"\s+", header=None, dtype=np.float64, engine="c"
+        ).to_numpy()
+    except (ValueError, pd.errors.ParserError):
+        arr = None
+    # pandas pads a short row with NaN, indistinguishable from PAMAP2's own NaNs: count the
+    # whitespace-separated tokens instead (vectorised over the bytes).
+    if arr is not None and arr.ndim == 2 and _count_tokens(text) != arr.size:
+        arr = None
+    if arr is None or arr.ndim != 2 or arr.shape[1] != N_COLUMNS:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            if len(tokens) != N_COLUMNS:
+                raise ValueError(
+                    f"{path}, line {lineno}: expected {N_COLUMNS} values, found {len(tokens)}"
+                )
+            for t in tokens:
+                try:
+                    float(t)
+                except ValueError:
+                    raise ValueError(f"{path}, line {lineno}: {t!r} is not a number") from None
+        raise ValueError(f"{path}: no data rows")
+    return arr
+
+
+def _count_tokens(text: str) -> int:
+    b = np.frombuffer(text.encode("utf-8", errors="replace"), dtype=np.uint8)
+    if not len(b):
+        return 0
+    ws = (b == 32) | (b == 9) | (b == 10) | (b == 13)
+    starts = ~ws & np.r_[True, ws[:-1]]
+    return int(np.count_nonzero(starts))
+
+
+def _interpolate_nans(x: np.ndarray) -> int:
+    """Fill NaNs column by column in place (linear inside, nearest value at the ends)."""
+    filled = 0
+    idx = np.arange(len(x))
+    for c in range(x.shape[1]):
+        nan = np.isnan(x[:, c])
+        k = int(nan.sum())
+        if not k:
+            continue
+        filled += k
+        if k == len(x):
+            x[:, c] = 0.0
+        else:
+            x[nan, c] = np.interp(idx[nan], idx[~nan], x[~nan, c])
+    return filled
+
+
+def load_pamap2(
+    root: str | os.PathLike[str] | None,
+    data_dir: str | os.PathLike[str],
+    imus: list[str] | tuple[str, ...] = IMUS,
+    sensors: list[str] | tuple[str, ...] = ("acc16", "gyro", "mag"),
+    heart_rate: bool = False,
+    activities: list[int] | None = None,
+    window: int = 256,
+    step: int = 128,
+    resample_hz: float | None = None,
+    max_gap_s: float = 1.0,
+    url: str = DEFAULT_URL,
+    sha256: str | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> HARData:
+    """Load PAMAP2 ``Protocol/subject*.dat`` as windows ([N, channels, window]).
+
+    Args:
+        imus: any of ``hand``, ``chest``, ``ankle``; sensors: any of ``acc16``, ``acc6``,
+            ``gyro``, ``mag``, ``temperature`` (channels ordered IMU-major as listed).
+        heart_rate: add the heart-rate channel (sampled at ~9 Hz; interpolated).
+        activities: activity ids to keep as classes (default: the 12 protocol activities);
+            other ids are dropped like activity 0.
+        window, step: in samples at 100 Hz, or at ``resample_hz`` (e.g. 33.3 for 3x fewer).
+    """
+    window, step = check_window(window, step)
+    imus = [check_choice("dataset.imus entry", str(i), IMUS) for i in imus]
+    sensors = [check_choice("dataset.sensors entry", str(s), SENSOR_COLUMNS) for s in sensors]
+    if not imus or not sensors:
+        raise ValueError("dataset.imus and dataset.sensors must each name at least one entry")
+    ids = list(PROTOCOL_ACTIVITIES) if activities is None else [int(a) for a in activities]
+    bad = [a for a in ids if a not in ACTIVITIES]
+    if bad or not ids:
+        raise ValueError(
+            f"dataset.activities has unknown ids {bad or ids}: expected ids from "
+            f"{sorted(ACTIVITIES)}"
+        )
+    workdir = Path(data_dir).expanduser() / "pamap2"
+    ds = _resolve(root, workdir, url, sha256, progress)
+    files = sorted(
+        p for p in (ds / "Protocol").iterdir() if p.name.startswith("subject") and ".dat" in p.name
+    )
+    if not files:
+        find_file(ds / "Protocol", "subject101.dat", "PAMAP2", _HINT)  # raises, naming the file
+
+    columns: list[int] = [2] if heart_rate else []
+    names: list[str] = ["heart_rate"] if heart_rate else []
+    for imu in imus:
+        base = 3 + 17 * IMUS.index(imu)
+        for s in sensors:
+            columns += [base + o for o in SENSOR_COLUMNS[s]]
+            names += [f"{imu}_{s}"] if s == "temperature" else [f"{imu}_{s}_{a}" for a in "xyz"]
+
+    cache_path = None
+    if cache:
+        key = cache_key(files, _CACHE_VERSION, columns)
+        cache_path = workdir / "cache" / f"protocol-{key}.npz"
+    arrays = load_cache(cache_path, ("signal", "time", "activity", "subject", "notes"))
+    cache_hit = arrays is not None
+    if arrays is None:
+        signals, times, acts, subjects = [], [], [], []
+        nan_filled = 0
+        for p in files:
+            raw = read_dat(p)
+            digits = "".join(ch for ch in p.name.split(".")[0] if ch.isdigit())
+            sig = raw[:, columns].copy()
+            nan_filled += _interpolate_nans(sig)
+            act = raw[:, 1]
+            if np.isnan(act).any():
+                raise ValueError(f"{p}: the activity column has missing values")
+            signals.append(sig.astype(np.float32))
+            times.append(raw[:, 0])
+            acts.append(act.astype(np.int64))
+            subjects.append(np.full(len(raw), int(digits), np.int64))
+        arrays = {
+            "signal": np.concatenate(signals),
+            "time": np.concatenate(times),
+            "activity": np.concatenate(acts),
+            "subject": np.concatenate(subjects),
+            "notes": np.asarray(json.dumps({"nan_values_interpolated": nan_filled})),
+        }
+        if cache_path is not None and not save_cache(cache_path, arrays):
+            cache_path = None
+    notes = json.loads(str(arrays["notes"]))
+
+    remap = np.full(max(ACTIVITIES) + 1, -1, np.int64)
+    for k, a in enumerate(ids):
+        remap[a] = k
+    act = arrays["activity"]
+    if act.min() < 0 or act.max() > max(ACTIVITIES):
+        raise ValueError(f"PAMAP2: activity ids outside 0..{max(ACTIVITIES)} in {ds / 'Protocol'}")
+    label = remap[act]
+    subject = arrays["subject"]
+    bounds = np.flatnonzero(np.diff(subject)) + 1
+    recs = [
+        Recording(arrays["signal"][a:b], label[a:b], int(subject[a]), arrays["time"][a:b])
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(subject)], strict=True)
+    ]
+    w = window_recordings(
+        recs,
+        window,
+        step,
+        sampling_rate_hz=SAMPLING_RATE_HZ,
+        target_rate_hz=resample_hz,
+        max_gap_s=max_gap_s,
+        num_channels=len(names),
+    )
+    if not len(w.y):
+        raise ValueError(f"PAMAP2: no window of {window} samples fits; lower dataset.window")
+    dropped = int(np.count_nonzero(label < 0))
+    log.info(
+        "PAMAP2: %d subjects, %d windows; %d samples of activity 0 / unselected activities "
+        "dropped, %d NaN values interpolated",
+        len(recs),
+        len(w.y),
+        dropped,
+        notes["nan_values_interpolated"],
+    )
+    return HARData(
+        name="pamap2",
+        X=w.X,
+        y=w.y,
+        subjects=w.subjects,
+        class_names=[ACTIVITIES[a] for a in ids],
+        channel_names=names,
+        sampling_rate_hz=float(resample_hz) if resample_hz else SAMPLING_RATE_HZ,
+        recording=w.recording,
+        start=w.start,
+        info={
+            "source": str(ds),
+            "cache": str(cache_path) if cache_path else None,
+            "cache_hit": cache_hit,
+            "activity_ids": ids,
+            "samples_dropped_unlabelled": dropped,
+            **notes,
+        },
+    )

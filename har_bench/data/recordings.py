@@ -1,0 +1,196 @@
+"""Your own recordings: CSV or Parquet files with one row per sample, windowed.
+
+Columns: a subject id, a label, a time stamp (optional) and the sensor channels named in the
+config; optionally a recording/session id and an official ``train``/``test`` column. Each
+(file, subject, recording) block, in file order, is one recording; windows never cross a label
+change, a time gap larger than ``max_gap_s`` or a recording. Without a time column the rows are
+taken as evenly spaced at ``sampling_rate_hz``. See the README section "Your own recordings".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._io import check_choice
+from .base import HARData
+from .windowing import Recording, check_window, window_recordings
+
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+SUFFIXES = (".csv", ".csv.gz", ".csv.xz", ".parquet", ".pq")
+
+
+def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        try:
+            import pyarrow  # noqa: F401  (pandas' Parquet engine)
+        except ImportError:
+            raise ValueError(
+                f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert "
+                f"the file to CSV"
+            ) from None
+        df = pd.read_parquet(path)
+    else:
+        try:
+            df = pd.read_csv(path)
+        except (ValueError, pd.errors.ParserError) as e:
+            raise ValueError(f"{path}: cannot be read as CSV ({e})") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{path} has no column(s) {missing}; its columns are {list(df.columns)[:20]}"
+        )
+    return df
+
+
+def _files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset.path {path} does not exist: give a CSV/Parquet file or a folder of them"
+        )
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"dataset.path {path} holds no {', '.join(SUFFIXES)} files")
+    return files
+
+
+def load_recordings(
+    path: str | os.PathLike[str],
+    channels: list[str],
+    subject_column: str = "subject",
+    label_column: str = "label",
+    time_column: str | None = "time",
+    time_unit: str = "s",
+    recording_column: str | None = None,
+    split_column: str | None = None,
+    classes: list[str] | None = None,
+    sampling_rate_hz: float | None = None,
+    window: int = 128,
+    step: int = 64,
+    resample_hz: float | None = None,
+    max_gap_s: float | None = 1.0,
+) -> HARData:
+    """Window the samples of one file or of every CSV/Parquet file in a folder.
+
+    Args:
+        channels: sensor columns, in channel order.
+        time_column: timestamps (unit ``time_unit``); None = evenly spaced rows at
+            ``sampling_rate_hz``.
+        recording_column: session id within a subject (optional).
+        split_column: ``train``/``test`` per row, for an official split (the whole
+            recording must be on one side).
+        classes: label values in class order (they become ``class_names``); None = sorted
+            distinct labels. Rows whose label is not listed are dropped.
+        sampling_rate_hz: needed without a time column; with one, estimated from the median
+            spacing when not given.
+    """
+    window, step = check_window(window, step)
+    check_choice("dataset.time_unit", time_unit, TIME_UNITS)
+    channels = [str(c) for c in channels or []]
+    if not channels:
+        raise ValueError("dataset.channels is empty: name the sensor columns to use")
+    if time_column is None and sampling_rate_hz is None and resample_hz is not None:
+        raise ValueError(
+            "dataset.resample_hz needs dataset.time_column or dataset.sampling_rate_hz"
+        )
+    needed = [subject_column, label_column, *channels]
+    needed += [c for c in (time_column, recording_column, split_column) if c]
+    frames = []
+    for i, f in enumerate(_files(Path(path).expanduser())):
+        df = _read(f, needed)[needed].copy()
+        df["_file"] = i
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    if df[channels].isna().any().any():
+        bad = df[channels].isna().any(axis=1).to_numpy().argmax()
+        raise ValueError(
+            f"dataset.path: row {bad} has an empty channel value (interpolate or drop it first)"
+        )
+    try:
+        subjects = df[subject_column].to_numpy().astype(np.int64)
+    except (ValueError, TypeError):
+        raise ValueError(f"column {subject_column!r} must hold integer subject ids") from None
+
+    labels_raw = df[label_column].astype(str).to_numpy()
+    class_names = [str(c) for c in classes] if classes else sorted(set(labels_raw))
+    index = {c: k for k, c in enumerate(class_names)}
+    labels = np.array([index.get(v, -1) for v in labels_raw], dtype=np.int64)
+
+    keys = [df["_file"].to_numpy(), subjects]
+    if recording_column:
+        keys.append(pd.factorize(df[recording_column])[0])
+    key = np.stack(keys, axis=1)
+    change = np.flatnonzero(np.any(key[1:] != key[:-1], axis=1)) + 1
+    starts, stops = np.r_[0, change], np.r_[change, len(df)]
+
+    time_s = None
+    if time_column:
+        time_s = df[time_column].to_numpy(dtype=np.float64) * TIME_UNITS[time_unit]
+        if sampling_rate_hz is None:
+            d = np.diff(time_s)
+            d = d[d > 0]
+            sampling_rate_hz = float(1.0 / np.median(d)) if len(d) else None
+    signal = df[channels].to_numpy(dtype=np.float32)
+    recs = [
+        Recording(
+            signal[a:b],
+            labels[a:b],
+            int(subjects[a]),
+            None if time_s is None else time_s[a:b] - time_s[a],
+        )
+        for a, b in zip(starts, stops, strict=True)
+    ]
+    w = window_recordings(
+        recs,
+        window,
+        step,
+        sampling_rate_hz=sampling_rate_hz,
+        target_rate_hz=resample_hz,
+        max_gap_s=max_gap_s if time_column else None,
+        num_channels=len(channels),
+    )
+    if not len(w.y):
+        raise ValueError(f"dataset.path: no window of {window} samples fits in any recording")
+
+    official = None
+    if split_column:
+        side = df[split_column].astype(str).str.lower().to_numpy()
+        unknown = sorted(set(side) - {"train", "test"})
+        if unknown:
+            raise ValueError(f"column {split_column!r} must hold train/test, found {unknown[:5]}")
+        rec_side = []
+        for a, b in zip(starts, stops, strict=True):
+            values = set(side[a:b])
+            if len(values) != 1:
+                raise ValueError(
+                    f"column {split_column!r}: a recording (rows {a}..{b - 1}) is partly train, "
+                    f"partly test; put whole recordings on one side"
+                )
+            rec_side.append(values.pop())
+        official = np.asarray(rec_side)[w.recording]
+    return HARData(
+        name="recordings",
+        X=w.X,
+        y=w.y,
+        subjects=w.subjects,
+        class_names=class_names,
+        channel_names=channels,
+        official_split=official,
+        sampling_rate_hz=float(resample_hz or sampling_rate_hz)
+        if (resample_hz or sampling_rate_hz)
+        else None,
+        recording=w.recording,
+        start=w.start,
+        info={
+            "source": str(path),
+            "recordings": len(recs),
+            "rows": len(df),
+            "rows_with_unlisted_label": int(np.count_nonzero(labels < 0)),
+        },
+    )
