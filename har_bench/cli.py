@@ -73,7 +73,8 @@ def _train(cfg: object) -> float | None:
         _report_interrupt(e, run_dir, multirun)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
     except Exception as e:
-        user = isinstance(e, _user_errors())
+        message = user_error_message(e)
+        user = message is not None
         diverged = isinstance(e, DivergedError)
         if multirun:
             # Hydra's launcher would record the exception and the sweeper re-raise it after the
@@ -81,12 +82,12 @@ def _train(cfg: object) -> float | None:
             # says failed/diverged (+ error.txt); note it and let the sweep go on.
             where = "" if user or diverged else f" (traceback in {run_dir / 'error.txt'})"
             overrides = " ".join(hc.overrides.task)
-            print(f"error: job {hc.job.num} ({overrides}): {e}{where}", file=sys.stderr)
+            print(f"error: job {hc.job.num} ({overrides}): {message or e}{where}", file=sys.stderr)
             _SWEEP.failures.append(user)
             # NaN, not None: sweepers such as Optuna's mark the trial failed instead of crashing.
             return float("nan")
         if user:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
         if diverged:
             print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
@@ -94,6 +95,24 @@ def _train(cfg: object) -> float | None:
         raise
     # Returned to Hydra (and to sweepers such as Optuna): the validation metric, never test.
     return result.get("best_val_metric")
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """The one line to show for a user error (bad value, missing file, ...), else None."""
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    if isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, MissingMandatoryValue):
+        key = e.full_key or "a config value"
+        return f"{key} is required (it is ??? in the config): set it, e.g. {key}=..."
+    if isinstance(e, OmegaConfBaseException):
+        # Interpolation and type errors: OmegaConf's first line names the key.
+        return str(e).strip().splitlines()[0]
+    if isinstance(e, _user_errors()):
+        return str(e)
+    return None
 
 
 def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> None:

@@ -343,26 +343,29 @@ def check_optimizer(optimizer_factory: Any, scheduler_factory: Any) -> None:
 
 def check_split_labels(data: HARData, split: Split) -> None:
     """Training and test parts must have windows, and every test class must occur in training."""
-    sizes = {
-        part: len(idx)
+    parts = {
+        part: np.asarray(idx, dtype=np.int64)
         for part, idx in (("train", split.train), ("val", split.val), ("test", split.test))
     }
+    sizes = {part: len(idx) for part, idx in parts.items()}
+    name = f"split={_choice('split')}" if _choice("split") else "split"
     for part in ("train", "test"):
         if sizes[part] == 0:
             raise ValueError(
-                f"split={_choice('split')}: the {part} part has no windows (train/val/test = "
+                f"{name}: the {part} part has no windows (train/val/test = "
                 f"{sizes['train']}/{sizes['val']}/{sizes['test']} windows); check the split's "
                 "subjects or fractions against the dataset"
             )
-    train_classes = set(np.unique(data.y[split.train]).tolist())
-    for part, idx in (("test", split.test), ("val", split.val)):
+    train_classes = set(np.unique(data.y[parts["train"]]).tolist())
+    for part in ("test", "val"):
+        idx = parts[part]
         unseen = sorted(set(np.unique(data.y[idx]).tolist()) - train_classes)
         if not unseen:
             continue
         names = [data.class_names[k] for k in unseen]
         if part == "test":
             raise ValueError(
-                f"split={_choice('split')}: test labels {names} never occur in the training "
+                f"{name}: test labels {names} never occur in the training "
                 f"part ({len(train_classes)} of {data.num_classes} classes there), so no model "
                 "can learn them; choose other test subjects or a dataset with those classes "
                 "in training"
