@@ -60,6 +60,17 @@ def test_recordings_folder_classes_split_column_and_errors(tmp_path):
     assert len(no_time.y) == len(load_recordings(folder, channels=["ax"], window=30, step=30).y)
 
 
+def test_recordings_parquet_same_as_csv(tmp_path):
+    pytest.importorskip("pyarrow")
+    df = recordings_frame()
+    df.to_csv(tmp_path / "r.csv", index=False)
+    df.to_parquet(tmp_path / "r.parquet")
+    csv = load_recordings(tmp_path / "r.csv", channels=["ax", "az"], window=20, step=10)
+    pq = load_recordings(tmp_path / "r.parquet", channels=["ax", "az"], window=20, step=10)
+    np.testing.assert_array_equal(csv.X, pq.X)
+    np.testing.assert_array_equal(csv.y, pq.y)
+
+
 def test_recordings_parquet_message_without_pyarrow(tmp_path, monkeypatch):
     import builtins
 
