@@ -36,8 +36,8 @@ def _normalise(X: np.ndarray, mean: list[float] | None, std: list[float] | None)
     if mean is None and std is None:
         return X
     c = X.shape[1]
-    m = np.asarray(mean if mean is not None else [0.0] * c, dtype=np.float32)
-    s = np.asarray(std if std is not None else [1.0] * c, dtype=np.float32)
+    m = np.asarray(list(mean) if mean is not None else [0.0] * c, dtype=np.float32)
+    s = np.asarray(list(std) if std is not None else [1.0] * c, dtype=np.float32)
     if m.shape != (c,) or s.shape != (c,) or np.any(s <= 0):
         raise ValueError(
             f"dataset.mean/std must list {c} values (std > 0), got mean={mean!r} std={std!r}"
