@@ -9,7 +9,6 @@ is the same code path without paying for a Python start per case.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -17,22 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 from fixtures_uci import write_uci_dataset, zip_dataset
-from hydra.core.global_hydra import GlobalHydra
 
 from har_bench import cli
 from har_bench.data.base import HARData
 from har_bench.data.splits import Split
 from har_bench.run import check_split_labels
-
-SMALL = [
-    "dataset=synthetic",
-    "model=resnet18",
-    "model.stem_width=8",
-    "trainer.max_epochs=1",
-    "trainer.progress=false",
-    "efficiency.latency_repeats=1",
-]
 
 
 def cli_subprocess(*args: str, cwd: Path) -> tuple[int, str]:
@@ -49,42 +39,7 @@ def cli_subprocess(*args: str, cwd: Path) -> tuple[int, str]:
 
 @pytest.fixture
 def main(tmp_path, monkeypatch, capsys):
-    """``har-bench ARGS`` in-process: returns (exit code, stderr). Hydra reconfigures logging
-    and reads sys.argv; both are put back afterwards."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HAR_BENCH_DATA", str(tmp_path / "data"))
-    monkeypatch.setattr(sys, "argv", ["har-bench"])
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-
-    def _main(*args: str) -> tuple[int, str]:
-        GlobalHydra.instance().clear()
-        capsys.readouterr()
-        try:
-            code = cli.main([*args, f"paths.output_dir={tmp_path / 'outputs'}"])
-        except SystemExit as e:
-            code = e.code
-        finally:
-            GlobalHydra.instance().clear()
-            for h in root.handlers[:]:
-                if h not in saved[0]:
-                    root.removeHandler(h)
-                    h.close()
-            root.handlers[:] = saved[0]
-            root.setLevel(saved[1])
-        return code, capsys.readouterr().err
-
-    return _main
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+    return in_process_cli(tmp_path, monkeypatch, capsys)
 
 
 def only_run_dir(tmp_path: Path) -> Path:

@@ -1,0 +1,149 @@
+"""``trainer.resume`` on the command line: which run, what is refused, nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from cli_helpers import SMALL, assert_one_line_error, in_process_cli
+
+from har_bench import resume
+
+RUN = [*SMALL, "trainer.max_epochs=2"]
+
+
+@pytest.fixture
+def main(tmp_path, monkeypatch, capsys):
+    return in_process_cli(tmp_path, monkeypatch, capsys)
+
+
+def set_status(run_dir: Path, status: str, **extra) -> None:
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics.update(status=status, **extra)
+    path.write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def finished_run(main, tmp_path) -> Path:
+    code, err = main(*RUN)
+    assert code == 0, err
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs").glob("*/*/metrics.json")]
+    return run_dir
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != "metrics.json"
+    }
+
+
+def test_refused_resumes_leave_the_run_untouched(main, finished_run, tmp_path):
+    before = snapshot(finished_run)
+    code, err = main(f"trainer.resume={finished_run}")
+    assert_one_line_error(code, err, "already completed", str(finished_run))
+
+    set_status(finished_run, "interrupted")
+    code, err = main(f"trainer.resume={finished_run}", "model=resnet34")
+    line = assert_one_line_error(code, err, "that run has a different config")
+    assert "model.layers: [2, 2, 2, 2] -> [3, 4, 6, 3]" in line
+
+    code, err = main(f"trainer.resume={finished_run}", "optimizer.lr=0.5")
+    assert_one_line_error(code, err, "optimizer.lr: 0.001 -> 0.5")
+
+    code, err = main("-m", f"trainer.resume={finished_run}")
+    assert_one_line_error(code, err, "cannot be combined with -m")
+
+    # Still running: a live process of ours that has "har" on its command line.
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "har-bench"])
+    try:
+        import socket
+
+        set_status(finished_run, "running", pid=live.pid, host=socket.gethostname())
+        code, err = main(f"trainer.resume={finished_run}")
+        assert_one_line_error(code, err, f"is still running (pid {live.pid})")
+    finally:
+        live.kill()
+        live.wait()
+    assert snapshot(finished_run) == before
+    assert len(list((tmp_path / "outputs").glob("*/*"))) == 1  # and no new run dir either
+
+
+def test_resume_continues_in_the_same_dir_with_more_epochs(main, finished_run, tmp_path):
+    history = pd.read_csv(finished_run / "history.csv")
+    set_status(finished_run, "interrupted", error="interrupted by SIGINT")
+    # The run's own overrides come from .hydra/overrides.yaml; the command line adds to them.
+    code, err = main(f"trainer.resume={finished_run}", "trainer.max_epochs=3")
+    assert code == 0, err
+    assert len(list((tmp_path / "outputs").glob("*/*"))) == 1
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and "error" not in metrics
+    assert metrics["resumed_from_epoch"] == 2 and metrics["epochs_trained"] == 3
+    resumed = pd.read_csv(finished_run / "history.csv")
+    assert list(resumed.epoch) == [1, 2, 3]
+    pd.testing.assert_frame_equal(resumed.iloc[:2], history)
+    env = json.loads((finished_run / "environment.json").read_text())
+    assert env["resumed"][0]["from_epoch"] == 2
+    overrides = (finished_run / ".hydra" / "overrides.yaml").read_text()
+    assert "model=resnet18" in overrides and f"trainer.resume={finished_run}" in overrides
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda d: d / "nope", "no such run directory"),
+        (lambda d: d, "is not a har-bench run directory (no .hydra/config.yaml)"),
+    ],
+)
+def test_resume_target_must_be_a_run(main, tmp_path, make, needle):
+    code, err = main(f"trainer.resume={make(tmp_path)}")
+    assert_one_line_error(code, err, needle)
+
+
+def test_resume_without_checkpoint(main, finished_run):
+    for p in (finished_run / "checkpoints").iterdir():
+        p.unlink()
+    set_status(finished_run, "interrupted")
+    code, err = main(f"trainer.resume={finished_run}")
+    assert_one_line_error(code, err, "has no checkpoints/last.pt", "without trainer.resume")
+
+
+def fake_run(root: Path, name: str, overrides: list[str], status: str) -> Path:
+    """A run directory as Hydra leaves it, without training: config, overrides, checkpoint."""
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(OmegaConf.create(resume.compose(overrides)), run_dir / ".hydra/config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra/overrides.yaml")
+    (run_dir / "metrics.json").write_text(json.dumps({"status": status}))
+    return run_dir
+
+
+def test_resume_last_picks_the_newest_unfinished_run_with_this_config(tmp_path):
+    out = tmp_path / "outputs"
+    base = [*SMALL, f"paths.output_dir={out}"]
+    older = fake_run(out / "day", "a", [*base, "seed=1"], "interrupted")
+    fake_run(out / "day", "b", [*base, "seed=2"], "interrupted")
+    fake_run(out / "day", "c", [*base, "seed=1"], "completed")  # newest, but done
+    args = resume.prepare(["trainer.resume=last", *base, "seed=1"])
+    assert f"hydra.run.dir={older.resolve()}" in args
+    assert f"trainer.resume={older.resolve()}" in args
+    with pytest.raises(resume.ResumeError, match="no unfinished run under .* has this config"):
+        resume.prepare(["trainer.resume=last", *base, "seed=3"])
+
+
+def test_paths_with_spaces_and_quotes_survive_hydra(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for path in ("/tmp/a b/run", "/tmp/it's/run", "/tmp/x=y,z/run"):
+        override = f"hydra.run.dir={resume.hydra_quote(path)}"
+        assert OverridesParser.create().parse_override(override).value() == path
