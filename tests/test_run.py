@@ -150,7 +150,13 @@ def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_cli_runs_started_together_get_their_own_dirs(tmp_path):
-    args = ["experiment=smoke", *SMALL_MODEL, "efficiency.latency_repeats=2"]
+    # One thread each: two processes on two cores must not oversubscribe (OpenMP spin-waits).
+    args = [
+        "experiment=smoke",
+        *SMALL_MODEL,
+        "efficiency.latency_repeats=2",
+        "trainer.num_threads=1",
+    ]
     procs = [cli(*args, cwd=tmp_path) for _ in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=300)
