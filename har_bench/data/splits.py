@@ -347,6 +347,9 @@ def split_report(
         "parts": {},
         "checks": {},
         "info": dict(split.info),
+        # The loader's notes (skipped malformed lines, unaligned samples, cache) belong with the
+        # run: they say what the numbers were computed on.
+        "dataset_info": dict(data.info),
     }
     used = np.zeros(n, dtype=np.int64)
     for part, idx in parts.items():
