@@ -100,7 +100,7 @@ def test_v11_malformed_lines_skipped_and_counted(tmp_path, caplog):
     assert data.info["malformed_records"] == len(V11_MALFORMED)
     assert "WISDM_ar_v1.1_raw.txt:6" in data.info["malformed_examples"][0]
     assert "skipped 4 malformed records" in caplog.text
-    report = split_report(data, group_kfold_split(data, n_splits=2))
+    report = split_report(data, group_kfold_split(data, n_splits=2, val_fraction=0))
     assert report["dataset_info"]["malformed_records"] == 4
     assert data.class_names[:2] == ["Walking", "Jogging"] and data.channel_names[0] == "accel_x"
     assert sorted(set(data.subjects.tolist())) == [33, 34]
