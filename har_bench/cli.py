@@ -24,6 +24,15 @@ from typing import Any
 # Verbs other than training: name -> callable taking the remaining argv, returning an exit code.
 VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
 
+
+def _compare(argv: Sequence[str]) -> int:
+    from har_bench.compare import main as compare_main  # pandas/rich only when asked for
+
+    return compare_main(argv)
+
+
+VERBS["compare"] = _compare
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
@@ -138,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     import hydra
 
     _SWEEP.jobs, _SWEEP.failures = 0, []
+    from har_bench import sweep
+
+    sweep.LAST = None
     try:
         with _hydra_raises():
             if any("trainer.resume" in a for a in args):
@@ -154,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             raise
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    if not _SWEEP.jobs and sweep.LAST is not None:
+        # The jobs ran in other processes (joblib, submitit): the sweep summary read their
+        # statuses from their run dirs.
+        _SWEEP.jobs, _SWEEP.failures = sweep.LAST.jobs, list(sweep.LAST.failures)
     if _SWEEP.failures:
         n, total = len(_SWEEP.failures), _SWEEP.jobs
         print(

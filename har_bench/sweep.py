@@ -1,0 +1,302 @@
+"""Hydra callback for multiruns: per-job resources and the sweep summary.
+
+Configured in ``configs/hydra/default.yaml`` (``hydra.callbacks.sweep``), so every launcher gets
+it. Jobs may run in other processes (joblib's loky workers, submitit), so nothing is passed
+in memory: the summary at the end reads each job's directory, which is also where a failed
+job's status and error already are.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+SUMMARY_CSV = "sweep_summary.csv"
+# Set by the sweep's own process for its joblib workers (inherited when loky spawns them).
+GPUS_ENV = "HAR_BENCH_SWEEP_GPUS"
+SLOTS_ENV = "HAR_BENCH_SWEEP_SLOTS"
+# Exception names of metrics.json "error" that mean bad input rather than a bug (see cli.py).
+USER_ERROR_NAMES = (
+    "ValueError",
+    "FileNotFoundError",
+    "NotADirectoryError",
+    "IsADirectoryError",
+    "PermissionError",
+    "DownloadError",
+    "MissingMandatoryValue",
+    "InterpolationResolutionError",
+    "ConfigKeyError",
+    "ValidationError",
+)
+
+_JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+_SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    jobs: int = 0
+    failures: list[bool] = field(default_factory=list)  # per failed job: was it bad input?
+
+
+# The last summary this process wrote; cli.main reads it for the exit code when the jobs ran
+# in other processes and so never reported their failures to it.
+LAST: SweepResult | None = None
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global LAST
+        LAST = None
+        launcher = config.hydra.launcher
+        if launcher.get("_target_") == _JOBLIB:
+            n_jobs = _joblib_jobs(launcher.get("n_jobs"))
+            gpus = _visible_gpus()
+            os.environ[SLOTS_ENV] = str(n_jobs)
+            if len(gpus) > 1:
+                os.environ[GPUS_ENV] = ",".join(gpus)
+                log.info("%d parallel jobs on GPUs %s, one GPU per job", n_jobs, ",".join(gpus))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        configure_job_resources(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global LAST
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            LAST = summarise(sweep_dir)
+        except Exception as e:  # the jobs' own results must never be lost to a summary bug
+            log.exception("could not write the sweep summary: %s", e)
+        for key in (GPUS_ENV, SLOTS_ENV):
+            os.environ.pop(key, None)
+
+
+# -- per-job resources -------------------------------------------------------------------------
+
+
+def _joblib_jobs(n_jobs: Any) -> int:
+    cores = usable_cores()
+    n = int(n_jobs) if n_jobs is not None else -1
+    # joblib's convention: -1 = all cores, -2 = all but one, ...
+    return max(1, cores + 1 + n if n < 0 else n)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in (s.strip() for s in env.split(",")) if g and g != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+_held_slot: tuple[int, int] | None = None  # (slot, fd) this worker process holds
+
+
+def _acquire_slot(lock_dir: Path, n_slots: int) -> int:
+    """A slot number unique among the live workers of this sweep, kept for the process's life.
+
+    A loky worker runs job after job, and once CUDA is initialised in it the visible devices
+    can no longer change; the job number would also pin two concurrent jobs to one GPU when
+    jobs finish out of order. A lock file per slot, held until the worker exits (the OS frees
+    it then), gives each live worker its own slot.
+    """
+    global _held_slot
+    if _held_slot is not None:
+        return _held_slot[0]
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for slot in range(max(n_slots, 1) * 4):
+        fd = os.open(lock_dir / f"slot{slot}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _held_slot = (slot, fd)
+        return slot
+    raise RuntimeError(f"no free job slot in {lock_dir}")
+
+
+def configure_job_resources(config: DictConfig) -> None:
+    """Torch threads (and the GPU) for a job that shares the machine with other jobs.
+
+    With the joblib launcher, n parallel jobs each default to torch's all-core thread pool;
+    oversubscribed OpenMP threads spin-wait for each other and a job runs many times slower
+    than alone. Each job gets cores // n threads unless ``trainer.num_threads`` is set.
+    Under submitit each job gets its ``cpus_per_task``.
+    """
+    launcher = config.hydra.launcher
+    target = str(launcher.get("_target_", ""))
+    threads: int | None = None
+    if target == _JOBLIB:
+        n_jobs = int(os.environ.get(SLOTS_ENV) or _joblib_jobs(launcher.get("n_jobs")))
+        gpus = [g for g in os.environ.get(GPUS_ENV, "").split(",") if g]
+        if gpus:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            slot = _acquire_slot(sweep_dir / ".slots", n_jobs)
+            gpu = gpus[slot % len(gpus)]
+            if os.environ.get("CUDA_VISIBLE_DEVICES") not in (None, gpu) and _cuda_initialised():
+                log.warning("CUDA already initialised in this worker; GPU pinning skipped")
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+                log.info("job %s: GPU %s (worker slot %d)", config.hydra.job.num, gpu, slot)
+        threads = max(1, usable_cores() // n_jobs)
+    elif target.startswith(_SUBMITIT) and launcher.get("cpus_per_task"):
+        threads = int(launcher.cpus_per_task)
+    if threads is None or config.trainer.get("num_threads") is not None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    log.info("job %s: %d torch thread(s)", config.hydra.job.get("num"), threads)
+
+
+def _cuda_initialised() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
+# -- the summary -------------------------------------------------------------------------------
+
+
+SUMMARY_COLUMNS = (
+    "job",
+    "status",
+    "overrides",
+    "val_accuracy",
+    "val_macro_f1",
+    "accuracy",
+    "macro_f1",
+    "params",
+    "flops",
+    "train_sps",
+    "latency_ms",
+    "epochs",
+    "error",
+    "run_dir",
+)
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job directories (those Hydra wrote a .hydra/ into), in job order."""
+    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    return sorted(
+        dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
+
+
+def is_user_error(error: str | None) -> bool:
+    return bool(error) and str(error).split(":", 1)[0].strip() in USER_ERROR_NAMES
+
+
+def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
+    """Write ``sweep_summary.csv`` (one row per job) and print it as a table."""
+    import csv
+
+    from har_bench.compare import load_run
+
+    result = SweepResult(sweep_dir)
+    rows: list[dict[str, Any]] = []
+    for d in job_dirs(sweep_dir):
+        run = load_run(d)
+        if not (d / "metrics.json").is_file():
+            run.status, run.error = (
+                "failed",
+                "no metrics.json: the job stopped before its run began",
+            )
+        result.jobs += 1
+        if run.status != "completed":
+            result.failures.append(run.status == "failed" and is_user_error(run.error))
+        rows.append(
+            {
+                "job": d.name,
+                "status": run.status,
+                "overrides": " ".join(run.overrides),
+                **{k: run.values.get(k, math.nan) for k in SUMMARY_COLUMNS if k in _METRIC_COLS},
+                "error": run.error or "",
+                "run_dir": str(d),
+            }
+        )
+    path = sweep_dir / SUMMARY_CSV
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow(
+                {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            )
+    os.replace(tmp, path)
+    if print_table:
+        _print(rows, sweep_dir, result)
+    return result
+
+
+_METRIC_COLS = (
+    "val_accuracy",
+    "val_macro_f1",
+    "accuracy",
+    "macro_f1",
+    "params",
+    "flops",
+    "train_sps",
+    "latency_ms",
+    "epochs",
+)
+
+
+def _print(rows: list[dict[str, Any]], sweep_dir: Path, result: SweepResult) -> None:
+    from rich.table import Table
+
+    from har_bench.compare import METRICS, format_value, rich_console
+
+    shown = ("val_macro_f1", "accuracy", "macro_f1", "params", "flops", "train_sps", "latency_ms")
+    # The overrides every job shares say nothing about which job is which.
+    common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+    table = Table(title=f"sweep {sweep_dir}: {result.jobs} jobs")
+    for col in ("job", "swept", "status"):
+        table.add_column(col)
+    for m in shown:
+        table.add_column(METRICS[m].label, justify="right")
+    for r in rows:
+        style = {"completed": "green", "failed": "red", "diverged": "red"}.get(
+            r["status"], "yellow"
+        )
+        table.add_row(
+            r["job"],
+            " ".join(o for o in r["overrides"].split() if o not in common),
+            f"[{style}]{r['status']}[/{style}]",
+            *(format_value(r[m], METRICS[m].kind) for m in shown),
+        )
+    console = rich_console()
+    console.print(table)
+    failed = [r for r in rows if r["status"] != "completed"]
+    for r in failed:
+        console.print(f"[red]job {r['job']}[/red] {r['status']}: {r['error']}", highlight=False)
+    console.print(
+        f"summary: {sweep_dir / SUMMARY_CSV}; mean ± std over seeds: har-bench compare {sweep_dir}",
+        highlight=False,
+    )
