@@ -93,8 +93,9 @@ def _train(cfg: object) -> float | None:
             overrides = " ".join(hc.overrides.task)
             print(f"error: job {hc.job.num} ({overrides}): {message or e}{where}", file=sys.stderr)
             _SWEEP.failures.append(user)
-            # NaN, not None: sweepers such as Optuna's mark the trial failed instead of crashing.
-            return float("nan")
+            # None, not NaN: hydra-optuna-sweeper (optuna 2.x) then marks the trial failed and
+            # goes on; a NaN makes optuna's tell() raise and the sweeper crash on its retry.
+            return None
         if user:
             print(f"error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
