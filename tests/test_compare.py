@@ -1,0 +1,200 @@
+"""``har-bench compare`` on fabricated run dirs: statistics checked against hand-computed values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from har_bench import cli
+from har_bench.compare import (
+    compare,
+    find_run_dirs,
+    load_run,
+    mean_std,
+    pareto_front,
+    sort_groups,
+)
+
+
+def make_run(
+    path: Path,
+    *,
+    cardinality: int = 1,
+    seed: int = 0,
+    fold: int = 0,
+    acc: float = 0.9,
+    f1: float = 0.8,
+    params: int = 1000,
+    flops: float = 2e6,
+    sps: float = 500.0,
+    latency: float = 1.5,
+    status: str = "completed",
+    model: str = "resnext_har",
+    layers: list[int] | None = None,
+    output_dir: str = "outputs",
+) -> Path:
+    path.mkdir(parents=True)
+    config: dict[str, Any] = {
+        "seed": seed,
+        "paths": {"output_dir": output_dir, "data_dir": "/somewhere"},
+        "model": {"cardinality": cardinality, "layers": layers or [1, 1, 1, 1]},
+        "split": {"fold": fold, "val_fraction": 0.2},
+        "trainer": {"max_epochs": 3, "progress": True},
+    }
+    hydra_cfg = {"hydra": {"runtime": {"choices": {"model": model, "dataset": "uci_har"}}}}
+    (path / ".hydra").mkdir()
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra_cfg))
+    (path / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"model.cardinality={cardinality}", f"seed={seed}"])
+    )
+    metrics: dict[str, Any] = {"status": status}
+    if status == "completed":
+        metrics |= {
+            "val": {"accuracy": acc - 0.01, "macro_f1": f1 - 0.01},
+            "test": {"accuracy": acc, "macro_f1": f1},
+            "epochs_trained": 3,
+        }
+        (path / "model_summary.json").write_text(
+            json.dumps({"params": params, "flops_per_sample": flops})
+        )
+        (path / "timings.json").write_text(
+            json.dumps(
+                {"train_samples_per_second": sps, "inference_latency_ms": {"p50": latency}}
+            )
+        )
+    else:
+        metrics["error"] = "ValueError: boom"
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """cardinality 1 and 4 x seeds 0,1,2 (+ one failed run at cardinality 4)."""
+    root = tmp_path / "outputs" / "multirun" / "2026-01-01" / "10-00-00-000000"
+    accs = {1: [0.90, 0.92, 0.94], 4: [0.95, 0.96, 0.97]}
+    f1s = {1: [0.80, 0.85, 0.90], 4: [0.91, 0.91, 0.94]}
+    sps = {1: [1000.0, 1100.0, 1200.0], 4: [400.0, 500.0, 900.0]}
+    job = 0
+    for c in (1, 4):
+        for seed in range(3):
+            make_run(
+                root / str(job),
+                cardinality=c,
+                seed=seed,
+                acc=accs[c][seed],
+                f1=f1s[c][seed],
+                params=1000 * c,
+                flops=2e6 * c,
+                sps=sps[c][seed],
+                latency=1.0 * c + 0.1 * seed,
+            )
+            job += 1
+    make_run(root / str(job), cardinality=4, seed=3, status="failed")
+    return root
+
+
+def test_mean_std_is_sample_std():
+    assert mean_std([0.90, 0.92, 0.94]) == pytest.approx((0.92, 0.02, 3))
+    mean, std, n = mean_std([5.0])
+    assert (mean, n) == (5.0, 1) and math.isnan(std)
+    assert mean_std([])[2] == 0
+
+
+def test_groups_over_seeds_with_hand_computed_stats(sweep: Path):
+    comp = compare([load_run(d) for d in find_run_dirs([sweep])])
+    assert comp.keys == ["model.cardinality"]  # paths.* and trainer.progress never count
+    assert comp.replicates == ["seed"]
+    assert [g.key["model.cardinality"] for g in comp.groups] == [1, 4]
+    g1, g4 = comp.groups
+    assert g1.stats("accuracy") == pytest.approx((0.92, 0.02, 3))
+    assert g4.stats("accuracy") == pytest.approx((0.96, 0.01, 3))
+    # f1 at C=4: mean 0.92, deviations -.01 -.01 .02 -> var = .0006/2
+    assert g4.stats("macro_f1") == pytest.approx((0.92, math.sqrt(0.0003), 3))
+    assert g4.stats("train_sps") == pytest.approx((600.0, math.sqrt(70000.0), 3))
+    assert g1.stats("latency_ms") == pytest.approx((1.1, 0.1, 3))
+    assert g4.stats("params") == pytest.approx((4000.0, 0.0, 3))
+    assert len(g4.runs) == 4 and len(g4.completed) == 3  # the failed run is not averaged
+
+
+def test_cli_writes_csv_md_and_plots(sweep: Path, tmp_path: Path, capsys):
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", str(sweep), "--sort", "accuracy", "--plot", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "96.00 ± 1.00" in printed and "92.00 ± 2.00" in printed
+    assert "not completed" in printed and "ValueError: boom" in printed
+    with open(out / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model.cardinality"] for r in rows] == ["4", "1"]  # best accuracy first
+    assert float(rows[0]["accuracy_mean"]) == pytest.approx(0.96)
+    assert float(rows[0]["accuracy_std"]) == pytest.approx(0.01)
+    assert rows[0]["accuracy_n"] == "3" and rows[0]["n_runs"] == "4"
+    assert float(rows[1]["flops_mean"]) == pytest.approx(2e6)
+    md = (out / "comparison.md").read_text()
+    assert "| model.cardinality | n | not completed | test acc % |" in md
+    assert "| 4 | 3 | 1 | 96.00 ± 1.00 |" in md
+    for png in ("comparison_vs_model.cardinality.png", "accuracy_vs_flops.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_metrics_option_and_default_output_dir(sweep: Path, capsys):
+    assert cli.main(["compare", str(sweep), "--metrics", "val_macro_f1,latency_ms"]) == 0
+    header = (sweep / "comparison.csv").read_text().splitlines()[0]
+    assert header == (
+        "model.cardinality,n,n_runs,val_macro_f1_mean,val_macro_f1_std,val_macro_f1_n,"
+        "latency_ms_mean,latency_ms_std,latency_ms_n"
+    )
+
+
+def test_folds_are_replicates_and_globs_expand(tmp_path: Path):
+    base = tmp_path / "outputs" / "multirun"
+    for fold, acc in enumerate([0.7, 0.8, 0.9]):
+        make_run(base / "a" / str(fold), fold=fold, acc=acc)
+    make_run(base / "b" / "0", fold=0, acc=0.5, cardinality=8)
+    dirs = find_run_dirs([str(base / "*")])
+    assert len(dirs) == 4
+    comp = compare([load_run(d) for d in dirs])
+    assert comp.keys == ["model.cardinality"] and comp.replicates == ["split.fold"]
+    by_c = {g.key["model.cardinality"]: g for g in comp.groups}
+    assert by_c[1].stats("accuracy") == pytest.approx((0.8, 0.1, 3))
+    assert by_c[8].stats("accuracy")[2] == 1
+
+
+def test_keys_that_follow_a_preset_get_no_column(tmp_path: Path):
+    make_run(tmp_path / "r18", model="resnet18", layers=[2, 2, 2, 2])
+    make_run(tmp_path / "r50", model="resnet50", layers=[3, 4, 6, 3])
+    make_run(tmp_path / "r50b", model="resnet50", layers=[3, 4, 6, 3], seed=1)
+    comp = compare([load_run(d) for d in find_run_dirs([tmp_path])])
+    assert comp.keys == ["model"]  # model.layers only follows the preset
+    assert [len(g.runs) for g in comp.groups] == [1, 2]
+
+
+def test_sort_lower_is_better_for_costs(sweep: Path):
+    comp = compare([load_run(d) for d in find_run_dirs([sweep])])
+    by_latency = sort_groups(comp.groups, "latency_ms")
+    assert [g.key["model.cardinality"] for g in by_latency] == [1, 4]
+    assert [g.key["model.cardinality"] for g in sort_groups(comp.groups, "accuracy")] == [4, 1]
+
+
+def test_pareto_front():
+    # (flops, accuracy): the third point is beaten by the second (cheaper and better).
+    pts = [(1.0, 0.90), (2.0, 0.95), (3.0, 0.94), (4.0, 0.97), (4.0, 0.96)]
+    assert pareto_front(pts) == [0, 1, 3]
+
+
+def test_bad_input_is_one_line(tmp_path: Path, sweep: Path, capsys):
+    assert cli.main(["compare", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["compare", str(tmp_path / "empty")]) == 2
+    assert "no runs" in capsys.readouterr().err
+    assert cli.main(["compare", str(sweep), "--metrics", "acc"]) == 2
+    assert "unknown acc" in capsys.readouterr().err
