@@ -65,9 +65,7 @@ def make_run(
             json.dumps({"params": params, "flops_per_sample": flops})
         )
         (path / "timings.json").write_text(
-            json.dumps(
-                {"train_samples_per_second": sps, "inference_latency_ms": {"p50": latency}}
-            )
+            json.dumps({"train_samples_per_second": sps, "inference_latency_ms": {"p50": latency}})
         )
     else:
         metrics["error"] = "ValueError: boom"
