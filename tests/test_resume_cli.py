@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,37 +45,37 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     }
 
 
-def test_refused_resumes_leave_the_run_untouched(main, finished_run, tmp_path):
-    before = snapshot(finished_run)
-    code, err = main(f"trainer.resume={finished_run}")
-    assert_one_line_error(code, err, "already completed", str(finished_run))
+def test_refused_resumes_leave_the_run_untouched(main, tmp_path):
+    run_dir = fake_run(tmp_path / "outputs" / "day", "run", RUN, "completed")
+    before = snapshot(run_dir)
+    code, err = main(f"trainer.resume={run_dir}")
+    assert_one_line_error(code, err, "already completed", str(run_dir))
 
-    set_status(finished_run, "interrupted")
-    code, err = main(f"trainer.resume={finished_run}", "model=resnet34")
+    set_status(run_dir, "interrupted")
+    code, err = main(f"trainer.resume={run_dir}", "model=resnet34")
     line = assert_one_line_error(code, err, "that run has a different config")
     assert "model.layers: [2, 2, 2, 2] -> [3, 4, 6, 3]" in line
 
-    code, err = main(f"trainer.resume={finished_run}", "optimizer.lr=0.5")
+    code, err = main(f"trainer.resume={run_dir}", "optimizer.lr=0.5")
     assert_one_line_error(code, err, "optimizer.lr: 0.001 -> 0.5")
 
-    code, err = main("-m", f"trainer.resume={finished_run}")
+    code, err = main("-m", f"trainer.resume={run_dir}")
     assert_one_line_error(code, err, "cannot be combined with -m")
 
     # Still running: a live process of ours that has "har" on its command line.
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "har-bench"])
     try:
-        import socket
-
-        set_status(finished_run, "running", pid=live.pid, host=socket.gethostname())
-        code, err = main(f"trainer.resume={finished_run}")
+        set_status(run_dir, "running", pid=live.pid, host=socket.gethostname())
+        code, err = main(f"trainer.resume={run_dir}")
         assert_one_line_error(code, err, f"is still running (pid {live.pid})")
     finally:
         live.kill()
         live.wait()
-    assert snapshot(finished_run) == before
+    assert snapshot(run_dir) == before
     assert len(list((tmp_path / "outputs").glob("*/*"))) == 1  # and no new run dir either
 
 
+@pytest.mark.slow
 def test_resume_continues_in_the_same_dir_with_more_epochs(main, finished_run, tmp_path):
     history = pd.read_csv(finished_run / "history.csv")
     set_status(finished_run, "interrupted", error="interrupted by SIGINT")
@@ -106,11 +107,10 @@ def test_resume_target_must_be_a_run(main, tmp_path, make, needle):
     assert_one_line_error(code, err, needle)
 
 
-def test_resume_without_checkpoint(main, finished_run):
-    for p in (finished_run / "checkpoints").iterdir():
-        p.unlink()
-    set_status(finished_run, "interrupted")
-    code, err = main(f"trainer.resume={finished_run}")
+def test_resume_without_checkpoint(main, tmp_path):
+    run_dir = fake_run(tmp_path / "outputs" / "day", "run", RUN, "interrupted")
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    code, err = main(f"trainer.resume={run_dir}")
     assert_one_line_error(code, err, "has no checkpoints/last.pt", "without trainer.resume")
 
 
