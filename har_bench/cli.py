@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     sweep.LAST = None
     try:
         with _hydra_raises():
+            if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/distributed.py)
+                from har_bench.distributed import prepare_process
+
+                args = prepare_process(args)
             if any("trainer.resume" in a for a in args):
                 from har_bench.resume import prepare
 

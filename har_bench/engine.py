@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
+from har_bench import distributed
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
@@ -294,6 +296,8 @@ class Trainer:
                 f"({n} windows) with trainer.drop_last=true: no batch would be trained"
             )
         perm = torch.randperm(n, generator=generator)
+        # Under torchrun: this process's share of the epoch (every rank drew the same perm).
+        perm = distributed.shard(perm)
         batches = list(perm.split(self.batch_size))
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
@@ -376,6 +380,9 @@ class Trainer:
         loop = _LoopState(generator=generator)
         if resume is not None:
             self._restore(resume, model, optimizer, scheduler, scaler, generator, loop)
+        # DDP under torchrun (after the restore: it broadcasts rank 0's weights); only the
+        # training step goes through it, everything else uses the plain module.
+        train_model = distributed.wrap(model)
         have_val = len(X_val) > 0
 
         with deferred_stop() as stop:
@@ -384,7 +391,7 @@ class Trainer:
                     break
                 self._train_epoch(
                     epoch,
-                    model,
+                    train_model,
                     X_train,
                     y_train,
                     optimizer,
@@ -395,6 +402,7 @@ class Trainer:
                     lambda: self._state(model, optimizer, scheduler, scaler, loop),
                     checkpoint_dir,
                 )
+                distributed.sync_buffers(model)  # torchrun: every rank validates one model
                 lr = optimizer.param_groups[0]["lr"]
                 if scheduler is not None:
                     scheduler.step()

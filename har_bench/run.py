@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from har_bench import artifacts
+from har_bench import artifacts, distributed
 from har_bench.data.base import HARData
 from har_bench.data.splits import SPLIT_REPORT, Split, assert_clean, split_report, standardise
 from har_bench.engine import (
@@ -219,6 +219,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "loss": res["loss"],
                 **classification_metrics(res["y_true"], res["y_pred"], data.class_names),
             }
+        ddp = distributed.report(metrics)  # under torchrun: every rank's figures
+        if ddp is not None:
+            metrics["ddp"] = ddp
         cm = confusion_counts(
             results["test"]["y_true"], results["test"]["y_pred"], data.num_classes
         )
