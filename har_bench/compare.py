@@ -162,6 +162,12 @@ def load_run(run_dir: Path) -> Run:
     for group in CHOICE_GROUPS:
         if choices.get(group) is not None:
             config[group] = choices[group]
+    # Where and on how many threads a run was timed: runs measured differently are not
+    # repeats of one another for the speed columns (trainer.num_threads=null hides this).
+    timings = sources["timings.json"]
+    for key in ("device", "torch_threads"):
+        if timings.get(key) is not None:
+            config[key] = timings[key]
     overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
     return Run(
         path=run_dir,
@@ -325,7 +331,7 @@ def format_stat(mean: float, std: float, n: int, kind: str, group_n: int) -> str
     if n == 0:
         return "-"
     text = format_value(mean, kind)
-    if n > 1:
+    if n > 1 and std != 0:
         text += f" ± {format_value(std, kind)}"
     if n != group_n:
         text += f" (n={n})"
@@ -483,11 +489,15 @@ def plot(
         xs_all = [g.key[key] for g in groups]
         numeric = all(_is_number(x) for x in xs_all)
         categories = sorted({format_key(x) for x in xs_all}, key=lambda s: _cat_order(s, xs_all))
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+        ncols = min(3, len(metrics))
+        nrows = -(-len(metrics) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+        for ax in axes.flat[len(metrics) :]:
+            ax.set_visible(False)
         lines: dict[tuple[Any, ...], list[Group]] = {}
         for g in groups:
             lines.setdefault(tuple(_hashable(g.key[k]) for k in others), []).append(g)
-        for ax, m in zip(axes[0], metrics, strict=True):
+        for ax, m in zip(axes.flat, metrics, strict=False):
             scale = 100.0 if METRICS[m].kind == "fraction" else 1.0
             for ident, members in lines.items():
                 members = sorted(members, key=lambda g: _sort_value(g.key[key]))
@@ -525,7 +535,10 @@ def plot(
         flops, _, nf = g.stats("flops")
         if n and nf:
             pts.append((flops, acc, acc_sd))
-            labels.append(", ".join(format_key(g.key[k]) for k in comp.keys) or "all runs")
+            labels.append(
+                ", ".join(f"{k.rpartition('.')[2]}={format_key(g.key[k])}" for k in comp.keys)
+                or "all runs"
+            )
     if pts:
         fig, ax = plt.subplots(figsize=(6.4, 4.6))
         front = pareto_front([(p[0], p[1]) for p in pts])
