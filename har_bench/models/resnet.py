@@ -176,7 +176,7 @@ def bottleneck_width(planes: int, cardinality: int, base_width: int) -> int:
     per_group = planes * base_width / 64
     if per_group < 1 or per_group != int(per_group):
         raise ValueError(
-            f"base_width={base_width} gives {per_group:g} channels per group at a stage of "
+            f"model.base_width={base_width} gives {per_group:g} channels per group at a stage of "
             f"{planes} planes; expected a whole number >= 1 (planes*base_width divisible by 64)"
         )
     return int(per_group) * cardinality
