@@ -8,7 +8,6 @@ job's status and error already are.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
@@ -122,6 +121,8 @@ def _acquire_slot(lock_dir: Path, n_slots: int) -> int:
     jobs finish out of order. A lock file per slot, held until the worker exits (the OS frees
     it then), gives each live worker its own slot.
     """
+    import fcntl  # POSIX only; imported here so that runs elsewhere never need it
+
     global _held_slot
     if _held_slot is not None:
         return _held_slot[0]
