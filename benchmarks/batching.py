@@ -58,8 +58,10 @@ def main() -> None:
     X, y = torch.randn(N, C, T), torch.randint(0, K, (N,))
     g = torch.Generator().manual_seed(0)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{N} x {C} x {T} windows, batch {BATCH}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{N} x {C} x {T} windows, batch {BATCH}"
+    )
     print(f"{'what':40s} {'index (s)':>10s} {'DataLoader (s)':>15s} {'ratio':>7s}")
 
     idx_t = [epoch(index_batches(X, y, g)) for _ in range(args.repeats)]
@@ -67,8 +69,18 @@ def main() -> None:
     a, b = statistics.median(idx_t), statistics.median(dl_t)
     print(f"{'batches only, one epoch':40s} {a:10.3f} {b:15.3f} {b / a:6.1f}x")
 
-    model = ResNet(C, K, layers=[1, 1, 1, 1], cardinality=16, base_width=8, stem_width=16,
-                   stem_kernel_size=5, stem_stride=1, stem_pool=False, zero_init_residual=True)
+    model = ResNet(
+        C,
+        K,
+        layers=[1, 1, 1, 1],
+        cardinality=16,
+        base_width=8,
+        stem_width=16,
+        stem_kernel_size=5,
+        stem_stride=1,
+        stem_pool=False,
+        zero_init_residual=True,
+    )
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     idx_t, dl_t = [], []
     for _ in range(args.train_repeats):  # interleaved so drifting load hits both alike

@@ -29,8 +29,10 @@ def main() -> None:
     rows = [(name, []) for name in presets]
     rows += [("resnext50", [f"model.shape={s}"]) for s in RESNEXT50_SHAPES]
     x = torch.randn(1, args.channels, args.length)
-    print(f"| preset | overrides | params | MFLOPs / sample | size MB |  (layout {args.layout}, "
-          f"input {args.channels} x {args.length})")
+    print(
+        f"| preset | overrides | params | MFLOPs / sample | size MB |  (layout {args.layout}, "
+        f"input {args.channels} x {args.length})"
+    )
     print("| --- | --- | ---: | ---: | ---: |")
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for name, extra in rows:
@@ -40,11 +42,12 @@ def main() -> None:
                 cfg.model.layout = args.layout
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = instantiate(cfg.model, in_channels=args.channels,
-                                    num_classes=args.classes)
+                model = instantiate(cfg.model, in_channels=args.channels, num_classes=args.classes)
             s = model_summary(model, x)
-            print(f"| {name} | {' '.join(extra)} | {s['params']:,} | "
-                  f"{s['flops_per_sample'] / 1e6:,.1f} | {s['size_mb']:.1f} |")
+            print(
+                f"| {name} | {' '.join(extra)} | {s['params']:,} | "
+                f"{s['flops_per_sample'] / 1e6:,.1f} | {s['size_mb']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from torch import nn
 
 from har_bench import distributed
+from har_bench.metrics import macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class Trainer:
         return {
             "loss": float(F.cross_entropy(logits, y)),
             "accuracy": float((pred == y).float().mean()),
-            "macro_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0)),
+            "macro_f1": macro_f1(y.numpy(), pred.numpy()),
             "y_true": y.numpy(),
             "y_pred": pred.numpy(),
         }
@@ -689,6 +689,15 @@ class Trainer:
                 + " a learning-rate scheduler; resume with the run's own scheduler setting"
             )
         if scheduler is not None:
+            # load_state_dict would silently bring back the old horizon, so a cosine schedule
+            # resumed with more epochs would climb back up from lr 0: refuse instead.
+            old, new = state["scheduler"].get("T_max"), getattr(scheduler, "T_max", None)
+            if old is not None and new is not None and old != new:
+                raise ValueError(
+                    f"trainer.resume: the scheduler's T_max (= trainer.max_epochs) was {old}, "
+                    f"now {new}; a cosine schedule cannot be stretched mid-run. Resume with "
+                    f"trainer.max_epochs={old}, or use scheduler=none/step to add epochs"
+                )
             scheduler.load_state_dict(state["scheduler"])
         if scaler.is_enabled() and state["scaler"]:
             scaler.load_state_dict(state["scaler"])

@@ -22,6 +22,10 @@ def classification_metrics(
     Per-class ``accuracy`` is the diagonal of the row-normalised confusion matrix (the share of
     a class's windows classified correctly), which is what HAR articles plot per class. A class
     absent from ``y_true`` gets recall/accuracy 0 and support 0 rather than a warning.
+
+    Macro averages run over the classes that occur in ``y_true`` or ``y_pred`` (scikit-learn's
+    default), not over every class of the dataset: a LOSO test subject who never did an
+    activity must not score 0 on it. See :func:`macro_f1`.
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -30,7 +34,7 @@ def classification_metrics(
         y_true, y_pred, labels=labels, average=None, zero_division=0
     )
     mp, mr, mf, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
+        y_true, y_pred, labels=_present(y_true, y_pred), average="macro", zero_division=0
     )
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     support = cm.sum(axis=1)
@@ -58,6 +62,20 @@ def classification_metrics(
             for i, name in enumerate(class_names)
         },
     }
+
+
+def _present(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    return np.union1d(np.asarray(y_true), np.asarray(y_pred))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro-F1 over the classes present in ``y_true`` or ``y_pred``: the one definition used
+    for early stopping, ``best_val_metric`` and the reported ``macro_f1``."""
+    if len(y_true) == 0:
+        return float("nan")
+    return float(
+        f1_score(y_true, y_pred, labels=_present(y_true, y_pred), average="macro", zero_division=0)
+    )
 
 
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -247,3 +247,25 @@ def test_load_uci_har_checksum_mismatch_caches_nothing(tmp_path, served):
         load_uci_har(None, str(data_dir), server.url(ZIP_NAME), "0" * 64, progress=False)
     leftovers = [p for p in data_dir.rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+def test_parallel_downloads_of_one_file_fetch_it_once(tmp_path, served):
+    """Sweep jobs on a fresh cache: one downloads, the others wait and reuse the file."""
+    server, archive, _ = served
+    dest = tmp_path / "cache" / ZIP_NAME
+    results, errors = [], []
+
+    def job() -> None:
+        try:
+            results.append(download(server.url(ZIP_NAME), dest, progress=False))
+        except Exception as e:  # collected: an exception in a thread would pass silently
+            errors.append(e)
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and results == [dest] * 4
+    assert len(server.requests) == 1
+    assert dest.read_bytes() == archive.read_bytes()

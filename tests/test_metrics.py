@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score
 
-from har_bench.metrics import classification_metrics, confusion_counts, row_normalise
+from har_bench.metrics import (
+    classification_metrics,
+    confusion_counts,
+    macro_f1,
+    row_normalise,
+)
 
 
 def test_metrics_agree_with_sklearn():
@@ -39,3 +44,15 @@ def test_confusion_rows_true_columns_predicted_and_normalised():
     norm = row_normalise(cm)
     assert norm[0].tolist() == pytest.approx([2 / 3, 1 / 3, 0])
     assert norm[2].tolist() == [0, 0, 0]
+
+
+def test_macro_averages_skip_classes_absent_from_truth_and_predictions():
+    # A LOSO test subject who never did class 2: perfect predictions must score 1, not 2/3.
+    y = np.array([0, 0, 1, 1])
+    m = classification_metrics(y, y, ["a", "b", "c"])
+    assert m["macro_f1"] == m["macro_recall"] == m["macro_precision"] == 1.0
+    assert m["macro_f1"] == macro_f1(y, y) == m["balanced_accuracy"]
+    # A class predicted but never true still counts (as a false positive).
+    m = classification_metrics(np.array([0, 0]), np.array([0, 2]), ["a", "b", "c"])
+    assert m["macro_f1"] == pytest.approx(macro_f1(np.array([0, 0]), np.array([0, 2])))
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)

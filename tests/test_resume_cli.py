@@ -76,7 +76,11 @@ def test_refused_resumes_leave_the_run_untouched(main, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_in_the_same_dir_with_more_epochs(main, finished_run, tmp_path):
+def test_resume_continues_in_the_same_dir_with_more_epochs(main, tmp_path):
+    # A constant lr: a cosine schedule's horizon cannot be stretched (next test).
+    code, err = main(*RUN, "scheduler=none")
+    assert code == 0, err
+    (finished_run,) = [p.parent for p in (tmp_path / "outputs").glob("*/*/metrics.json")]
     history = pd.read_csv(finished_run / "history.csv")
     set_status(finished_run, "interrupted", error="interrupted by SIGINT")
     # The run's own overrides come from .hydra/overrides.yaml; the command line adds to them.
@@ -93,6 +97,15 @@ def test_resume_continues_in_the_same_dir_with_more_epochs(main, finished_run, t
     assert env["resumed"][0]["from_epoch"] == 2
     overrides = (finished_run / ".hydra" / "overrides.yaml").read_text()
     assert "model=resnet18" in overrides and f"trainer.resume={finished_run}" in overrides
+
+
+@pytest.mark.slow
+def test_resume_refuses_to_stretch_a_cosine_schedule(main, finished_run, tmp_path):
+    set_status(finished_run, "interrupted", error="interrupted by SIGINT")
+    code, err = main(f"trainer.resume={finished_run}", "trainer.max_epochs=3")
+    assert code == 2
+    assert "T_max (= trainer.max_epochs) was 2, now 3" in err
+    assert json.loads((finished_run / "metrics.json").read_text())["epochs_trained"] == 2
 
 
 @pytest.mark.parametrize(

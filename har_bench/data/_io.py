@@ -21,7 +21,7 @@ from typing import IO
 
 import numpy as np
 
-from .download import _check_member_name
+from .download import _check_member_name, _write_text_atomic, file_lock
 
 log = logging.getLogger("har_bench.data")
 
@@ -110,8 +110,14 @@ def extract_tar(archive: Path, dest_dir: Path, member_root: str) -> Path:
     (temp dir + rename) and refusing unsafe members (absolute paths, '..', links), like
     :func:`har_bench.data.download.extract_zip` does for zips."""
     archive, dest_dir = Path(archive), Path(dest_dir)
-    target = dest_dir / member_root.strip("/")
     stamp_file = dest_dir / f".{member_root.strip('/')}.extracted.json"
+    # Parallel sweep jobs: one extracts, the others wait and then find the stamp current.
+    with file_lock(stamp_file):
+        return _extract_tar_locked(archive, dest_dir, member_root, stamp_file)
+
+
+def _extract_tar_locked(archive: Path, dest_dir: Path, member_root: str, stamp_file: Path) -> Path:
+    target = dest_dir / member_root.strip("/")
     st = archive.stat()
     stamp = {"archive": str(archive.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     try:
@@ -146,7 +152,7 @@ def extract_tar(archive: Path, dest_dir: Path, member_root: str) -> Path:
         if target.exists():
             os.replace(target, tmp / ".old")
         os.replace(tmp / member_root.strip("/"), target)
-        stamp_file.write_text(json.dumps(stamp), encoding="utf-8")
+        _write_text_atomic(stamp_file, json.dumps(stamp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

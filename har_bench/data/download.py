@@ -22,6 +22,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar
@@ -122,6 +124,31 @@ def _progress_bar(enabled: bool):
     )
 
 
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock named after ``path`` for the block.
+
+    Parallel sweep jobs on a fresh cache all want the same download and extraction; the
+    first one does it while the others wait, then find it done. The lock file lives in the
+    system temp dir, so the data cache holds nothing but data (it coordinates the processes
+    of one machine). Advisory (``flock``); a no-op where ``fcntl`` does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+    lock_dir = Path(tempfile.gettempdir()) / "har_bench-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{key}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def download(
     url: str,
     dest: Path,
@@ -138,7 +165,13 @@ def download(
     file and raises :class:`ChecksumError`; nothing is left behind under ``dest``.
     """
     dest = Path(dest)
-    expected = _normalize_sha256(sha256)
+    with file_lock(dest):
+        return _download_locked(url, dest, _normalize_sha256(sha256), progress, timeout)
+
+
+def _download_locked(
+    url: str, dest: Path, expected: str | None, progress: bool, timeout: float
+) -> Path:
     if dest.exists():
         return _verify_existing(dest, expected)
 
@@ -273,6 +306,15 @@ def extract_zip(archive: Path, dest_dir: Path, member_root: str) -> Path:
     dest_dir = Path(dest_dir)
     target = dest_dir / member_root.strip("/")
     stamp_file = _stamp_path(dest_dir, member_root)
+    if _is_current(target, stamp_file, _archive_stamp(archive)):
+        return target  # the common case: no lock, no waiting
+    with file_lock(stamp_file):
+        return _extract_zip_locked(archive, dest_dir, member_root, target, stamp_file)
+
+
+def _extract_zip_locked(
+    archive: Path, dest_dir: Path, member_root: str, target: Path, stamp_file: Path
+) -> Path:
     stamp = _archive_stamp(archive)
     if _is_current(target, stamp_file, stamp):
         return target
