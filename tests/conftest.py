@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 from har_bench.cli import config_dir
 
 # Tests must never download or write into the user's cache.
-os.environ.setdefault("HAR_BENCH_DATA", str(REPO / ".pytest_cache" / "har_bench_data"))
+os.environ["HAR_BENCH_DATA"] = str(REPO / ".pytest_cache" / "har_bench_data")
 
 
 @pytest.fixture

@@ -139,7 +139,19 @@ def test_missing_file_is_named(tmp_path, gz):
     with pytest.raises(FileNotFoundError) as err:
         load_uci_har(str(fx.dataset_dir), str(tmp_path / "data"))
     msg = str(err.value)
-    assert f"'{name}'" in msg and f"'{name}.gz'" in msg and str(folder) in msg
+    assert f"'{name}' (or .gz/.xz/.bz2)" in msg and str(folder) in msg
+
+
+def test_xz_files_are_read_too(tmp_path):
+    import gzip
+    import lzma
+
+    fx = write_uci_dataset(tmp_path, gz=True)
+    for gz in fx.dataset_dir.rglob("*.gz"):  # recompress every file as .xz
+        gz.with_suffix(".xz").write_bytes(lzma.compress(gzip.decompress(gz.read_bytes())))
+        gz.unlink()
+    data = load_uci_har(str(fx.dataset_dir), str(tmp_path / "data"), cache=False)
+    np.testing.assert_array_equal(data.X, fx.X)
 
 
 def test_wrong_layout_names_file_and_hint(tmp_path):

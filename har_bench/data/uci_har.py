@@ -12,7 +12,6 @@ to download ``url`` into ``data_dir/uci_har/``. Every text file may also be gzip
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._io import find_file, open_text
 from .base import HARData
 from .download import download, extract_zip, filename_from_url
 
@@ -75,19 +75,9 @@ def _resolve_dataset_dir(
 
 
 def _find(folder: Path, name: str, dataset_dir: Path) -> Path:
-    """``folder/name``, else ``folder/name.gz``; a clear error naming both otherwise."""
-    plain = folder / name
-    if plain.is_file():
-        return plain
-    gz = folder / f"{name}.gz"
-    if gz.is_file():
-        return gz
-    msg = f"UCI-HAR file not found: looked for {name!r} and {name + '.gz'!r} in {folder}"
-    if not folder.is_dir():
-        msg += " (that folder does not exist)"
-    if not (dataset_dir / "train").is_dir() and not (dataset_dir / "test").is_dir():
-        msg += f"; {_LAYOUT_HINT}"
-    raise FileNotFoundError(msg)
+    """``folder/name`` or its .gz/.xz/.bz2 twin; the layout hint when no split folder exists."""
+    layout_wrong = not (dataset_dir / "train").is_dir() and not (dataset_dir / "test").is_dir()
+    return find_file(folder, name, "UCI-HAR", _LAYOUT_HINT if layout_wrong else "")
 
 
 def _source_files(ds: Path) -> dict[str, Path | dict[str, Path | list[Path]]]:
@@ -125,19 +115,13 @@ def _cache_key(ds: Path, paths: list[Path]) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
 def _read_table_slow(path: Path, ncols: int, dtype: type) -> np.ndarray:
     """Line-by-line parse used only after the fast path failed: finds the offending line."""
     convert = int if np.dtype(dtype).kind == "i" else float
     kind = "an integer" if convert is int else "a number"
     rows: list[list] = []
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
                 tokens = line.split()
                 if not tokens:
@@ -185,7 +169,7 @@ def _read_table(path: Path, ncols: int, dtype: type) -> np.ndarray:
 
 
 def _read_class_names(path: Path) -> list[str]:
-    with _open_text(path) as f:
+    with open_text(path) as f:
         lines = f.read().splitlines()
     names: dict[int, str] = {}
     for lineno, line in enumerate(lines, start=1):
@@ -351,7 +335,7 @@ N_FEATURES = 561
 def _load_features(ds: Path, archive: Path | None) -> HARData:
     class_names = _read_class_names(_find(ds, "activity_labels.txt", ds))
     names_path = _find(ds, "features.txt", ds)
-    with _open_text(names_path) as f:
+    with open_text(names_path) as f:
         rows = [line.split(maxsplit=1) for line in f.read().splitlines() if line.strip()]
     if len(rows) != N_FEATURES or any(len(r) != 2 for r in rows):
         raise ValueError(

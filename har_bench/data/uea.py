@@ -247,7 +247,8 @@ def load_uea(
         data_dir: writable folder for downloads (``uea/``).
         variable_length: ``pad`` (zeros after the end) or ``resample`` (linear interpolation),
             applied to series shorter or longer than ``length``.
-        length: target length; None = the longest series in either file.
+        length: target length; None = the longest series of the TRAIN file (longer test series
+            are cut or resampled to it).
     """
     if not isinstance(name, str) or not name or "/" in name or name != name.strip():
         raise ValueError(f"dataset.name={name!r} is invalid: expected a UEA dataset name")
@@ -277,7 +278,9 @@ def load_uea(
     if len(dims) != 1:
         raise ValueError(f"UEA {name}: TRAIN and TEST have different numbers of dimensions {dims}")
     lengths = [len(d) for p in parts.values() for case in p.series for d in case]
-    target = int(length) if length is not None else max(lengths)
+    # The target length comes from TRAIN only: nothing about the test set may shape the input.
+    train_lengths = [len(d) for case in parts["train"].series for d in case]
+    target = int(length) if length is not None else max(train_lengths)
 
     xs, ys, missing = [], [], 0
     for p in parts.values():
