@@ -11,13 +11,14 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from har_bench._fs import atomic_write, atomic_write_text
 from har_bench.metrics import row_normalise
 
 METRICS = "metrics.json"
@@ -35,25 +36,8 @@ CHECKPOINTS = "checkpoints"
 STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename over ``path``: readers see the old file or the new one.
-
-    fsync before the rename, or a power cut can leave an empty file under the final name.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -88,7 +72,7 @@ def write_status(run_dir: Path, status: str, /, clear: Sequence[str] = (), **ext
 
 
 def write_error(run_dir: Path, text: str) -> None:
-    _atomic_write_text(run_dir / ERROR, text)
+    atomic_write_text(run_dir / ERROR, text)
 
 
 def write_history(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:
@@ -162,14 +146,10 @@ def _pyplot() -> Any:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    plt = _pyplot()
-    # The format comes from the suffix, so the temp name keeps it.
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    finally:
+        _pyplot().close(fig)
 
 
 def environment_info(device: str) -> dict[str, Any]:

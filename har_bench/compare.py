@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from har_bench._fs import atomic_write, atomic_write_text
+
 # Runs that differ only by these are repeats of one configuration.
 REPLICATE_KEYS = ("seed", "split.fold")
 # Keys that say where or how a run was watched, not what was computed.
@@ -369,25 +371,30 @@ def write_csv(
 ) -> None:
     import csv
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        header = [*comp.keys, "n", "n_runs"]
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            _write_rows(csv.writer(f), comp, metrics, groups)
+
+    atomic_write(path, write)
+
+
+def _write_rows(w: Any, comp: Comparison, metrics: Sequence[str], groups: Sequence[Group]) -> None:
+    """The comparison table as CSV rows: the swept keys, counts, then mean/std/n per metric."""
+    header = [*comp.keys, "n", "n_runs"]
+    for m in metrics:
+        header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
+    w.writerow(header)
+    for g in groups:
+        row: list[Any] = [format_key(g.key[k]) for k in comp.keys]
+        row += [len(g.completed), len(g.runs)]
         for m in metrics:
-            header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
-        w.writerow(header)
-        for g in groups:
-            row: list[Any] = [format_key(g.key[k]) for k in comp.keys]
-            row += [len(g.completed), len(g.runs)]
-            for m in metrics:
-                mean, std, n = g.stats(m)
-                row += [
-                    "" if math.isnan(mean) else repr(mean),
-                    "" if math.isnan(std) else repr(std),
-                ]
-                row.append(n)
-            w.writerow(row)
-    os.replace(tmp, path)
+            mean, std, n = g.stats(m)
+            row += [
+                "" if math.isnan(mean) else repr(mean),
+                "" if math.isnan(std) else repr(std),
+            ]
+            row.append(n)
+        w.writerow(row)
 
 
 def markdown(comp: Comparison, metrics: Sequence[str], groups: Sequence[Group], title: str) -> str:
@@ -650,9 +657,7 @@ def main(argv: Sequence[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "comparison.csv", comp, metrics, groups)
     md = markdown(comp, metrics, groups, title)
-    tmp = out / "comparison.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out / "comparison.md")
+    atomic_write_text(out / "comparison.md", md)
     written = [out / "comparison.csv", out / "comparison.md"]
     if args.plot:
         written += plot(comp, metrics, out, groups)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from har_bench import distributed
+from har_bench._fs import atomic_write
 from har_bench.metrics import macro_f1
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,15 @@ class Interrupted(KeyboardInterrupt):
 
 class _StopRequest:
     signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def signum_or_term(self) -> int:
+        # Under torchrun a rank may stop because another rank was signalled.
+        return self.signum if self.signum is not None else signal.SIGTERM
 
 
 @contextmanager
@@ -438,9 +448,10 @@ class Trainer:
                         self.monitor,
                         self.patience,
                     )
-                if stop.signum is not None:
+                if distributed.agree(torch.zeros((), device=self.device), stop.requested)[1]:
                     raise Interrupted(
-                        stop.signum, f"epoch {epoch} complete (optimizer step {loop.step})"
+                        stop.signum_or_term,
+                        f"epoch {epoch} complete (optimizer step {loop.step})",
                     )
 
         return FitResult(
@@ -492,8 +503,9 @@ class Trainer:
                 completed=part["batches_done"],
                 info="",
             )
+            _, stop_now = distributed.agree(torch.zeros((), device=self.device), stop.requested)
             for w in range(part["batches_done"], len(batches), self.accumulate_grad_batches):
-                if stop.signum is not None:
+                if stop_now:
                     part.update(
                         batches_done=w,
                         seen=seen,
@@ -507,7 +519,7 @@ class Trainer:
                         log.warning("saved %s in %s", saved, checkpoint_dir / LAST_CHECKPOINT)
                     else:
                         saved = None
-                    raise Interrupted(stop.signum, saved)
+                    raise Interrupted(stop.signum_or_term, saved)
                 window = batches[w : w + self.accumulate_grad_batches]
                 window_samples = sum(len(b) for b in window)
                 window_loss = torch.zeros((), device=self.device)
@@ -524,7 +536,8 @@ class Trainer:
                     seen += len(idx)
                     bar.advance(task)
                 # One host sync per optimizer step: catches divergence before it is stepped in.
-                wl = float(window_loss)
+                # Under torchrun the ranks agree on it (and on stopping) here.
+                wl, stop_now = distributed.agree(window_loss, stop.requested)
                 if not math.isfinite(wl):
                     raise DivergedError(epoch, loop.step, wl)
                 loss_sum += window_loss * window_samples
@@ -841,14 +854,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        # Without fsync a power cut after the rename can leave an empty file under the name.
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 @torch.inference_mode()

@@ -18,6 +18,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from har_bench._fs import atomic_write
+
 log = logging.getLogger(__name__)
 
 SUMMARY_CSV = "sweep_summary.csv"
@@ -242,15 +244,17 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
             }
         )
     path = sweep_dir / SUMMARY_CSV
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
-        w.writeheader()
-        for r in rows:
-            w.writerow(
-                {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-            )
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
+            w.writeheader()
+            for r in rows:
+                w.writerow(
+                    {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                )
+
+    atomic_write(path, write)
     if print_table:
         _print(rows, sweep_dir, result)
     return result

@@ -42,6 +42,47 @@ def test_without_torchrun_nothing_changes(monkeypatch):
     assert distributed.prepare_process(["a=1"]) == ["a=1"]
 
 
+_AGREE = """
+import json, sys, torch
+from har_bench import distributed
+loss = float("nan") if distributed.rank() == 0 else 1.0
+stop = distributed.rank() == 1
+print(json.dumps(distributed.agree(torch.tensor(loss), stop)))
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+def test_ranks_agree_on_divergence_and_stopping(tmp_path: Path):
+    # Rank 0 alone diverges and rank 1 alone is signalled: both must see both, or the rank
+    # that went on would hang in the next gradient all-reduce.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _AGREE],
+            env={
+                **os.environ,
+                "WORLD_SIZE": "2",
+                "RANK": str(r),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    for out, _ in outs:
+        loss, stop = json.loads(out.strip().splitlines()[-1])
+        assert loss != loss and stop is True  # NaN on both ranks; stop on both
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 def test_torchrun_two_processes_agree_and_write_one_run_dir(tmp_path: Path):

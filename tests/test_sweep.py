@@ -94,7 +94,10 @@ def _job_config(launcher: dict, num_threads: int | None = None, sweep_dir: str =
 def restore_threads(monkeypatch):
     before = torch.get_num_threads()
     for key in (sweep.GPUS_ENV, sweep.SLOTS_ENV, "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first so monkeypatch records the original state: the code under test sets
+        # these in os.environ itself, and an unset variable must be unset again afterwards.
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     yield
     torch.set_num_threads(before)
 

@@ -21,7 +21,9 @@ from typing import IO
 
 import numpy as np
 
-from .download import _check_member_name, _write_text_atomic, file_lock
+from har_bench._fs import atomic_write, atomic_write_text
+
+from .download import _check_member_name, file_lock
 
 log = logging.getLogger("har_bench.data")
 
@@ -90,15 +92,7 @@ def load_cache(path: Path | None, keys: Iterable[str]) -> dict[str, np.ndarray] 
 def save_cache(path: Path, arrays: dict[str, np.ndarray]) -> bool:
     """Atomic (temp file + rename), uncompressed: loading speed is the point of the cache."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cache-", suffix=".npz.tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     except OSError as e:
         warnings.warn(f"could not write cache {path}: {e}", stacklevel=3)
         return False
@@ -152,7 +146,7 @@ def _extract_tar_locked(archive: Path, dest_dir: Path, member_root: str, stamp_f
         if target.exists():
             os.replace(target, tmp / ".old")
         os.replace(tmp / member_root.strip("/"), target)
-        _write_text_atomic(stamp_file, json.dumps(stamp))
+        atomic_write_text(stamp_file, json.dumps(stamp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

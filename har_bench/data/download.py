@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from har_bench._fs import atomic_write_text
+
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -69,17 +71,6 @@ def _read_sidecar(path: Path) -> str | None:
     return tokens[0].lower() if tokens else None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _verify_existing(dest: Path, expected: str | None) -> Path:
     """Check an already-present file against the given hash, else its trust-on-first-use
     sidecar. A mismatch is an error, never a silent re-download: a changed cached archive
@@ -92,7 +83,7 @@ def _verify_existing(dest: Path, expected: str | None) -> Path:
     actual = sha256_file(dest)
     if expected is None:
         # A file placed by hand (or by an older version): trust it now, verify it from now on.
-        _write_text_atomic(sidecar, f"{actual}  {dest.name}\n")
+        atomic_write_text(sidecar, f"{actual}  {dest.name}\n")
         return dest
     if actual != expected:
         raise ChecksumError(
@@ -218,7 +209,7 @@ def _download_locked(
             )
         # Sidecar first: if we crash between the two steps, the archive is simply
         # downloaded again, whereas an archive without sidecar would be trusted blindly.
-        _write_text_atomic(_sidecar(dest), f"{actual}  {dest.name}\n")
+        atomic_write_text(_sidecar(dest), f"{actual}  {dest.name}\n")
         os.replace(part, dest)
     except BaseException:
         # Includes KeyboardInterrupt: a partial file must never survive.
@@ -337,7 +328,7 @@ def _extract_zip_locked(
             # (into tmp, which is deleted below).
             os.replace(target, tmp / "old")
         os.replace(extracted, target)
-        _write_text_atomic(stamp_file, json.dumps(stamp))
+        atomic_write_text(stamp_file, json.dumps(stamp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import find_file, open_text
+from ._io import find_file, open_text, save_cache
 from .base import HARData
 from .download import download, extract_zip, filename_from_url
 
@@ -241,25 +239,6 @@ def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
     return arrays
 
 
-def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> bool:
-    """Write atomically (temp file + rename): concurrent runs or a crash never expose a
-    half-written cache. Uncompressed because loading speed is the whole point."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".raw-", suffix=".npz.tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        warnings.warn(f"could not write UCI-HAR cache {path}: {e}", stacklevel=3)
-        return False
-    return True
-
-
 # --------------------------------------------------------------------------- public
 
 
@@ -302,7 +281,7 @@ def load_uci_har(
     cache_hit = arrays is not None
     if arrays is None:
         arrays = _parse(files)
-        if cache_path is not None and not _save_cache(cache_path, arrays):
+        if cache_path is not None and not save_cache(cache_path, arrays):
             cache_path = None
 
     n_train = int(arrays["n_train"])

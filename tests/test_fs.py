@@ -1,0 +1,41 @@
+import pytest
+
+from har_bench._fs import atomic_write, atomic_write_text
+
+
+def test_atomic_write_replaces_and_keeps_the_suffix(tmp_path):
+    target = tmp_path / "sub" / "metrics.json"
+    atomic_write_text(target, "old")
+    seen = []
+    atomic_write(target, lambda tmp: (seen.append(tmp), tmp.write_text("new")))
+    assert target.read_text() == "new"
+    assert seen[0].suffix == ".json" and seen[0].parent == target.parent
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "history.csv"
+    atomic_write_text(target, "epoch\n1\n")
+
+    def crash(tmp):
+        tmp.write_text("half a fi")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, crash)
+    assert target.read_text() == "epoch\n1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
+
+
+def test_new_files_get_ordinary_permissions_and_replaced_files_keep_theirs(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    fresh = tmp_path / "metrics.json"
+    atomic_write_text(fresh, "{}")
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+    fresh.chmod(0o640)
+    atomic_write_text(fresh, "{ }")
+    assert fresh.stat().st_mode & 0o777 == 0o640
