@@ -5,9 +5,11 @@ Standard library only, so data loaders and the CLI can use it without heavy impo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -54,3 +56,67 @@ def _default_mode() -> int:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _lock_path(path: str | os.PathLike[str]) -> Path:
+    # In the system temp dir, so data caches and run dirs hold nothing but their files. Locks
+    # coordinate the processes of one machine.
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+    lock_dir = Path(tempfile.gettempdir()) / "har_bench-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return lock_dir / f"{key}.lock"
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock named after ``path`` for the block, waiting for it if needed.
+
+    Parallel sweep jobs on a fresh cache all want the same download and extraction; the first
+    does it while the others wait, then find it done. Advisory (``flock``); a no-op where
+    ``fcntl`` does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(_lock_path(path), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_held: dict[Path, int] = {}
+
+
+def hold_lock(path: str | os.PathLike[str]) -> bool:
+    """Take an exclusive lock named after ``path`` for the rest of this process's life.
+
+    False at once when another process holds it; True when this process now holds it (or
+    already did). The OS drops it when the process ends, SIGKILL included, so no stale lock
+    is ever left behind. Used to keep two processes from training into one run directory.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    lock = _lock_path(path)
+    if lock in _held:
+        return True
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held[lock] = fd
+    return True
+
+
+def release_lock(path: str | os.PathLike[str]) -> None:
+    """Give up a lock taken with :func:`hold_lock` (a sweep runs many jobs in one process)."""
+    fd = _held.pop(_lock_path(path), None)
+    if fd is not None:
+        os.close(fd)

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from har_bench._fs import hold_lock
+
 RESUME_KEY = "trainer.resume"
 # May differ between a run and its resume. max_epochs is here so a stopped run can be given more
 # epochs (with cosine's T_max = max_epochs the schedule then changes: not an exact replay).
@@ -88,6 +90,13 @@ def prepare(args: Sequence[str]) -> list[str]:
         raise ResumeError(
             f"{RESUME_KEY}={value}: that run has a different config ({shown}); resume it with "
             "its own settings or start a new run"
+        )
+    # Held until the run ends (har_bench.run releases it): two resumes of one run started
+    # together would both pass the checks above and then train into the same files.
+    if not hold_lock(run_dir):
+        raise ResumeError(
+            f"{RESUME_KEY}={value}: {run_dir} is in use by another har-bench process on this "
+            "machine; wait for it to finish or stop it first"
         )
     flags = [a for a in args if a not in overrides]
     return [

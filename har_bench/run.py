@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from har_bench import artifacts, distributed
+from har_bench._fs import hold_lock, release_lock
 from har_bench.data.base import HARData
 from har_bench.data.splits import SPLIT_REPORT, Split, assert_clean, split_report, standardise
 from har_bench.engine import (
@@ -53,6 +54,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     message, the traceback in ``error.txt``. Only SIGKILL or a power cut leave ``running``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Checked before anything is written: the other process's status must stay its own.
+    if not hold_lock(run_dir):
+        raise RunDirInUseError(
+            f"{run_dir} is in use by another har-bench process on this machine (a run or a "
+            "resume of it); use another hydra.run.dir or wait for it to finish"
+        )
     with stop_on_signals():
         artifacts.write_status(
             run_dir,
@@ -90,6 +97,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             artifacts.write_error(run_dir, traceback.format_exc())
             artifacts.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
             raise
+        finally:
+            release_lock(run_dir)
+
+
+class RunDirInUseError(ValueError):
+    """Another process is training into the run directory."""
 
 
 def resume_command(run_dir: Path) -> str | None:

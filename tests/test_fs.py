@@ -1,6 +1,6 @@
 import pytest
 
-from har_bench._fs import atomic_write, atomic_write_text
+from har_bench._fs import atomic_write, atomic_write_text, hold_lock, release_lock
 
 
 def test_atomic_write_replaces_and_keeps_the_suffix(tmp_path):
@@ -39,3 +39,21 @@ def test_new_files_get_ordinary_permissions_and_replaced_files_keep_theirs(tmp_p
     fresh.chmod(0o640)
     atomic_write_text(fresh, "{ }")
     assert fresh.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_held_lock_excludes_other_processes_until_released(tmp_path):
+    import subprocess
+    import sys
+
+    probe = "import sys; from har_bench._fs import hold_lock; print(hold_lock(sys.argv[1]))"
+
+    def other_process_gets_it() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True
+        )
+        return out.stdout.strip() == "True"
+
+    assert hold_lock(tmp_path) and hold_lock(tmp_path)  # re-entrant within a process
+    assert not other_process_gets_it()
+    release_lock(tmp_path)
+    assert other_process_gets_it()  # and that process's exit freed it again

@@ -45,6 +45,15 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     }
 
 
+_HOLD_LOCK = """
+import sys, time
+from har_bench._fs import hold_lock
+assert hold_lock(sys.argv[1])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_refused_resumes_leave_the_run_untouched(main, tmp_path):
     run_dir = fake_run(tmp_path / "outputs" / "day", "run", RUN, "completed")
     before = snapshot(run_dir)
@@ -71,6 +80,19 @@ def test_refused_resumes_leave_the_run_untouched(main, tmp_path):
     finally:
         live.kill()
         live.wait()
+
+    # Another resume of it has just started (status not yet "running"): it holds the run's lock.
+    set_status(run_dir, "interrupted")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = main(f"trainer.resume={run_dir}")
+        assert_one_line_error(code, err, "is in use by another har-bench process")
+    finally:
+        holder.kill()
+        holder.wait()
     assert snapshot(run_dir) == before
     assert len(list((tmp_path / "outputs").glob("*/*"))) == 1  # and no new run dir either
 
@@ -160,3 +182,19 @@ def test_paths_with_spaces_and_quotes_survive_hydra(tmp_path):
     for path in ("/tmp/a b/run", "/tmp/it's/run", "/tmp/x=y,z/run"):
         override = f"hydra.run.dir={resume.hydra_quote(path)}"
         assert OverridesParser.create().parse_override(override).value() == path
+
+
+def test_a_run_never_writes_into_a_dir_another_process_trains_in(tmp_path):
+    from har_bench.run import RunDirInUseError, run
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirInUseError, match="in use by another har-bench process"):
+            run(None, tmp_path)  # refused before the config is even looked at
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list(tmp_path.iterdir()) == []  # no status written over the other process's

@@ -21,9 +21,9 @@ from typing import IO
 
 import numpy as np
 
-from har_bench._fs import atomic_write, atomic_write_text
+from har_bench._fs import atomic_write, atomic_write_text, file_lock
 
-from .download import _check_member_name, file_lock
+from .download import _check_member_name
 
 log = logging.getLogger("har_bench.data")
 

@@ -22,11 +22,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from har_bench._fs import atomic_write_text
+from har_bench._fs import atomic_write_text, file_lock
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -113,31 +111,6 @@ def _progress_bar(enabled: bool):
         TimeRemainingColumn(),
         disable=not enabled,
     )
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock named after ``path`` for the block.
-
-    Parallel sweep jobs on a fresh cache all want the same download and extraction; the
-    first one does it while the others wait, then find it done. The lock file lives in the
-    system temp dir, so the data cache holds nothing but data (it coordinates the processes
-    of one machine). Advisory (``flock``); a no-op where ``fcntl`` does not exist (Windows).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
-    lock_dir = Path(tempfile.gettempdir()) / "har_bench-locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{key}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def download(
