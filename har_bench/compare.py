@@ -329,12 +329,20 @@ def format_value(v: float, kind: str) -> str:
     return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
+def _format_std(std: float, kind: str, mean_text: str) -> str:
+    # Rates and latencies: the std to the mean's last shown digit ("1087 ± 18", not "± 18.4").
+    if kind in ("fraction", "count", "flops") or not mean_text.replace(".", "").isdigit():
+        return format_value(std, kind)
+    decimals = len(mean_text.partition(".")[2])
+    return f"{std:.{decimals}f}" if round(std, decimals) else format_value(std, kind)
+
+
 def format_stat(mean: float, std: float, n: int, kind: str, group_n: int) -> str:
     if n == 0:
         return "-"
     text = format_value(mean, kind)
     if n > 1 and std != 0:
-        text += f" ± {format_value(std, kind)}"
+        text += f" ± {_format_std(std, kind, text)}"
     if n != group_n:
         text += f" (n={n})"
     return text

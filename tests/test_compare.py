@@ -196,3 +196,12 @@ def test_bad_input_is_one_line(tmp_path: Path, sweep: Path, capsys):
     assert "no runs" in capsys.readouterr().err
     assert cli.main(["compare", str(sweep), "--metrics", "acc"]) == 2
     assert "unknown acc" in capsys.readouterr().err
+
+
+def test_std_is_shown_to_the_means_precision():
+    from har_bench.compare import format_stat
+
+    assert format_stat(1087.2, 18.4, 2, "rate", 2) == "1087 ± 18"
+    assert format_stat(0.681, 0.0228, 2, "ms", 2) == "0.681 ± 0.023"
+    assert format_stat(0.9157, 0.0074, 2, "fraction", 2) == "91.57 ± 0.74"
+    assert format_stat(1.11, 0.001, 3, "ms", 2) == "1.11 ± 0.001 (n=3)"  # not "± 0.00"
