@@ -185,10 +185,7 @@ def _cuda_initialised() -> bool:
 # -- the summary -------------------------------------------------------------------------------
 
 
-SUMMARY_COLUMNS = (
-    "job",
-    "status",
-    "overrides",
+_METRIC_COLS = (
     "val_accuracy",
     "val_macro_f1",
     "accuracy",
@@ -198,9 +195,8 @@ SUMMARY_COLUMNS = (
     "train_sps",
     "latency_ms",
     "epochs",
-    "error",
-    "run_dir",
 )
+SUMMARY_COLUMNS = ("job", "status", "overrides", *_METRIC_COLS, "error", "run_dir")
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -238,7 +234,7 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
                 "job": d.name,
                 "status": run.status,
                 "overrides": " ".join(run.overrides),
-                **{k: run.values.get(k, math.nan) for k in SUMMARY_COLUMNS if k in _METRIC_COLS},
+                **{k: run.values.get(k, math.nan) for k in _METRIC_COLS},
                 "error": run.error or "",
                 "run_dir": str(d),
             }
@@ -258,19 +254,6 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
     if print_table:
         _print(rows, sweep_dir, result)
     return result
-
-
-_METRIC_COLS = (
-    "val_accuracy",
-    "val_macro_f1",
-    "accuracy",
-    "macro_f1",
-    "params",
-    "flops",
-    "train_sps",
-    "latency_ms",
-    "epochs",
-)
 
 
 def _print(rows: list[dict[str, Any]], sweep_dir: Path, result: SweepResult) -> None:

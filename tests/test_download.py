@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import functools
 import re
 import threading
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_data import Server
 from fixtures_uci import write_uci_dataset, zip_dataset
 
 from har_bench.data import load_uci_har
@@ -24,35 +22,6 @@ from har_bench.data.download import (
 ZIP_NAME = "human+activity+recognition+using+smartphones.zip"
 
 
-class _Server:
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        outer = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-                outer.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *args) -> None:  # keep pytest output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
-        )
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"{self.base}/{name}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
 def served(tmp_path):
     """A local HTTP server whose root holds the fixture dataset as the nested UCI zip."""
@@ -60,7 +29,7 @@ def served(tmp_path):
     site.mkdir()
     fx = write_uci_dataset(tmp_path / "src", gz=True)
     zip_dataset(fx.dataset_dir, site / ZIP_NAME, nested=True)
-    server = _Server(site)
+    server = Server(site)
     try:
         yield server, site / ZIP_NAME, fx
     finally:
@@ -269,3 +238,27 @@ def test_parallel_downloads_of_one_file_fetch_it_once(tmp_path, served):
     assert errors == [] and results == [dest] * 4
     assert len(server.requests) == 1
     assert dest.read_bytes() == archive.read_bytes()
+
+
+def test_any_loader_takes_a_zip_or_a_tar_and_names_anything_else(tmp_path):
+    import tarfile
+
+    from har_bench.data._io import dataset_root, extract_archive
+
+    src = tmp_path / "src" / "Data"
+    src.mkdir(parents=True)
+    (src / "a.txt").write_text("1 2 3\n")
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+        z.write(src / "a.txt", "Data/a.txt")
+    with tarfile.open(tmp_path / "d.tar.gz", "w:gz") as t:
+        t.add(src, arcname="Data")
+    (tmp_path / "notes.txt").write_text("not an archive")
+    for archive in ("d.zip", "d.tar.gz"):
+        out = extract_archive(tmp_path / archive, tmp_path / archive.split(".")[1], "Data", "X", "")
+        assert (out / "a.txt").read_text() == "1 2 3\n"
+    with pytest.raises(ValueError, match=r"X root .*notes.txt is a file but not a zip or tar"):
+        extract_archive(tmp_path / "notes.txt", tmp_path, "Data", "X", "give the zip")
+    with pytest.raises(FileNotFoundError, match="X root /nope does not exist; give the zip"):
+        dataset_root(
+            "/nope", tmp_path, "", None, False, default_name="x", what="X", hint="give the zip"
+        )

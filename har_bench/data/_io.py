@@ -23,7 +23,7 @@ import numpy as np
 
 from har_bench._fs import atomic_write, atomic_write_text, file_lock
 
-from .download import _check_member_name
+from .download import _check_member_name, download, extract_zip, filename_from_url
 
 log = logging.getLogger("har_bench.data")
 
@@ -157,3 +157,35 @@ def check_choice(key: str, value: object, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is invalid: expected one of {', '.join(choices)}")
     return str(value)
+
+
+def dataset_root(
+    root: str | os.PathLike[str] | None,
+    workdir: Path,
+    url: str,
+    sha256: str | None,
+    progress: bool,
+    *,
+    default_name: str,
+    what: str,
+    hint: str,
+) -> Path:
+    """``dataset.root`` as an existing path, or (root None) the official archive downloaded
+    into ``workdir`` and checked against ``sha256``. ``what`` names the dataset in errors."""
+    if root is None:
+        return download(
+            url, workdir / filename_from_url(url, default_name), sha256, progress=progress
+        )
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what} root {path} does not exist; {hint}")
+    return path
+
+
+def extract_archive(archive: Path, workdir: Path, member_root: str, what: str, hint: str) -> Path:
+    """``member_root/`` of a zip or tar(.gz) archive, extracted once into ``workdir``."""
+    if zipfile.is_zipfile(archive):
+        return extract_zip(archive, workdir, member_root)
+    if tarfile.is_tarfile(archive):
+        return extract_tar(archive, workdir, member_root)
+    raise ValueError(f"{what} root {archive} is a file but not a zip or tar archive; {hint}")

@@ -14,15 +14,20 @@ from __future__ import annotations
 import io
 import os
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._io import check_choice, find_file, read_text, strip_compression
+from ._io import (
+    check_choice,
+    dataset_root,
+    extract_archive,
+    find_file,
+    read_text,
+    strip_compression,
+)
 from .base import HARData
-from .download import download, extract_zip, filename_from_url
 from .windowing import Recording, check_window, window_recordings
 
 DEFAULT_URL = (
@@ -54,18 +59,11 @@ _HINT = (
 
 
 def _resolve(root, workdir: Path, url: str, sha256: str | None, progress: bool) -> Path:
-    if root is None:
-        archive = download(
-            url, workdir / filename_from_url(url, "hapt.zip"), sha256, progress=progress
-        )
-        root = archive
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"HAPT root {path} does not exist; {_HINT}")
+    path = dataset_root(
+        root, workdir, url, sha256, progress, default_name="hapt.zip", what="HAPT", hint=_HINT
+    )
     if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"HAPT root {path} is a file but not a zip archive; {_HINT}")
-        return extract_zip(path, workdir, "RawData").parent
+        return extract_archive(path, workdir, "RawData", "HAPT", _HINT).parent
     if path.name == "RawData":
         return path.parent
     if not (path / "RawData").is_dir():

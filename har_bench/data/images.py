@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import extract_tar
+from ._io import dataset_root, extract_tar
 from .base import HARData
-from .download import download, filename_from_url
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MEMBER = "cifar-10-batches-py"
@@ -101,13 +100,16 @@ def load_cifar10(
     """
     limit = _check_limit(limit)
     workdir = Path(data_dir).expanduser() / "cifar10"
-    if root is None:
-        root = download(
-            url, workdir / filename_from_url(url, "cifar10.tar.gz"), sha256, progress=progress
-        )
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"CIFAR-10 root {path} does not exist")
+    path = dataset_root(
+        root,
+        workdir,
+        url,
+        sha256,
+        progress,
+        default_name="cifar10.tar.gz",
+        what="CIFAR-10",
+        hint="dataset.root must be the official cifar-10-python.tar.gz or its extracted folder",
+    )
     if path.is_file():
         if not tarfile.is_tarfile(path):
             raise ValueError(f"CIFAR-10 root {path} is a file but not the official tar.gz")

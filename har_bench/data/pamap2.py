@@ -14,15 +14,22 @@ import io
 import json
 import logging
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._io import cache_key, check_choice, find_file, load_cache, read_text, save_cache
+from ._io import (
+    cache_key,
+    check_choice,
+    dataset_root,
+    extract_archive,
+    find_file,
+    load_cache,
+    read_text,
+    save_cache,
+)
 from .base import HARData
-from .download import download, extract_zip, filename_from_url
 from .windowing import Recording, check_window, window_recordings
 
 log = logging.getLogger(__name__)
@@ -67,18 +74,11 @@ _HINT = (
 
 
 def _resolve(root, workdir: Path, url: str, sha256: str | None, progress: bool) -> Path:
-    if root is None:
-        archive = download(
-            url, workdir / filename_from_url(url, "pamap2.zip"), sha256, progress=progress
-        )
-        return extract_zip(archive, workdir, MEMBER_ROOT)
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"PAMAP2 root {path} does not exist; {_HINT}")
+    path = dataset_root(
+        root, workdir, url, sha256, progress, default_name="pamap2.zip", what="PAMAP2", hint=_HINT
+    )
     if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"PAMAP2 root {path} is a file but not a zip archive; {_HINT}")
-        return extract_zip(path, workdir, MEMBER_ROOT)
+        return extract_archive(path, workdir, MEMBER_ROOT, "PAMAP2", _HINT)
     if path.name == "Protocol":
         return path.parent
     if not (path / "Protocol").is_dir() and (path / MEMBER_ROOT / "Protocol").is_dir():

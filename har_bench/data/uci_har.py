@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import find_file, open_text, save_cache
+from ._io import dataset_root, extract_archive, find_file, open_text, save_cache
 from .base import HARData
-from .download import download, extract_zip, filename_from_url
 
 DEFAULT_URL = (
     "https://archive.ics.uci.edu/static/public/240/human+activity+recognition+using+smartphones.zip"
@@ -55,18 +54,18 @@ def _resolve_dataset_dir(
     progress: bool,
 ) -> tuple[Path, Path | None]:
     """Return (``UCI HAR Dataset`` folder, archive it came from or None)."""
-    if root is None:
-        archive = download(
-            url, workdir / filename_from_url(url, "uci_har.zip"), sha256, progress=progress
-        )
-        return extract_zip(archive, workdir, MEMBER_ROOT), archive
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"UCI-HAR root {path} does not exist; {_LAYOUT_HINT}")
+    path = dataset_root(
+        root,
+        workdir,
+        url,
+        sha256,
+        progress,
+        default_name="uci_har.zip",
+        what="UCI-HAR",
+        hint=_LAYOUT_HINT,
+    )
     if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"UCI-HAR root {path} is a file but not a zip archive; {_LAYOUT_HINT}")
-        return extract_zip(path, workdir, MEMBER_ROOT), path
+        return extract_archive(path, workdir, MEMBER_ROOT, "UCI-HAR", _LAYOUT_HINT), path
     if not (path / "train").is_dir() and (path / MEMBER_ROOT).is_dir():
         return path / MEMBER_ROOT, None
     return path, None

@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ._io import check_choice, find_file, read_text
+from ._io import check_choice, dataset_root, find_file, read_text
 from .base import HARData
-from .download import _check_member_name, download
+from .download import _check_member_name
 
 DEFAULT_URL = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
 MODES = ("pad", "resample")
@@ -207,13 +207,16 @@ def _resolve(
         f"dataset.root must be a folder holding {name}_TRAIN.ts and {name}_TEST.ts (directly "
         f"or in {name}/), or the dataset's zip (or null to download it)"
     )
-    if root is None:
-        url = url.format(name=name)
-        archive = download(url, workdir / f"{name}.zip", sha256, progress=progress)
-        return _extract_ts(archive, workdir / name, name)
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"UEA root {path} does not exist; {hint}")
+    path = dataset_root(
+        root,
+        workdir,
+        url.format(name=name),
+        sha256,
+        progress,
+        default_name=f"{name}.zip",
+        what="UEA",
+        hint=hint,
+    )
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise ValueError(f"UEA root {path} is a file but not a zip archive; {hint}")

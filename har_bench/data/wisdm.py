@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import cache_key, check_choice, extract_tar, find_file, load_cache, read_text, save_cache
+from ._io import (
+    cache_key,
+    check_choice,
+    dataset_root,
+    extract_archive,
+    find_file,
+    load_cache,
+    read_text,
+    save_cache,
+)
 from .base import HARData
-from .download import download, extract_zip, filename_from_url
 from .windowing import Recording, check_window, window_recordings
 
 log = logging.getLogger(__name__)
@@ -186,22 +193,21 @@ def _resolve(
     """The folder holding ``raw/`` (2019) or ``WISDM_ar_v1.1_raw.txt`` (v1.1)."""
     member = MEMBER_2019 if version == "2019" else MEMBER_V11
     hint = _HINT_2019 if version == "2019" else _HINT_V11
-    if root is None:
-        url = url or (URL_2019 if version == "2019" else URL_V11)
-        name = filename_from_url(url, f"wisdm-{version}.archive")
-        archive = download(url, workdir / name, sha256, progress=progress)
-        root = archive
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"WISDM root {path} does not exist; {hint}")
+    url = url or (URL_2019 if version == "2019" else URL_V11)
+    path = dataset_root(
+        root,
+        workdir,
+        url,
+        sha256,
+        progress,
+        default_name=f"wisdm-{version}.archive",
+        what="WISDM",
+        hint=hint,
+    )
     if path.is_file():
         if version == "v1.1" and path.name.startswith(V11_FILE):
             return path.parent
-        if zipfile.is_zipfile(path):
-            return extract_zip(path, workdir, member)
-        if path.name.endswith((".tar", ".tar.gz", ".tgz")):
-            return extract_tar(path, workdir, member)
-        raise ValueError(f"WISDM root {path} is a file but not a zip or tar archive; {hint}")
+        return extract_archive(path, workdir, member, "WISDM", hint)
     if version == "2019":
         if path.name == "raw" and not (path / "raw").is_dir():
             return path.parent
