@@ -103,6 +103,11 @@ def _train(cfg: object) -> float | None:
             print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
             raise SystemExit(1) from None
         raise
+    finally:
+        if multirun:
+            from har_bench.sweep import job_finished
+
+            job_finished()
     # Returned to Hydra (and to sweepers such as Optuna): the validation metric, never test.
     return result.get("best_val_metric")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class SweepCallback(Callback):
                 log.info("%d parallel jobs on GPUs %s, one GPU per job", n_jobs, ",".join(gpus))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _job_done.clear()
         configure_job_resources(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -153,6 +155,7 @@ def configure_job_resources(config: DictConfig) -> None:
     target = str(launcher.get("_target_", ""))
     threads: int | None = None
     if target == _JOBLIB:
+        _watch_parent()
         n_jobs = int(os.environ.get(SLOTS_ENV) or _joblib_jobs(launcher.get("n_jobs")))
         gpus = [g for g in os.environ.get(GPUS_ENV, "").split(",") if g]
         if gpus:
@@ -173,6 +176,48 @@ def configure_job_resources(config: DictConfig) -> None:
 
     torch.set_num_threads(threads)
     log.info("job %s: %d torch thread(s)", config.hydra.job.get("num"), threads)
+
+
+_watched_parent: int | None = None
+_job_done = threading.Event()  # set between jobs in a launcher worker
+
+
+def job_finished() -> None:
+    """Called by the CLI when a job's run ends, however it ends (Hydra's ``on_job_end`` is
+    skipped when a job is interrupted)."""
+    _job_done.set()
+
+
+def _watch_parent(poll_seconds: float = 1.0) -> None:
+    """Stop this worker like Ctrl-C would when the sweep's main process goes away.
+
+    A joblib (loky) worker is its own process: when the main ``har-bench -m`` process is
+    killed (SIGTERM or SIGKILL to its pid alone, a crashed login node session), the workers
+    would go on training the jobs they hold with nobody to collect them, and a rerun would
+    compete with them for the cores. Once the parent pid changes (we were re-parented), the
+    worker sends itself SIGTERM: the job saves ``last.pt``, records ``interrupted`` with its
+    resume command, and the worker exits.
+    """
+    import signal
+    import time
+
+    global _watched_parent
+    if _watched_parent is not None:
+        return
+    parent = _watched_parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        if not _job_done.is_set():
+            log.warning("the sweep's main process (pid %d) is gone: stopping this job", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            _job_done.wait()
+        # loky does not retire workers whose parent died; an idle one would linger forever.
+        logging.shutdown()
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="har-bench-parent-watch", daemon=True).start()
 
 
 def _cuda_initialised() -> bool:

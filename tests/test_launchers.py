@@ -129,3 +129,62 @@ def test_optuna_search_runs_trials_and_reports_the_best_validation_score(
     ]
     assert best["best_value"] == pytest.approx(max(val))
     assert len(_summary(sweep_dir)) == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie no-one reaps (PID 1 in a container) has finished
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_joblib_workers_stop_and_save_when_the_sweep_process_is_killed(tmp_path):
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "har_bench.cli",
+            "-m",
+            "hydra/launcher=parallel",
+            *SMALL,
+            "trainer.max_epochs=500",
+            "seed=0,1,2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HAR_BENCH_DATA": str(tmp_path / "data")},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = [m for m in sweep_dir.glob("*/metrics.json") if '"running"' in m.read_text()]
+            if len(running) == 2 and all((m.parent / "checkpoints").is_dir() for m in running):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the two parallel jobs never started training")
+        workers = [
+            int(pid) for pid in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        ]
+        p.send_signal(signal.SIGKILL)  # nothing in the main process can forward a signal
+        p.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.5)
+        assert not any(_alive(w) for w in workers), "workers outlived the sweep"
+    finally:
+        if p.poll() is None:
+            p.kill()
+    statuses = sorted(json.loads(m.read_text())["status"] for m in sweep_dir.glob("*/metrics.json"))
+    assert statuses == ["interrupted", "interrupted"]  # saved, resumable; job 2 never started
+    for job in ("0", "1"):
+        assert (sweep_dir / job / "checkpoints" / "last.pt").is_file()
