@@ -66,6 +66,12 @@ def prepare(args: Sequence[str]) -> list[str]:
     value = resume[-1][1].value()
     if value in (None, ""):
         return args
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # Every rank would restore and lock the same run dir; not supported yet.
+        raise ResumeError(
+            f"{RESUME_KEY} is not supported under torchrun yet; resume the run in a single "
+            "process (without torchrun) or start a new one"
+        )
     if ns.multirun:
         raise ResumeError(
             f"{RESUME_KEY} continues one run and cannot be combined with -m/--multirun; "

@@ -198,3 +198,10 @@ def test_a_run_never_writes_into_a_dir_another_process_trains_in(tmp_path):
         holder.kill()
         holder.wait()
     assert list(tmp_path.iterdir()) == []  # no status written over the other process's
+
+
+def test_resume_under_torchrun_is_refused_clearly(main, tmp_path, monkeypatch):
+    run_dir = fake_run(tmp_path / "outputs" / "day", "run", RUN, "interrupted")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = main(f"trainer.resume={run_dir}")
+    assert_one_line_error(code, err, "not supported under torchrun")
