@@ -5,12 +5,18 @@ Standard library only, so data loaders and the CLI can use it without heavy impo
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
@@ -19,19 +25,23 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     The temp file sits in the same folder (a rename across filesystems is not atomic), has a
     unique name (concurrent writers never share one) and keeps ``path``'s suffix (matplotlib
     and numpy pick the format from it). Without the fsync a power cut after the rename can
-    leave an empty file under the final name. On any error the temp file is removed.
+    leave an empty file under the final name. On any error the temp file is removed; temp
+    files that a killed process left behind are removed by a later write of the same file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, name = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent
+        prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent
     )
     os.close(fd)
     tmp = Path(name)
     try:
         # mkstemp creates 0600; run dirs are shared with collaborators, so use ordinary
         # file permissions (or keep those of the file being replaced).
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_mode())
+        # Filesystems without permissions (vfat, some CIFS mounts) refuse chmod: no matter.
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _default_mode())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -41,15 +51,36 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         raise
 
 
+_STALE_SECONDS = 3600  # no write of one artifact takes this long
+
+
+def _remove_stale_temps(path: Path) -> None:
+    # A SIGKILL or power cut between mkstemp and the rename leaves ".<name>.XXXX<suffix>".
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
 _MODE: int | None = None
 
 
 def _default_mode() -> int:
-    # The umask can only be read by setting it; done once, before any worker threads write.
     global _MODE
     if _MODE is None:
-        mask = os.umask(0o022)
-        os.umask(mask)
+        mask = None
+        try:  # Linux: read the umask without changing it (other threads may be creating files)
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("Umask:"):
+                    mask = int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
+        if mask is None:
+            mask = os.umask(0o022)
+            os.umask(mask)
         _MODE = 0o666 & ~mask
     return _MODE
 
@@ -58,13 +89,35 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _lock_path(path: str | os.PathLike[str]) -> Path:
-    # In the system temp dir, so data caches and run dirs hold nothing but their files. Locks
-    # coordinate the processes of one machine.
+def _lock_path(path: str | os.PathLike[str]) -> Path | None:
+    """The lock file for ``path``, or None (with a warning) where locks cannot be made.
+
+    Locks live in a per-user folder of the system temp dir, so data caches and run dirs hold
+    nothing but their files and another user's folder can neither block nor break ours. They
+    coordinate the processes of one user on one machine.
+    """
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
-    lock_dir = Path(tempfile.gettempdir()) / "har_bench-locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    lock_dir = Path(tempfile.gettempdir()) / f"har_bench-locks-{uid}"
+    try:
+        lock_dir.mkdir(mode=0o700, exist_ok=True)
+        if hasattr(os, "getuid") and lock_dir.stat().st_uid != uid:
+            raise PermissionError(f"{lock_dir} belongs to another user")
+    except OSError as e:
+        _warn_once(
+            f"file locks unavailable ({e}); concurrent har-bench processes are not coordinated"
+        )
+        return None
     return lock_dir / f"{key}.lock"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 @contextmanager
@@ -73,14 +126,18 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
 
     Parallel sweep jobs on a fresh cache all want the same download and extraction; the first
     does it while the others wait, then find it done. Advisory (``flock``); a no-op where
-    ``fcntl`` does not exist (Windows).
+    ``fcntl`` does not exist (Windows) or no lock file can be made.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(_lock_path(path), "a") as f:
+    lock = _lock_path(path)
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -95,17 +152,24 @@ def hold_lock(path: str | os.PathLike[str]) -> bool:
     """Take an exclusive lock named after ``path`` for the rest of this process's life.
 
     False at once when another process holds it; True when this process now holds it (or
-    already did). The OS drops it when the process ends, SIGKILL included, so no stale lock
-    is ever left behind. Used to keep two processes from training into one run directory.
+    already did, or locks are unavailable here). The OS drops it when the process ends,
+    SIGKILL included, so no stale lock is ever left behind. Used to keep two processes from
+    training into one run directory.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return True
     lock = _lock_path(path)
+    if lock is None:
+        return True
     if lock in _held:
         return True
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as e:
+        _warn_once(f"cannot create lock file {lock} ({e}); run dirs are not locked")
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -117,6 +181,7 @@ def hold_lock(path: str | os.PathLike[str]) -> bool:
 
 def release_lock(path: str | os.PathLike[str]) -> None:
     """Give up a lock taken with :func:`hold_lock` (a sweep runs many jobs in one process)."""
-    fd = _held.pop(_lock_path(path), None)
+    lock = _lock_path(path)
+    fd = _held.pop(lock, None) if lock is not None else None
     if fd is not None:
         os.close(fd)

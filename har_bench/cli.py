@@ -166,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
                 from har_bench.resume import prepare
 
                 args = prepare(args)
+            if any("hydra.run.dir" in a for a in args):
+                from har_bench.resume import lock_run_dir
+
+                lock_run_dir(args)
             sys.argv = [sys.argv[0], *args]
             hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(
                 _train

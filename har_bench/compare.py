@@ -329,12 +329,16 @@ def format_value(v: float, kind: str) -> str:
     return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-def _format_std(std: float, kind: str, mean_text: str) -> str:
-    # Rates and latencies: the std to the mean's last shown digit ("1087 ± 18", not "± 18.4").
-    if kind in ("fraction", "count", "flops") or not mean_text.replace(".", "").isdigit():
-        return format_value(std, kind)
-    decimals = len(mean_text.partition(".")[2])
-    return f"{std:.{decimals}f}" if round(std, decimals) else format_value(std, kind)
+def _format_mean_std(mean: float, std: float, kind: str) -> str:
+    """Rates and latencies: mean and std to the same decimal place, set by the mean's
+    significant digits ("1087 ± 18", "2.00 ± 0.60"), unless the std would round to zero."""
+    sig = 3 if kind == "ms" else 4
+    if kind in ("fraction", "count", "flops") or not 1e-3 <= abs(mean) < 1e6:
+        return f"{format_value(mean, kind)} ± {format_value(std, kind)}"
+    decimals = 0 if abs(mean) >= 1000 else max(0, sig - 1 - math.floor(math.log10(abs(mean))))
+    if round(std, decimals) == 0:
+        return f"{format_value(mean, kind)} ± {format_value(std, kind)}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def format_stat(mean: float, std: float, n: int, kind: str, group_n: int) -> str:
@@ -342,7 +346,7 @@ def format_stat(mean: float, std: float, n: int, kind: str, group_n: int) -> str
         return "-"
     text = format_value(mean, kind)
     if n > 1 and std != 0:
-        text += f" ± {_format_std(std, kind, text)}"
+        text = _format_mean_std(mean, std, kind)
     if n != group_n:
         text += f" (n={n})"
     return text

@@ -417,6 +417,11 @@ class Trainer:
                 if scheduler is not None:
                     scheduler.step()
                 row = self._end_epoch(model, X_val, y_val, have_val, lr, loop)
+                # torchrun: every rank validates the same model, but GPU arithmetic may differ
+                # by a hair; a rank leaving the loop alone would hang the others.
+                loop.stopped_early = distributed.agree(
+                    torch.zeros((), device=self.device), loop.stopped_early
+                )[1]
                 improved = loop.best_epoch == epoch
                 if checkpoint_dir is not None:
                     self._save_epoch(

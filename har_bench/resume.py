@@ -113,6 +113,42 @@ def prepare(args: Sequence[str]) -> list[str]:
     ]
 
 
+class RunDirInUseError(ResumeError):
+    """Another process is training into the run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(
+            f"{run_dir} is in use by another har-bench process on this machine (a run or a "
+            "resume of it); use another hydra.run.dir or wait for it to finish"
+        )
+
+
+def lock_run_dir(args: Sequence[str]) -> None:
+    """Lock an explicit ``hydra.run.dir`` before Hydra writes ``.hydra/`` into it.
+
+    Default run dirs are new (timestamped to the microsecond); a directory given by hand may
+    be one another process is training in (a run, or a resume of it). Refused here, that
+    run's saved config, which a later resume compares against, is never overwritten. The
+    lock is held until the run ends (``har_bench.run`` releases it).
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ns, _ = get_args_parser().parse_known_args(list(args))
+    if ns.multirun:
+        return  # jobs get fresh numbered dirs under the sweep dir
+    values = [
+        p.value()
+        for p in OverridesParser.create().parse_overrides(list(ns.overrides or []))
+        if p.key_or_group == "hydra.run.dir"
+    ]
+    if not values or "${" in str(values[-1]):
+        return
+    run_dir = Path(str(values[-1])).expanduser()
+    if not hold_lock(run_dir):
+        raise RunDirInUseError(run_dir)
+
+
 def hydra_quote(value: str) -> str:
     """``value`` as a Hydra override value (paths with spaces, quotes, commas, ...)."""
     if _SAFE_PATH.match(value):

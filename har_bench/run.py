@@ -37,6 +37,7 @@ from har_bench.engine import (
 )
 from har_bench.metrics import classification_metrics, confusion_counts
 from har_bench.models.summary import model_summary
+from har_bench.resume import RunDirInUseError
 
 log = logging.getLogger(__name__)
 
@@ -54,55 +55,54 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     message, the traceback in ``error.txt``. Only SIGKILL or a power cut leave ``running``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Checked before anything is written: the other process's status must stay its own.
+    # The CLI takes this lock before Hydra writes .hydra/ (har_bench.resume.RunDirLock); taken
+    # here too for callers from Python. The other process's status must stay its own.
     if not hold_lock(run_dir):
-        raise RunDirInUseError(
-            f"{run_dir} is in use by another har-bench process on this machine (a run or a "
-            "resume of it); use another hydra.run.dir or wait for it to finish"
-        )
-    with stop_on_signals():
+        raise RunDirInUseError(run_dir)
+    try:
+        with stop_on_signals():
+            return _run_with_status(cfg, run_dir)
+    finally:
+        release_lock(run_dir)
+
+
+def _run_with_status(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    artifacts.write_status(
+        run_dir,
+        "running",
+        clear=_ENDING_KEYS,
+        run_dir=str(run_dir),
+        # Lets a resume refuse a run that is still alive (see har_bench.resume).
+        pid=os.getpid(),
+        host=socket.gethostname(),
+    )
+    try:
+        return _run(cfg, run_dir)
+    except KeyboardInterrupt as e:
+        saved = e.saved if isinstance(e, Interrupted) else None
+        name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
+        command = resume_command(run_dir)
         artifacts.write_status(
             run_dir,
-            "running",
-            clear=_ENDING_KEYS,
-            run_dir=str(run_dir),
-            # Lets a resume refuse a run that is still alive (see har_bench.resume).
-            pid=os.getpid(),
-            host=socket.gethostname(),
+            "interrupted",
+            error=f"interrupted by {name}",
+            interrupted={"signal": name, "checkpoint": saved},
+            resume_command=command,
         )
-        try:
-            return _run(cfg, run_dir)
-        except KeyboardInterrupt as e:
-            saved = e.saved if isinstance(e, Interrupted) else None
-            name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
-            command = resume_command(run_dir)
-            artifacts.write_status(
-                run_dir,
-                "interrupted",
-                error=f"interrupted by {name}",
-                interrupted={"signal": name, "checkpoint": saved},
-                resume_command=command,
-            )
-            raise
-        except DivergedError as e:
-            artifacts.write_status(
-                run_dir,
-                "diverged",
-                error=str(e),
-                diverged={"epoch": e.epoch, "step": e.step, "loss": str(e.loss)},
-                hint="try a lower optimizer.lr or trainer.precision=32",
-            )
-            raise
-        except BaseException as e:
-            artifacts.write_error(run_dir, traceback.format_exc())
-            artifacts.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
-            raise
-        finally:
-            release_lock(run_dir)
-
-
-class RunDirInUseError(ValueError):
-    """Another process is training into the run directory."""
+        raise
+    except DivergedError as e:
+        artifacts.write_status(
+            run_dir,
+            "diverged",
+            error=str(e),
+            diverged={"epoch": e.epoch, "step": e.step, "loss": str(e.loss)},
+            hint="try a lower optimizer.lr or trainer.precision=32",
+        )
+        raise
+    except BaseException as e:
+        artifacts.write_error(run_dir, traceback.format_exc())
+        artifacts.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
 
 
 def resume_command(run_dir: Path) -> str | None:

@@ -27,6 +27,7 @@ SUMMARY_CSV = "sweep_summary.csv"
 # Set by the sweep's own process for its joblib workers (inherited when loky spawns them).
 GPUS_ENV = "HAR_BENCH_SWEEP_GPUS"
 SLOTS_ENV = "HAR_BENCH_SWEEP_SLOTS"
+MAIN_PID_ENV = "HAR_BENCH_SWEEP_PID"  # the process that launched the joblib workers
 # Exception names of metrics.json "error" that mean bad input rather than a bug (see cli.py).
 USER_ERROR_NAMES = (
     "ValueError",
@@ -66,6 +67,7 @@ class SweepCallback(Callback):
             n_jobs = _joblib_jobs(launcher.get("n_jobs"))
             gpus = _visible_gpus()
             os.environ[SLOTS_ENV] = str(n_jobs)
+            os.environ[MAIN_PID_ENV] = str(os.getpid())
             if len(gpus) > 1:
                 os.environ[GPUS_ENV] = ",".join(gpus)
                 log.info("%d parallel jobs on GPUs %s, one GPU per job", n_jobs, ",".join(gpus))
@@ -204,7 +206,14 @@ def _watch_parent(poll_seconds: float = 1.0) -> None:
     global _watched_parent
     if _watched_parent is not None:
         return
-    parent = _watched_parent = os.getppid()
+    # Only in a worker whose parent is the sweep's main process: joblib runs jobs in the main
+    # process itself when n_jobs resolves to 1, and that process's parent is a shell (which
+    # may exit on purpose, e.g. under nohup).
+    main = int(os.environ.get(MAIN_PID_ENV) or 0)
+    parent = os.getppid()
+    if not main or main == os.getpid() or parent != main:
+        return
+    _watched_parent = parent
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -205,3 +205,5 @@ def test_std_is_shown_to_the_means_precision():
     assert format_stat(0.681, 0.0228, 2, "ms", 2) == "0.681 ± 0.023"
     assert format_stat(0.9157, 0.0074, 2, "fraction", 2) == "91.57 ± 0.74"
     assert format_stat(1.11, 0.001, 3, "ms", 2) == "1.11 ± 0.001 (n=3)"  # not "± 0.00"
+    assert format_stat(2.0, 0.6, 2, "ms", 2) == "2.00 ± 0.60"  # not "2 ± 1"
+    assert format_stat(5.0, 0.6, 2, "rate", 2) == "5.000 ± 0.600"

@@ -256,7 +256,9 @@ def test_any_loader_takes_a_zip_or_a_tar_and_names_anything_else(tmp_path):
     for archive in ("d.zip", "d.tar.gz"):
         out = extract_archive(tmp_path / archive, tmp_path / archive.split(".")[1], "Data", "X", "")
         assert (out / "a.txt").read_text() == "1 2 3\n"
-    with pytest.raises(ValueError, match=r"X root .*notes.txt is a file but not a zip or tar"):
+    with pytest.raises(
+        ValueError, match=r"X: .*notes.txt is not a zip or tar archive; give the zip"
+    ):
         extract_archive(tmp_path / "notes.txt", tmp_path, "Data", "X", "give the zip")
     with pytest.raises(FileNotFoundError, match="X root /nope does not exist; give the zip"):
         dataset_root(

@@ -57,3 +57,35 @@ def test_a_held_lock_excludes_other_processes_until_released(tmp_path):
     assert not other_process_gets_it()
     release_lock(tmp_path)
     assert other_process_gets_it()  # and that process's exit freed it again
+
+
+def test_temp_files_left_by_a_killed_writer_are_cleaned_up_later(tmp_path):
+    import os
+    import time
+
+    target = tmp_path / "last.pt"
+    stale = tmp_path / ".last.pt.abc123.pt"  # what mkstemp left when the process died
+    fresh = tmp_path / ".last.pt.def456.pt"  # another writer, right now
+    stale.write_bytes(b"x" * 10)
+    fresh.write_bytes(b"y")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    atomic_write_text(target, "ok")
+    assert not stale.exists() and fresh.exists() and target.read_text() == "ok"
+
+
+def test_locks_never_use_another_users_folder(tmp_path, monkeypatch, caplog):
+    import os
+    import tempfile
+
+    from har_bench import _fs
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)  # the folder we make is not "theirs"
+    (tmp_path / f"har_bench-locks-{me + 1}").mkdir()
+    monkeypatch.setattr(_fs, "_warned", set())
+    assert hold_lock(tmp_path / "run")  # runs go on, unlocked, with a warning
+    with _fs.file_lock(tmp_path / "cache"):
+        pass
+    assert "another user" in caplog.text

@@ -155,6 +155,7 @@ def test_joblib_workers_stop_and_save_when_the_sweep_process_is_killed(tmp_path)
             "hydra/launcher=parallel",
             *SMALL,
             "trainer.max_epochs=500",
+            "trainer.patience=null",  # early stopping would end the jobs within seconds
             "seed=0,1,2",
             f"hydra.sweep.dir={sweep_dir}",
         ],

@@ -185,7 +185,8 @@ def test_paths_with_spaces_and_quotes_survive_hydra(tmp_path):
 
 
 def test_a_run_never_writes_into_a_dir_another_process_trains_in(tmp_path):
-    from har_bench.run import RunDirInUseError, run
+    from har_bench.resume import RunDirInUseError
+    from har_bench.run import run
 
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
@@ -205,3 +206,20 @@ def test_resume_under_torchrun_is_refused_clearly(main, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, err = main(f"trainer.resume={run_dir}")
     assert_one_line_error(code, err, "not supported under torchrun")
+
+
+def test_a_run_pointed_at_a_busy_dir_leaves_its_saved_config_alone(main, tmp_path):
+    run_dir = fake_run(tmp_path / "outputs" / "day", "run", RUN, "running")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = main(*RUN, "seed=7", f"hydra.run.dir={run_dir}")
+        assert_one_line_error(code, err, "is in use by another har-bench process")
+    finally:
+        holder.kill()
+        holder.wait()
+    # .hydra/config.yaml (what a resume compares against) included: byte for byte.
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

@@ -93,7 +93,7 @@ def _job_config(launcher: dict, num_threads: int | None = None, sweep_dir: str =
 @pytest.fixture
 def restore_threads(monkeypatch):
     before = torch.get_num_threads()
-    for key in (sweep.GPUS_ENV, sweep.SLOTS_ENV, "CUDA_VISIBLE_DEVICES"):
+    for key in (sweep.GPUS_ENV, sweep.SLOTS_ENV, sweep.MAIN_PID_ENV, "CUDA_VISIBLE_DEVICES"):
         # setenv first so monkeypatch records the original state: the code under test sets
         # these in os.environ itself, and an unset variable must be unset again afterwards.
         monkeypatch.setenv(key, "")
@@ -118,6 +118,23 @@ def test_joblib_jobs_get_cores_divided_by_jobs(restore_threads, monkeypatch):
     submitit = {"_target_": sweep._SUBMITIT + "LocalLauncher", "cpus_per_task": 2}
     configure_job_resources(_job_config(submitit))
     assert torch.get_num_threads() == 2
+
+
+def test_parent_watch_runs_only_in_a_worker_of_the_sweep_process(restore_threads, monkeypatch):
+    import threading
+
+    def watching() -> bool:
+        monkeypatch.setattr(sweep, "_watched_parent", None)
+        sweep._watch_parent(poll_seconds=3600)
+        return sweep._watched_parent is not None
+
+    monkeypatch.setattr(threading.Thread, "start", lambda self: None)  # nothing really starts
+    assert not watching()  # not in a sweep at all
+    monkeypatch.setenv(sweep.MAIN_PID_ENV, str(os.getpid()))
+    assert not watching()  # joblib with n_jobs=1 runs jobs in the main process: its parent
+    #                        is a shell that may exit on purpose (nohup)
+    monkeypatch.setenv(sweep.MAIN_PID_ENV, str(os.getppid()))
+    assert watching()  # a worker whose parent launched the sweep
 
 
 def test_each_joblib_worker_gets_its_own_gpu(restore_threads, monkeypatch, tmp_path):

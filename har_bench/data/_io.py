@@ -169,13 +169,14 @@ def dataset_root(
     default_name: str,
     what: str,
     hint: str,
+    file_name: str | None = None,
 ) -> Path:
     """``dataset.root`` as an existing path, or (root None) the official archive downloaded
-    into ``workdir`` and checked against ``sha256``. ``what`` names the dataset in errors."""
+    into ``workdir`` and checked against ``sha256``, as ``file_name`` (default: the URL's
+    file name, else ``default_name``). ``what`` names the dataset in errors."""
     if root is None:
-        return download(
-            url, workdir / filename_from_url(url, default_name), sha256, progress=progress
-        )
+        name = file_name or filename_from_url(url, default_name)
+        return download(url, workdir / name, sha256, progress=progress)
     path = Path(root).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{what} root {path} does not exist; {hint}")
@@ -188,4 +189,4 @@ def extract_archive(archive: Path, workdir: Path, member_root: str, what: str, h
         return extract_zip(archive, workdir, member_root)
     if tarfile.is_tarfile(archive):
         return extract_tar(archive, workdir, member_root)
-    raise ValueError(f"{what} root {archive} is a file but not a zip or tar archive; {hint}")
+    raise ValueError(f"{what}: {archive} is not a zip or tar archive; {hint}")

@@ -216,6 +216,8 @@ def _resolve(
         default_name=f"{name}.zip",
         what="UEA",
         hint=hint,
+        # One URL template serves every dataset: the file is named after the dataset.
+        file_name=f"{name}.zip",
     )
     if path.is_file():
         if not zipfile.is_zipfile(path):
