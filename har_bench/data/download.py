@@ -155,8 +155,8 @@ def _download_locked(
         except urllib.error.URLError as e:
             reason = getattr(e, "reason", e)
             raise DownloadError(
-                f"could not download {url}: {reason}. If you already have the data, point "
-                f"the dataset root at a local copy instead."
+                f"could not download {url}: {reason}. If you already have the data, "
+                f"give its folder or archive: dataset.root=PATH"
             ) from e
         try:
             with response, open(part, "wb") as out, _progress_bar(progress) as bar:
