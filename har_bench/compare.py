@@ -428,7 +428,8 @@ def markdown(comp: Comparison, metrics: Sequence[str], groups: Sequence[Group], 
 
 
 def _context_lines(comp: Comparison) -> list[str]:
-    lines = [f"{len(comp.runs)} runs in {len(comp.groups)} groups."]
+    n_runs, n_groups = len(comp.runs), len(comp.groups)
+    lines = [f"{n_runs} run{'s' * (n_runs != 1)} in {n_groups} group{'s' * (n_groups != 1)}."]
     if comp.replicates:
         lines.append(f"Replicates (averaged over): {', '.join(comp.replicates)}.")
     else:

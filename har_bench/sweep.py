@@ -339,6 +339,6 @@ def _print(rows: list[dict[str, Any]], sweep_dir: Path, result: SweepResult) -> 
     for r in failed:
         console.print(f"[red]job {r['job']}[/red] {r['status']}: {r['error']}", highlight=False)
     console.print(
-        f"summary: {sweep_dir / SUMMARY_CSV}; mean ± std over seeds: har-bench compare {sweep_dir}",
+        f"summary: {sweep_dir / SUMMARY_CSV}; mean ± std over seeds/folds: har-bench compare {sweep_dir}",
         highlight=False,
     )
