@@ -55,7 +55,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     message, the traceback in ``error.txt``. Only SIGKILL or a power cut leave ``running``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The CLI takes this lock before Hydra writes .hydra/ (har_bench.resume.RunDirLock); taken
+    # The CLI takes this lock before Hydra writes .hydra/ (har_bench.resume.lock_run_dir); taken
     # here too for callers from Python. The other process's status must stay its own.
     if not hold_lock(run_dir):
         raise RunDirInUseError(run_dir)
