@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +56,20 @@ time.sleep(60)
 """
 
 
+@contextmanager
+def held_by_another_process(path: Path) -> Iterator[None]:
+    """Another process holds ``path``'s run-dir lock for the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_refused_resumes_leave_the_run_untouched(main, tmp_path):
     run_dir = fake_run(tmp_path / "outputs" / "day", "run", RUN, "completed")
     before = snapshot(run_dir)
@@ -83,16 +99,9 @@ def test_refused_resumes_leave_the_run_untouched(main, tmp_path):
 
     # Another resume of it has just started (status not yet "running"): it holds the run's lock.
     set_status(run_dir, "interrupted")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process(run_dir):
         code, err = main(f"trainer.resume={run_dir}")
         assert_one_line_error(code, err, "is in use by another har-bench process")
-    finally:
-        holder.kill()
-        holder.wait()
     assert snapshot(run_dir) == before
     assert len(list((tmp_path / "outputs").glob("*/*"))) == 1  # and no new run dir either
 
@@ -188,16 +197,11 @@ def test_a_run_never_writes_into_a_dir_another_process_trains_in(tmp_path):
     from har_bench.resume import RunDirInUseError
     from har_bench.run import run
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunDirInUseError, match="in use by another har-bench process"):
-            run(None, tmp_path)  # refused before the config is even looked at
-    finally:
-        holder.kill()
-        holder.wait()
+    with (
+        held_by_another_process(tmp_path),
+        pytest.raises(RunDirInUseError, match="in use by another har-bench process"),
+    ):
+        run(None, tmp_path)  # refused before the config is even looked at
     assert list(tmp_path.iterdir()) == []  # no status written over the other process's
 
 
@@ -211,15 +215,8 @@ def test_resume_under_torchrun_is_refused_clearly(main, tmp_path, monkeypatch):
 def test_a_run_pointed_at_a_busy_dir_leaves_its_saved_config_alone(main, tmp_path):
     run_dir = fake_run(tmp_path / "outputs" / "day", "run", RUN, "running")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process(run_dir):
         code, err = main(*RUN, "seed=7", f"hydra.run.dir={run_dir}")
         assert_one_line_error(code, err, "is in use by another har-bench process")
-    finally:
-        holder.kill()
-        holder.wait()
     # .hydra/config.yaml (what a resume compares against) included: byte for byte.
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
