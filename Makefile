@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is installed first, only if the venv has none. The default takes PyPI's build (CUDA
-# where available); for a small CPU-only install use e.g.
+# torch is installed first, only if the venv has none. The default takes PyPI's build, which on
+# Linux x86_64 bundles CUDA (several GB) even without a GPU; for the CPU-only build use
 #   make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch>=2.2,<3
+# Exported and expanded unquoted by the shell with globbing off: words split on spaces (so
+# "--index-url URL" reaches pip as two arguments) while <, >, and , stay literal characters.
+export TORCH_SPEC
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -19,7 +22,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -c "import torch" 2>/dev/null || { set -f; $(BIN)/python -m pip install $$TORCH_SPEC; }
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
