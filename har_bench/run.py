@@ -26,15 +26,9 @@ from har_bench import artifacts, distributed
 from har_bench._fs import hold_lock, release_lock
 from har_bench.data.base import HARData
 from har_bench.data.splits import SPLIT_REPORT, Split, assert_clean, split_report, standardise
-from har_bench.engine import (
-    DivergedError,
-    Interrupted,
-    Trainer,
-    load_resume_state,
-    measure_latency,
-    seed_everything,
-    stop_on_signals,
-)
+from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state, seed_everything
+from har_bench.engine import DivergedError, Trainer, measure_latency
+from har_bench.signals import Interrupted, stop_on_signals
 from har_bench.metrics import classification_metrics, confusion_counts
 from har_bench.models.summary import model_summary
 from har_bench.resume import RunDirInUseError
@@ -96,7 +90,7 @@ def _run_with_status(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "diverged",
             error=str(e),
             diverged={"epoch": e.epoch, "step": e.step, "loss": str(e.loss)},
-            hint="try a lower optimizer.lr or trainer.precision=32",
+            hint=DivergedError.HINT,
         )
         raise
     except BaseException as e:
@@ -107,7 +101,7 @@ def _run_with_status(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def resume_command(run_dir: Path) -> str | None:
     """The command that continues this run, or None when it has no checkpoint yet."""
-    if not (run_dir / artifacts.CHECKPOINTS / "last.pt").is_file():
+    if not (run_dir / artifacts.CHECKPOINTS / LAST_CHECKPOINT).is_file():
         return None
     return f"har-bench trainer.resume={shlex.quote(str(run_dir.resolve()))}"
 
@@ -122,7 +116,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     optimizer_factory = build(cfg, "optimizer")
     scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
     check_optimizer(optimizer_factory, scheduler_factory)
-    resume_state = _load_resume(trainer, run_dir)
+    resume_state = _load_resume(cfg.trainer.get("resume"), run_dir)
     env = artifacts.environment_info(str(trainer.device))
     if resume_state is not None and (run_dir / artifacts.ENVIRONMENT).is_file():
         # The first attempt's environment stays; each resume adds where it ran.
@@ -389,18 +383,18 @@ def check_split_labels(data: HARData, split: Split) -> None:
         log.warning("validation labels %s never occur in the training part", names)
 
 
-def _load_resume(trainer: Trainer, run_dir: Path) -> dict[str, Any] | None:
-    if trainer.resume is None:
+def _load_resume(resume: str | None, run_dir: Path) -> dict[str, Any] | None:
+    if resume in (None, ""):
         return None
-    target = Path(trainer.resume).expanduser()
+    target = Path(str(resume)).expanduser()
     if target.resolve() != run_dir.resolve():
         raise ValueError(
-            f"trainer.resume={trainer.resume} is not this run's directory ({run_dir}): a run "
+            f"trainer.resume={resume} is not this run's directory ({run_dir}): a run "
             "continues in its own directory (the har-bench CLI arranges that; from Python "
             "call run(cfg, Path(cfg.trainer.resume)))"
         )
     state = load_resume_state(run_dir / artifacts.CHECKPOINTS)
-    log.info("resuming %s from %s", run_dir, run_dir / artifacts.CHECKPOINTS / "last.pt")
+    log.info("resuming %s from %s", run_dir, run_dir / artifacts.CHECKPOINTS / LAST_CHECKPOINT)
     return state
 
 

@@ -15,14 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from har_bench.engine import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    Interrupted,
-    Trainer,
-    load_resume_state,
-    stop_on_signals,
-)
+from har_bench.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_resume_state
+from har_bench.engine import Trainer
+from har_bench.signals import Interrupted, stop_on_signals
 
 
 class Net(nn.Module):
