@@ -10,11 +10,11 @@ from fixtures_data import Server
 from fixtures_uci import write_uci_dataset, zip_dataset
 
 from har_bench.data import load_uci_har
+from har_bench.data.archives import extract_archive
 from har_bench.data.download import (
     ChecksumError,
     DownloadError,
     download,
-    extract_zip,
     filename_from_url,
     sha256_file,
 )
@@ -122,13 +122,13 @@ def test_filename_from_url():
     assert filename_from_url("https://h/", "d.zip") == "d.zip"
 
 
-# --------------------------------------------------------------------------- extract_zip
+# --------------------------------------------------------------------------- extract_archive
 
 
 def test_extract_nested_zip_skips_junk(tmp_path):
     fx = write_uci_dataset(tmp_path / "src")
     archive = zip_dataset(fx.dataset_dir, tmp_path / "outer.zip", nested=True)
-    out = extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    out = extract_archive(archive, tmp_path / "dest", "UCI HAR Dataset")
     assert out == tmp_path / "dest" / "UCI HAR Dataset"
     assert (out / "train" / "Inertial Signals" / "body_acc_x_train.txt").is_file()
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [
@@ -140,10 +140,10 @@ def test_extract_nested_zip_skips_junk(tmp_path):
 def test_extract_reextracts_when_archive_changes(tmp_path):
     fx = write_uci_dataset(tmp_path / "src")
     archive = zip_dataset(fx.dataset_dir, tmp_path / "a.zip")
-    out = extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    out = extract_archive(archive, tmp_path / "dest", "UCI HAR Dataset")
     (fx.dataset_dir / "NEW.txt").write_text("new")
     zip_dataset(fx.dataset_dir, archive)
-    out = extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+    out = extract_archive(archive, tmp_path / "dest", "UCI HAR Dataset")
     assert (out / "NEW.txt").read_text() == "new"
     assert not list((tmp_path / "dest").glob(".extract-*"))
 
@@ -154,7 +154,7 @@ def test_zip_slip_rejected(tmp_path):
         zf.writestr("UCI HAR Dataset/ok.txt", "ok")
         zf.writestr("UCI HAR Dataset/../../evil.txt", "pwned")
     with pytest.raises(ValueError, match="unsafe path"):
-        extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+        extract_archive(archive, tmp_path / "dest", "UCI HAR Dataset")
     assert not (tmp_path / "evil.txt").exists()
     assert not (tmp_path / "dest" / "UCI HAR Dataset").exists()
 
@@ -162,24 +162,24 @@ def test_zip_slip_rejected(tmp_path):
     with zipfile.ZipFile(absolute, "w") as zf:
         zf.writestr("/etc/UCI HAR Dataset/x.txt", "x")
     with pytest.raises(ValueError, match="unsafe path"):
-        extract_zip(absolute, tmp_path / "dest", "UCI HAR Dataset")
+        extract_archive(absolute, tmp_path / "dest", "UCI HAR Dataset")
 
 
 def test_crash_mid_extraction_leaves_no_partial_folder(tmp_path, monkeypatch):
     fx = write_uci_dataset(tmp_path / "src")
     archive = zip_dataset(fx.dataset_dir, tmp_path / "a.zip")
-    real_extract = zipfile.ZipFile.extract
+    real_open = zipfile.ZipFile.open
     calls = {"n": 0}
 
-    def flaky(self, member, path=None, pwd=None):
+    def flaky(self, name, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 5:
             raise OSError("disk full (simulated)")
-        return real_extract(self, member, path, pwd)
+        return real_open(self, name, *args, **kwargs)
 
-    monkeypatch.setattr(zipfile.ZipFile, "extract", flaky)
+    monkeypatch.setattr(zipfile.ZipFile, "open", flaky)
     with pytest.raises(OSError, match="simulated"):
-        extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+        extract_archive(archive, tmp_path / "dest", "UCI HAR Dataset")
     assert list((tmp_path / "dest").iterdir()) == []
 
 
@@ -188,7 +188,7 @@ def test_missing_member_root(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("something/else.txt", "x")
     with pytest.raises(FileNotFoundError, match="UCI HAR Dataset"):
-        extract_zip(archive, tmp_path / "dest", "UCI HAR Dataset")
+        extract_archive(archive, tmp_path / "dest", "UCI HAR Dataset")
 
 
 # --------------------------------------------------------------------------- load_uci_har
@@ -243,7 +243,7 @@ def test_parallel_downloads_of_one_file_fetch_it_once(tmp_path, served):
 def test_any_loader_takes_a_zip_or_a_tar_and_names_anything_else(tmp_path):
     import tarfile
 
-    from har_bench.data._io import dataset_root, extract_archive
+    from har_bench.data._io import dataset_root
 
     src = tmp_path / "src" / "Data"
     src.mkdir(parents=True)

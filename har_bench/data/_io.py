@@ -1,5 +1,5 @@
-"""File helpers shared by the loaders: compressed text, locating official files, the parsed-array
-cache, and archive extraction beyond plain zips (tar.gz)."""
+"""Plumbing shared by the loaders: compressed text, strict tables, locating the dataset folder
+(downloaded, extracted or given), the parsed-array cache, and config-value checks."""
 
 from __future__ import annotations
 
@@ -7,25 +7,24 @@ import bz2
 import gzip
 import hashlib
 import json
-import logging
 import lzma
+import numbers
 import os
-import shutil
-import tarfile
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+import pandas as pd
+from numpy.typing import DTypeLike
 
-from har_bench._fs import atomic_write, atomic_write_text, file_lock
+from har_bench._fs import atomic_write
 
-from .download import _check_member_name, download, extract_zip, filename_from_url
-
-log = logging.getLogger("har_bench.data")
+from .archives import extract_archive
+from .download import download, filename_from_url
 
 COMPRESSED_SUFFIXES = (".gz", ".xz", ".bz2")
 
@@ -68,6 +67,64 @@ def strip_compression(name: str) -> str:
     return name
 
 
+def read_table(path: Path, ncols: int, dtype: DTypeLike = np.float64) -> np.ndarray:
+    """A whitespace-separated table of exactly ``ncols`` columns, plain or compressed text.
+
+    pandas' C parser reads compressed files directly and releases the GIL, so UCI-HAR's 18
+    signal files parse in parallel threads (measured on the real data: 0.84 s for all files
+    with 2 threads vs 1.15 s for serial np.loadtxt). It is lenient where we must not be (a short
+    row is padded with NaN), so a file it rejects, or whose NaNs are not all "nan" tokens of the
+    text (PAMAP2 has many), goes through a strict pass whose error names the line.
+    """
+    try:
+        arr = pd.read_csv(path, sep=r"\s+", header=None, dtype=dtype, engine="c").to_numpy()
+    except (ValueError, OSError, EOFError, lzma.LZMAError):  # ParserError is a ValueError
+        return _read_table_strict(path, ncols, dtype)
+    if arr.ndim != 2 or arr.shape[1] != ncols:
+        return _read_table_strict(path, ncols, dtype)
+    if arr.dtype.kind == "f" and np.isnan(arr).any() and _count_tokens(path) != arr.size:
+        return _read_table_strict(path, ncols, dtype)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _read_table_strict(path: Path, ncols: int, dtype: DTypeLike) -> np.ndarray:
+    convert = int if np.dtype(dtype).kind in "iu" else float
+    kind = "an integer" if convert is int else "a number"
+    rows: list[list] = []
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue  # pandas skips blank lines too
+        if len(tokens) != ncols:
+            raise ValueError(f"{path}, line {lineno}: expected {ncols} values, found {len(tokens)}")
+        try:
+            rows.append([convert(t) for t in tokens])
+        except ValueError:
+            bad = next(t for t in tokens if not _converts(convert, t))
+            raise ValueError(f"{path}, line {lineno}: {bad!r} is not {kind}") from None
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    return np.asarray(rows, dtype=dtype).reshape(len(rows), ncols)
+
+
+def _converts(convert: type, token: str) -> bool:
+    try:
+        convert(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _count_tokens(path: Path) -> int:
+    """Whitespace-separated tokens in the file, vectorised over its bytes."""
+    b = np.frombuffer(read_text(path).encode("utf-8", errors="replace"), dtype=np.uint8)
+    if not len(b):
+        return 0
+    ws = (b == 32) | (b == 9) | (b == 10) | (b == 13)
+    starts = ~ws & np.r_[True, ws[:-1]]
+    return int(np.count_nonzero(starts))
+
+
 def cache_key(paths: Iterable[Path], *extra: object) -> str:
     """Size + mtime of every source file plus the parsing options: any edit, replacement or
     option change gives a new key, without hashing hundreds of MB on every load."""
@@ -99,64 +156,20 @@ def save_cache(path: Path, arrays: dict[str, np.ndarray]) -> bool:
     return True
 
 
-def extract_tar(archive: Path, dest_dir: Path, member_root: str) -> Path:
-    """Extract ``member_root/`` of a tar(.gz) archive to ``dest_dir/member_root``, atomically
-    (temp dir + rename) and refusing unsafe members (absolute paths, '..', links), like
-    :func:`har_bench.data.download.extract_zip` does for zips."""
-    archive, dest_dir = Path(archive), Path(dest_dir)
-    stamp_file = dest_dir / f".{member_root.strip('/')}.extracted.json"
-    # Parallel sweep jobs: one extracts, the others wait and then find the stamp current.
-    with file_lock(stamp_file):
-        return _extract_tar_locked(archive, dest_dir, member_root, stamp_file)
-
-
-def _extract_tar_locked(archive: Path, dest_dir: Path, member_root: str, stamp_file: Path) -> Path:
-    target = dest_dir / member_root.strip("/")
-    st = archive.stat()
-    stamp = {"archive": str(archive.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        if target.is_dir() and json.loads(stamp_file.read_text(encoding="utf-8")) == stamp:
-            return target
-    except (OSError, ValueError):
-        pass
-    if not tarfile.is_tarfile(archive):
-        raise ValueError(f"{archive} is not a tar archive")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
-    prefix = member_root.strip("/") + "/"
-    try:
-        with tarfile.open(archive) as tf:
-            found = False
-            for m in tf.getmembers():
-                _check_member_name(m.name, str(archive))
-                if not m.name.startswith(prefix) or not (m.isfile() or m.isdir()):
-                    continue  # links and devices are never extracted
-                found = True
-                out = tmp / m.name
-                if m.isdir():
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(m)
-                assert src is not None
-                with src, open(out, "wb") as f:
-                    shutil.copyfileobj(src, f)
-        if not found:
-            raise FileNotFoundError(f"tar archive {archive} has no folder {member_root!r}")
-        if target.exists():
-            os.replace(target, tmp / ".old")
-        os.replace(tmp / member_root.strip("/"), target)
-        atomic_write_text(stamp_file, json.dumps(stamp))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def check_choice(key: str, value: object, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"{key}={value!r} is invalid: expected one of {', '.join(choices)}")
     return str(value)
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    # bool is an int subclass; "num_classes=True" is always a config mistake.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def dataset_root(
@@ -183,10 +196,72 @@ def dataset_root(
     return path
 
 
-def extract_archive(archive: Path, workdir: Path, member_root: str, what: str, hint: str) -> Path:
-    """``member_root/`` of a zip or tar(.gz) archive, extracted once into ``workdir``."""
-    if zipfile.is_zipfile(archive):
-        return extract_zip(archive, workdir, member_root)
-    if tarfile.is_tarfile(archive):
-        return extract_tar(archive, workdir, member_root)
-    raise ValueError(f"{what}: {archive} is not a zip or tar archive; {hint}")
+@dataclass(frozen=True)
+class Layout:
+    """Where one dataset sits in its official archive, and what marks its folder.
+
+    ``member_root``: the archive's folder to extract (also looked for inside a root folder).
+    ``marker``: an entry every dataset folder holds, ``name/`` for a folder; a root that *is*
+    the marker (``raw/``, the one data file) stands for the folder holding it. ``files``:
+    extract only these base names, wherever they sit in the archive, into ``member_root/``.
+    ``archive_name``: the download's file name when the URL path has none.
+    """
+
+    what: str  # the dataset's name in errors
+    member_root: str
+    marker: str
+    archive_name: str
+    hint: str  # what dataset.root may be, appended to every error about it
+    files: tuple[str, ...] = ()
+
+
+def resolve_root(
+    root: str | os.PathLike[str] | None,
+    workdir: Path,
+    url: str,
+    sha256: str | None,
+    progress: bool,
+    layout: Layout,
+    file_name: str | None = None,
+) -> tuple[Path, Path | None]:
+    """The dataset folder, and the archive it was extracted from (None for a folder root).
+
+    ``root`` None downloads ``url`` into ``workdir`` (as ``file_name``, default: the URL's)
+    and checks it against ``sha256``; an archive (zip or tar) is extracted once into
+    ``workdir``; a folder is used as it is, or its ``member_root/`` when it does not hold the
+    marker itself.
+    """
+    path = dataset_root(
+        root,
+        workdir,
+        url,
+        sha256,
+        progress,
+        default_name=layout.archive_name,
+        what=layout.what,
+        hint=layout.hint,
+        file_name=file_name,
+    )
+    marker = layout.marker.rstrip("/")
+    archive = None
+    if path.is_file() and strip_compression(path.name) != marker:
+        archive = path
+        path = extract_archive(
+            path, workdir, layout.member_root, layout.what, layout.hint, files=layout.files
+        )
+    if strip_compression(path.name) == marker and not _holds(path, layout.marker):
+        path = path.parent
+    elif not _holds(path, layout.marker) and (path / layout.member_root).is_dir():
+        path = path / layout.member_root
+    if not _holds(path, layout.marker):
+        twins = "" if layout.marker.endswith("/") else " (or .gz/.xz/.bz2)"
+        raise FileNotFoundError(
+            f"{layout.what} folder {path} has no {layout.marker}{twins}; {layout.hint}"
+        )
+    return path, archive
+
+
+def _holds(folder: Path, marker: str) -> bool:
+    if marker.endswith("/"):
+        return (folder / marker).is_dir()
+    return any((folder / (marker + s)).is_file() for s in ("", *COMPRESSED_SUFFIXES))

@@ -1,27 +1,20 @@
-"""Checksummed downloads and crash-safe zip extraction for dataset archives.
+"""Checksummed downloads of dataset archives (extraction: :mod:`har_bench.data.archives`).
 
 Nothing here knows about Hydra or a particular dataset: loaders pass in URLs, paths and
-hashes. Two invariants matter more than speed:
-
-* a file only ever appears under its final name once it is complete and verified
-  (``.part`` file + ``os.replace``), so an interrupted run never leaves a "cached" archive
-  that later runs would trust;
-* an extracted folder only ever appears complete (extract into a temp dir, then rename).
+hashes. One invariant matters more than speed: a file only ever appears under its final name
+once it is complete and verified (``.part`` file + ``os.replace``), so an interrupted run never
+leaves a "cached" archive that later runs would trust.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from pathlib import Path, PurePosixPath
 
 from har_bench._fs import atomic_write_text, file_lock
@@ -189,122 +182,6 @@ def _download_locked(
         part.unlink(missing_ok=True)
         raise
     return dest
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-def _check_member_name(name: str, archive: str) -> None:
-    """Reject zip-slip members: absolute paths, drive letters or '..' components."""
-    norm = name.replace("\\", "/")
-    parts = PurePosixPath(norm).parts
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or ".." in parts:
-        raise ValueError(f"unsafe path {name!r} in zip archive {archive}; refusing to extract")
-
-
-def _is_junk(name: str) -> bool:
-    # macOS resource forks ride along in many hand-made archives.
-    return name.startswith("__MACOSX/") or PurePosixPath(name).name.startswith("._")
-
-
-def _extract_root(
-    archive_path: Path, zf: zipfile.ZipFile, member_root: str, into: Path, depth: int
-) -> Path:
-    """Extract ``member_root/`` from ``zf`` into ``into``, descending into a nested zip
-    when the folder is not at the top level. Returns the extracted folder."""
-    names = zf.namelist()
-    label = str(archive_path)
-    for name in names:
-        _check_member_name(name, label)
-    prefix = member_root.strip("/") + "/"
-    members = [n for n in names if n.startswith(prefix) and not _is_junk(n)]
-    if members:
-        for name in members:
-            zf.extract(name, into)
-        return into / member_root.strip("/")
-
-    nested = [n for n in names if n.lower().endswith(".zip") and not _is_junk(n)]
-    # Prefer "<member_root>.zip" (the UCI layout); otherwise accept a lone nested zip.
-    preferred = [n for n in nested if PurePosixPath(n).stem == member_root.strip("/")]
-    choice = preferred[:1] or (nested if len(nested) == 1 else [])
-    if not choice or depth >= 3:
-        top = sorted({n.split("/", 1)[0] for n in names})
-        raise FileNotFoundError(
-            f"zip archive {label} has no folder {member_root!r} (nor a nested zip containing "
-            f"it); top-level entries: {top[:10]}"
-        )
-    inner_path = Path(zf.extract(choice[0], into / ".nested"))
-    with zipfile.ZipFile(inner_path) as inner:
-        return _extract_root(Path(f"{label}!{choice[0]}"), inner, member_root, into, depth + 1)
-
-
-def _stamp_path(dest_dir: Path, member_root: str) -> Path:
-    return dest_dir / f".{member_root.strip('/')}.extracted.json"
-
-
-def _archive_stamp(archive: Path) -> dict:
-    st = archive.stat()
-    return {"archive": str(archive.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _is_current(target: Path, stamp_file: Path, stamp: dict) -> bool:
-    if not (target.is_dir() and stamp_file.is_file()):
-        return False
-    try:
-        return json.loads(stamp_file.read_text(encoding="utf-8")) == stamp
-    except (OSError, ValueError):
-        return False  # unreadable stamp: re-extract
-
-
-def extract_zip(archive: Path, dest_dir: Path, member_root: str) -> Path:
-    """Extract the folder ``member_root`` of ``archive`` to ``dest_dir/member_root``.
-
-    The folder is extracted into a temporary directory inside ``dest_dir`` and renamed into
-    place, so a crash never leaves a half-extracted ``member_root``. If ``member_root`` is not
-    a folder of the archive but the archive nests a zip (e.g. the UCI download wraps
-    ``UCI HAR Dataset.zip`` plus ``__MACOSX/`` junk), extraction goes through the nested zip.
-    A stamp file records which archive (path, size, mtime) produced the folder, so repeated
-    calls are free and a changed archive is re-extracted.
-    """
-    archive = Path(archive)
-    dest_dir = Path(dest_dir)
-    target = dest_dir / member_root.strip("/")
-    stamp_file = _stamp_path(dest_dir, member_root)
-    if _is_current(target, stamp_file, _archive_stamp(archive)):
-        return target  # the common case: no lock, no waiting
-    with file_lock(stamp_file):
-        return _extract_zip_locked(archive, dest_dir, member_root, target, stamp_file)
-
-
-def _extract_zip_locked(
-    archive: Path, dest_dir: Path, member_root: str, target: Path, stamp_file: Path
-) -> Path:
-    stamp = _archive_stamp(archive)
-    if _is_current(target, stamp_file, stamp):
-        return target
-
-    if not zipfile.is_zipfile(archive):
-        raise ValueError(f"{archive} is not a zip archive")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            extracted = _extract_root(archive, zf, member_root, tmp / "x", depth=0)
-        if not extracted.is_dir():
-            raise FileNotFoundError(f"zip archive {archive} has no folder {member_root!r}")
-        if _is_current(target, stamp_file, stamp):
-            # Another process (e.g. a parallel multirun job) finished the same extraction
-            # while we worked; keep its folder rather than swapping it under its feet.
-            return target
-        if target.exists():
-            # os.replace cannot overwrite a non-empty dir: move the old one aside first
-            # (into tmp, which is deleted below).
-            os.replace(target, tmp / "old")
-        os.replace(extracted, target)
-        atomic_write_text(stamp_file, json.dumps(stamp))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def filename_from_url(url: str, default: str = "download.zip") -> str:

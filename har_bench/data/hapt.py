@@ -11,22 +11,13 @@ subject split of HAPT's Train/Test folders (the UCI-HAR one): read from
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from ._io import (
-    check_choice,
-    dataset_root,
-    extract_archive,
-    find_file,
-    read_text,
-    strip_compression,
-)
+from ._io import Layout, check_choice, find_file, read_table, resolve_root, strip_compression
 from .base import HARData
 from .windowing import Recording, check_window, window_recordings
 
@@ -56,49 +47,8 @@ _HINT = (
     "dataset.root must be the HAPT folder holding RawData/, RawData/ itself, or the official "
     "zip (or null to download it)"
 )
-
-
-def _resolve(root, workdir: Path, url: str, sha256: str | None, progress: bool) -> Path:
-    path = dataset_root(
-        root, workdir, url, sha256, progress, default_name="hapt.zip", what="HAPT", hint=_HINT
-    )
-    if path.is_file():
-        return extract_archive(path, workdir, "RawData", "HAPT", _HINT).parent
-    if path.name == "RawData":
-        return path.parent
-    if not (path / "RawData").is_dir():
-        raise FileNotFoundError(f"HAPT folder {path} has no RawData/ folder; {_HINT}")
-    return path
-
-
-def _read_matrix(path: Path, ncols: int) -> np.ndarray:
-    text = read_text(path)
-    try:
-        fast = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, dtype=np.float64)
-        arr = fast.to_numpy()
-        if arr.ndim == 2 and arr.shape[1] == ncols and not np.isnan(arr).any():
-            return arr
-    except (ValueError, pd.errors.ParserError):
-        pass  # the careful pass below names the line
-    rows = [line.split() for line in text.splitlines() if line.strip()]
-    for lineno, row in enumerate(rows, start=1):
-        if len(row) != ncols:
-            raise ValueError(f"{path}, row {lineno}: expected {ncols} values, found {len(row)}")
-    try:
-        return np.asarray(rows, dtype=np.float64).reshape(len(rows), ncols)
-    except ValueError:
-        bad = next(
-            (i, t) for i, r in enumerate(rows, 1) for t in r if not _is_float(t)
-        )  # the first unparsable token
-        raise ValueError(f"{path}, row {bad[0]}: {bad[1]!r} is not a number") from None
-
-
-def _is_float(t: str) -> bool:
-    try:
-        float(t)
-    except ValueError:
-        return False
-    return True
+# The zip holds RawData/ at its top level: extracting it leaves the dataset folder its parent.
+LAYOUT = Layout("HAPT", "RawData", marker="RawData/", archive_name="hapt.zip", hint=_HINT)
 
 
 def _test_subjects(ds: Path) -> tuple[list[int], str]:
@@ -106,8 +56,8 @@ def _test_subjects(ds: Path) -> tuple[list[int], str]:
         path = find_file(ds / "Test", "subject_id_test.txt", "HAPT")
     except FileNotFoundError:
         return list(TEST_SUBJECTS), "documented HAPT/UCI-HAR test volunteers"
-    ids = pd.read_csv(path, header=None).iloc[:, 0].astype(int)
-    return sorted(set(ids.tolist())), str(path)
+    ids = read_table(path, 1, np.int64).ravel()
+    return sorted({int(i) for i in ids}), str(path)
 
 
 def load_hapt(
@@ -134,10 +84,11 @@ def load_hapt(
     sensors = [check_choice("dataset.sensors entry", str(s), SENSORS) for s in sensors]
     if not sensors:
         raise ValueError("dataset.sensors is empty: choose acc and/or gyro")
-    ds = _resolve(root, Path(data_dir).expanduser() / "hapt", url, sha256, progress)
+    workdir = Path(data_dir).expanduser() / "hapt"
+    ds, _ = resolve_root(root, workdir, url, sha256, progress, LAYOUT)
     raw = ds / "RawData"
     labels_path = find_file(raw, "labels.txt", "HAPT", _HINT)
-    labels = _read_matrix(labels_path, 5).astype(np.int64)
+    labels = read_table(labels_path, 5).astype(np.int64)
     bad = np.flatnonzero((labels[:, 2] < 1) | (labels[:, 2] > 12) | (labels[:, 3] > labels[:, 4]))
     if bad.size:
         raise ValueError(
@@ -159,7 +110,7 @@ def load_hapt(
             raise FileNotFoundError(
                 f"HAPT file not found: {missing[0]}_exp{exp:02d}_user{user:02d}.txt in {raw}"
             )
-        parts = [_read_matrix(files[s], 3) for s in sensors]
+        parts = [read_table(files[s], 3) for s in sensors]
         n = min(len(p) for p in parts)
         if any(len(p) != n for p in parts):
             raise ValueError(

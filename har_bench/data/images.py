@@ -18,16 +18,22 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from ._io import dataset_root, extract_tar
+from ._io import Layout, resolve_root
 from .base import HARData
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MEMBER = "cifar-10-batches-py"
+CIFAR10_LAYOUT = Layout(
+    "CIFAR-10",
+    CIFAR10_MEMBER,
+    "batches.meta",
+    "cifar10.tar.gz",
+    "dataset.root must be the official cifar-10-python.tar.gz or its extracted folder",
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -100,22 +106,7 @@ def load_cifar10(
     """
     limit = _check_limit(limit)
     workdir = Path(data_dir).expanduser() / "cifar10"
-    path = dataset_root(
-        root,
-        workdir,
-        url,
-        sha256,
-        progress,
-        default_name="cifar10.tar.gz",
-        what="CIFAR-10",
-        hint="dataset.root must be the official cifar-10-python.tar.gz or its extracted folder",
-    )
-    if path.is_file():
-        if not tarfile.is_tarfile(path):
-            raise ValueError(f"CIFAR-10 root {path} is a file but not the official tar.gz")
-        path = extract_tar(path, workdir, CIFAR10_MEMBER)
-    elif (path / CIFAR10_MEMBER).is_dir():
-        path = path / CIFAR10_MEMBER
+    path, _ = resolve_root(root, workdir, url, sha256, progress, CIFAR10_LAYOUT)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
     for n in names:
         if not (path / n).is_file():

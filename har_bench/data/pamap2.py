@@ -10,23 +10,21 @@ recording. PAMAP2 defines no train/test split: the config defaults to ``split=gr
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ._io import (
+    Layout,
     cache_key,
     check_choice,
-    dataset_root,
-    extract_archive,
     find_file,
     load_cache,
-    read_text,
+    read_table,
+    resolve_root,
     save_cache,
 )
 from .base import HARData
@@ -71,61 +69,7 @@ _HINT = (
     "dataset.root must be the PAMAP2_Dataset folder (with Protocol/), a folder containing it, "
     "or the official zip (or null to download it)"
 )
-
-
-def _resolve(root, workdir: Path, url: str, sha256: str | None, progress: bool) -> Path:
-    path = dataset_root(
-        root, workdir, url, sha256, progress, default_name="pamap2.zip", what="PAMAP2", hint=_HINT
-    )
-    if path.is_file():
-        return extract_archive(path, workdir, MEMBER_ROOT, "PAMAP2", _HINT)
-    if path.name == "Protocol":
-        return path.parent
-    if not (path / "Protocol").is_dir() and (path / MEMBER_ROOT / "Protocol").is_dir():
-        return path / MEMBER_ROOT
-    if not (path / "Protocol").is_dir():
-        raise FileNotFoundError(f"PAMAP2 folder {path} has no Protocol/ folder; {_HINT}")
-    return path
-
-
-def read_dat(path: Path) -> np.ndarray:
-    """One ``subject10N.dat`` as a [T, 54] float64 array (NaN kept); errors name file + line."""
-    text = read_text(path)
-    try:
-        arr = pd.read_csv(
-            io.StringIO(text), sep=r"\s+", header=None, dtype=np.float64, engine="c"
-        ).to_numpy()
-    except (ValueError, pd.errors.ParserError):
-        arr = None
-    # pandas pads a short row with NaN, indistinguishable from PAMAP2's own NaNs: count the
-    # whitespace-separated tokens instead (vectorised over the bytes).
-    if arr is not None and arr.ndim == 2 and _count_tokens(text) != arr.size:
-        arr = None
-    if arr is None or arr.ndim != 2 or arr.shape[1] != N_COLUMNS:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) != N_COLUMNS:
-                raise ValueError(
-                    f"{path}, line {lineno}: expected {N_COLUMNS} values, found {len(tokens)}"
-                )
-            for t in tokens:
-                try:
-                    float(t)
-                except ValueError:
-                    raise ValueError(f"{path}, line {lineno}: {t!r} is not a number") from None
-        raise ValueError(f"{path}: no data rows")
-    return arr
-
-
-def _count_tokens(text: str) -> int:
-    b = np.frombuffer(text.encode("utf-8", errors="replace"), dtype=np.uint8)
-    if not len(b):
-        return 0
-    ws = (b == 32) | (b == 9) | (b == 10) | (b == 13)
-    starts = ~ws & np.r_[True, ws[:-1]]
-    return int(np.count_nonzero(starts))
+LAYOUT = Layout("PAMAP2", MEMBER_ROOT, marker="Protocol/", archive_name="pamap2.zip", hint=_HINT)
 
 
 def _interpolate_nans(x: np.ndarray) -> int:
@@ -184,7 +128,7 @@ def load_pamap2(
             f"{sorted(ACTIVITIES)}"
         )
     workdir = Path(data_dir).expanduser() / "pamap2"
-    ds = _resolve(root, workdir, url, sha256, progress)
+    ds, _ = resolve_root(root, workdir, url, sha256, progress, LAYOUT)
     files = sorted(
         p for p in (ds / "Protocol").iterdir() if p.name.startswith("subject") and ".dat" in p.name
     )
@@ -209,7 +153,7 @@ def load_pamap2(
         signals, times, acts, subjects = [], [], [], []
         nan_filled = 0
         for p in files:
-            raw = read_dat(p)
+            raw = read_table(p, N_COLUMNS)  # float64, NaN kept: dropped packets
             digits = "".join(ch for ch in p.name.split(".")[0] if ch.isdigit())
             sig = raw[:, columns].copy()
             nan_filled += _interpolate_nans(sig)

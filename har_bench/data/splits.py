@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from har_bench.data._io import check_int
 from har_bench.data.base import HARData
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,6 @@ def _check_fraction(name: str, value: object, *, upper_open: bool = True) -> flo
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"split.{name}={value!r} is invalid: expected 0 <= f < 1")
     return float(value)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"split.{name}={value!r} is invalid: expected an integer >= {minimum}")
-    return int(value)
 
 
 def _subject_list(name: str, values: object) -> list[int]:
@@ -213,8 +208,8 @@ def group_kfold_split(
 ) -> Split:
     """Subject-grouped k-fold: fold ``fold`` of ``n_splits`` is the test set. A sweep over
     ``split.fold=0..n_splits-1`` tests every subject exactly once."""
-    n_splits = _check_int("n_splits", n_splits, 2)
-    fold = _check_int("fold", fold, 0)
+    n_splits = check_int("split.n_splits", n_splits, 2)
+    fold = check_int("split.fold", fold, 0)
     if fold >= n_splits:
         raise ValueError(f"split.fold={fold} is invalid: expected 0..{n_splits - 1}")
     val_fraction = _check_fraction("val_fraction", val_fraction)
@@ -226,7 +221,7 @@ def group_kfold_split(
 def loso_split(data: HARData, fold: int = 0, val_fraction: float = 0.2, seed: int = 0) -> Split:
     """Leave one subject out: the ``fold``-th subject (in ascending id order) is the test set."""
     ids = np.unique(data.subjects)
-    fold = _check_int("fold", fold, 0)
+    fold = check_int("split.fold", fold, 0)
     if fold >= len(ids):
         raise ValueError(
             f"split.fold={fold} is invalid: dataset {data.name!r} has {len(ids)} subjects, "

@@ -9,16 +9,8 @@ import numbers
 
 import numpy as np
 
+from ._io import check_int
 from .base import HARData
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    # bool is an int subclass; "num_classes=True" is always a config mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def load_synthetic(
@@ -39,12 +31,12 @@ def load_synthetic(
     harder than a random split), and Gaussian noise of std ``noise`` is added.
     The last ``ceil(test_fraction * num_subjects)`` subjects form the official test split.
     """
-    num_subjects = _check_int("num_subjects", num_subjects, 2)
-    windows_per_subject = _check_int("windows_per_subject", windows_per_subject, 1)
-    num_classes = _check_int("num_classes", num_classes, 2)
-    num_channels = _check_int("num_channels", num_channels, 1)
-    window = _check_int("window", window, 8)
-    seed = _check_int("seed", seed, 0)
+    num_subjects = check_int("num_subjects", num_subjects, 2)
+    windows_per_subject = check_int("windows_per_subject", windows_per_subject, 1)
+    num_classes = check_int("num_classes", num_classes, 2)
+    num_channels = check_int("num_channels", num_channels, 1)
+    window = check_int("window", window, 8)
+    seed = check_int("seed", seed, 0)
     if not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     if not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:

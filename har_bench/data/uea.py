@@ -17,16 +17,12 @@ interpolation over the series' own span).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from ._io import check_choice, dataset_root, find_file, read_text
+from ._io import Layout, check_choice, find_file, read_text, resolve_root
 from .base import HARData
-from .download import _check_member_name
 
 DEFAULT_URL = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
 MODES = ("pad", "resample")
@@ -164,74 +160,15 @@ def _to_length(x: np.ndarray, length: int, mode: str) -> np.ndarray:
     return out
 
 
-def _extract_ts(archive: Path, dest: Path, name: str) -> Path:
-    """Pull ``<name>_TRAIN.ts``/``<name>_TEST.ts`` out of the archive (wherever they sit in
-    it) into ``dest``, atomically."""
-    wanted = {f"{name}_TRAIN.ts", f"{name}_TEST.ts"}
-    if all((dest / w).is_file() for w in wanted):
-        return dest
-    if not zipfile.is_zipfile(archive):
-        raise ValueError(f"{archive} is not a zip archive")
-    with zipfile.ZipFile(archive) as zf:
-        members = {}
-        for m in zf.namelist():
-            _check_member_name(m, str(archive))
-            base = PurePosixPath(m).name
-            if base in wanted and not m.startswith("__MACOSX/"):
-                members[base] = m
-        missing = sorted(wanted - set(members))
-        if missing:
-            raise FileNotFoundError(f"zip archive {archive} has no {', '.join(missing)}")
-        dest.mkdir(parents=True, exist_ok=True)
-        for base, m in members.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{base}.", dir=dest)
-            try:
-                with os.fdopen(fd, "wb") as out, zf.open(m) as src:
-                    shutil.copyfileobj(src, out)
-                os.replace(tmp, dest / base)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-    return dest
-
-
-def _resolve(
-    root: str | os.PathLike[str] | None,
-    name: str,
-    workdir: Path,
-    url: str,
-    sha256: str | None,
-    progress: bool,
-) -> Path:
+def layout(name: str) -> Layout:
+    """Where ``name``'s two ``.ts`` files sit: directly in the root or in ``<name>/``; an
+    archive holds them at any depth, beside other formats that are not extracted."""
+    files = (f"{name}_TRAIN.ts", f"{name}_TEST.ts")
     hint = (
-        f"dataset.root must be a folder holding {name}_TRAIN.ts and {name}_TEST.ts (directly "
-        f"or in {name}/), or the dataset's zip (or null to download it)"
+        f"dataset.root must be a folder holding {files[0]} and {files[1]} (directly or in "
+        f"{name}/), or the dataset's zip (or null to download it)"
     )
-    path = dataset_root(
-        root,
-        workdir,
-        url.format(name=name),
-        sha256,
-        progress,
-        default_name=f"{name}.zip",
-        what="UEA",
-        hint=hint,
-        # One URL template serves every dataset: the file is named after the dataset.
-        file_name=f"{name}.zip",
-    )
-    if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"UEA root {path} is a file but not a zip archive; {hint}")
-        return _extract_ts(path, workdir / name, name)
-    for folder in (path / name, path):
-        try:
-            find_file(folder, f"{name}_TRAIN.ts", "UEA")
-            return folder
-        except FileNotFoundError:
-            continue
-    # Let find_file produce the message naming the exact file looked for.
-    find_file(path / name if (path / name).is_dir() else path, f"{name}_TRAIN.ts", "UEA", hint)
-    raise AssertionError("unreachable")
+    return Layout("UEA", name, files[0], f"{name}.zip", hint, files=files)
 
 
 def load_uea(
@@ -263,7 +200,10 @@ def load_uea(
     ):
         raise ValueError(f"dataset.length={length!r} is invalid: expected an integer >= 1 or null")
     workdir = Path(data_dir).expanduser() / "uea"
-    folder = _resolve(root, name, workdir, url, sha256, progress)
+    # One URL template serves every dataset: the download is named after the dataset.
+    folder, _ = resolve_root(
+        root, workdir, url.format(name=name), sha256, progress, layout(name), f"{name}.zip"
+    )
     parts = {
         split: parse_ts(find_file(folder, f"{name}_{split.upper()}.ts", "UEA"))
         for split in ("train", "test")

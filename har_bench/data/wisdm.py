@@ -31,13 +31,13 @@ import numpy as np
 import pandas as pd
 
 from ._io import (
+    Layout,
     cache_key,
     check_choice,
-    dataset_root,
-    extract_archive,
     find_file,
     load_cache,
     read_text,
+    resolve_root,
     save_cache,
 )
 from .base import HARData
@@ -89,6 +89,11 @@ _HINT_V11 = (
     f"dataset.root must be {V11_FILE}, the folder holding it, the official tar.gz (or null to "
     f"download it)"
 )
+LAYOUTS = {
+    "2019": Layout("WISDM", MEMBER_2019, "raw/", "wisdm-2019.archive", _HINT_2019),
+    "v1.1": Layout("WISDM", MEMBER_V11, V11_FILE, "wisdm-v1.1.archive", _HINT_V11),
+}
+URLS = {"2019": URL_2019, "v1.1": URL_V11}
 
 
 # --------------------------------------------------------------------------- line parsing
@@ -180,45 +185,6 @@ def parse_wisdm_file(path: Path) -> Parsed:
 
 
 # --------------------------------------------------------------------------- locating
-
-
-def _resolve(
-    root: str | os.PathLike[str] | None,
-    version: str,
-    workdir: Path,
-    url: str | None,
-    sha256: str | None,
-    progress: bool,
-) -> Path:
-    """The folder holding ``raw/`` (2019) or ``WISDM_ar_v1.1_raw.txt`` (v1.1)."""
-    member = MEMBER_2019 if version == "2019" else MEMBER_V11
-    hint = _HINT_2019 if version == "2019" else _HINT_V11
-    url = url or (URL_2019 if version == "2019" else URL_V11)
-    path = dataset_root(
-        root,
-        workdir,
-        url,
-        sha256,
-        progress,
-        default_name=f"wisdm-{version}.archive",
-        what="WISDM",
-        hint=hint,
-    )
-    if path.is_file():
-        if version == "v1.1" and path.name.startswith(V11_FILE):
-            return path.parent
-        return extract_archive(path, workdir, member, "WISDM", hint)
-    if version == "2019":
-        if path.name == "raw" and not (path / "raw").is_dir():
-            return path.parent
-        if not (path / "raw").is_dir() and (path / MEMBER_2019 / "raw").is_dir():
-            return path / MEMBER_2019
-        if not (path / "raw").is_dir():
-            raise FileNotFoundError(f"WISDM 2019 folder {path} has no raw/ folder; {hint}")
-        return path
-    if (path / MEMBER_V11).is_dir():
-        return path / MEMBER_V11
-    return path
 
 
 def read_activity_key(folder: Path) -> dict[str, str]:
@@ -448,7 +414,7 @@ def load_wisdm(
     if max_gap_s is not None and max_gap_s <= 0:
         raise ValueError(f"dataset.max_gap_s={max_gap_s!r} is invalid: expected > 0")
     workdir = Path(data_dir).expanduser() / "wisdm"
-    ds = _resolve(root, version, workdir, url, sha256, progress)
+    ds, _ = resolve_root(root, workdir, url or URLS[version], sha256, progress, LAYOUTS[version])
 
     if version == "2019":
         files = _files_2019(ds, device, sensors)
