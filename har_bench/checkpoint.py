@@ -201,15 +201,17 @@ def restore_training(
             + " a learning-rate scheduler; resume with the run's own scheduler setting"
         )
     if scheduler is not None:
-        # load_state_dict would silently bring back the old horizon, so a cosine schedule
-        # resumed with more epochs would climb back up from lr 0: refuse instead.
-        old, new = saved.get("T_max"), getattr(scheduler, "T_max", None)
-        if old is not None and new is not None and old != new:
-            raise ValueError(
-                f"trainer.resume: the scheduler's T_max (= trainer.max_epochs) was {old}, "
-                f"now {new}; a cosine schedule cannot be stretched mid-run. Resume with "
-                f"trainer.max_epochs={old}, or use scheduler=none/step to add epochs"
-            )
+        # load_state_dict would silently bring back the old horizon, so a schedule resumed with
+        # more epochs would climb back up from its end: refuse instead.
+        horizons = {"T_max": "trainer.max_epochs", "total_steps": "epochs x steps per epoch"}
+        for key, meaning in horizons.items():
+            old, new = saved.get(key), getattr(scheduler, key, None)
+            if old is not None and new is not None and old != new:
+                raise ValueError(
+                    f"trainer.resume: the scheduler's {key} (= {meaning}) was {old}, now {new}; "
+                    "a schedule cannot be stretched mid-run. Resume with the run's own "
+                    "trainer.max_epochs, or use scheduler=none/step to add epochs"
+                )
         scheduler.load_state_dict(saved)
     if scaler.is_enabled() and checkpoint["scaler"]:
         scaler.load_state_dict(checkpoint["scaler"])

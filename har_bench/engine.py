@@ -24,8 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from har_bench import distributed
+from har_bench.augment import Augment
 from har_bench.checkpoint import (
     LAST_CHECKPOINT,
     commit_epoch,
@@ -35,6 +37,7 @@ from har_bench.checkpoint import (
 )
 from har_bench.early_stopping import BestTracker
 from har_bench.metrics import macro_f1
+from har_bench.schedules import StepSchedule
 from har_bench.signals import Interrupted, StopRequest, deferred_stop
 from har_bench.train_state import TrainState
 
@@ -119,6 +122,8 @@ class FitResult:
     stopped_early: bool
     train_seconds_per_epoch: list[float]
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    # Which weights were validated, kept as best and handed back: "ema" or "model".
+    weights: str = "model"
 
 
 @dataclass
@@ -132,9 +137,78 @@ class _Session:
     scaler: torch.amp.GradScaler
     state: TrainState
     checkpoint_dir: Path | None
+    augment: Augment | None
+    ema: AveragedModel | None
+    step_scheduler: bool  # stepped after every optimizer step, not every epoch
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validated and kept as best: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def checkpoint(self) -> dict[str, Any]:
-        return training_state(self.model, self.optimizer, self.scheduler, self.scaler, self.state)
+        extra = {
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "augment": self.augment.state_dict() if self.augment is not None else None,
+        }
+        return training_state(
+            self.model, self.optimizer, self.scheduler, self.scaler, self.state, extra
+        )
+
+    @classmethod
+    def start(
+        cls,
+        trainer: Trainer,
+        model: nn.Module,
+        n_train: int,
+        optimizer_factory: Callable[..., torch.optim.Optimizer],
+        scheduler_factory: Callable[..., Any] | None,
+        seed: int,
+        augment: Augment | None,
+    ) -> _Session:
+        """The optimizer, scheduler, scaler, averaged weights and loop state of a new fit."""
+        optimizer = optimizer_factory(model.parameters())
+        tracker = BestTracker(trainer.monitor, trainer.patience)
+        step_scheduler = isinstance(scheduler_factory, StepSchedule)
+        if isinstance(scheduler_factory, StepSchedule):
+            batches = len(trainer.train_batches(n_train, torch.Generator()))
+            steps = math.ceil(batches / trainer.accumulate_grad_batches)
+            scheduler = scheduler_factory(optimizer, steps)
+            tracker.patience_after = math.ceil(scheduler_factory.warmup_epochs)
+        else:
+            scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
+        scaler = torch.amp.GradScaler(
+            trainer.device.type, enabled=trainer.amp_dtype == torch.float16
+        )
+        state = TrainState(tracker=tracker, generator=torch.Generator().manual_seed(seed))
+        ema = None
+        if trainer.ema_decay is not None:
+            decay = get_ema_multi_avg_fn(trainer.ema_decay)
+            ema = AveragedModel(model, multi_avg_fn=decay, use_buffers=True)
+        return cls(
+            model=model,
+            train_model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            state=state,
+            checkpoint_dir=None,
+            augment=augment,
+            ema=ema,
+            step_scheduler=step_scheduler,
+        )
+
+    def restore_extras(self, checkpoint: Mapping[str, Any]) -> None:
+        for name, part in (("ema", self.ema), ("augment", self.augment)):
+            saved = checkpoint.get(name)
+            if (part is None) != (saved is None):
+                raise ValueError(
+                    f"trainer.resume: the checkpoint was saved "
+                    f"{'without' if saved is None else 'with'} {name}; resume with the run's "
+                    f"own {'trainer.ema_decay' if name == 'ema' else 'augment'} setting"
+                )
+            if part is not None:
+                part.load_state_dict(saved)
 
     def save_interrupted(self) -> str | None:
         """Write the mid-epoch state to ``last.pt``; what it holds, or None without a dir."""
@@ -146,6 +220,7 @@ class _Session:
         return saved
 
 
+@dataclass
 class Trainer:
     """Fits a classifier on in-memory windows with AMP, gradient accumulation and early stopping.
 
@@ -171,56 +246,35 @@ class Trainer:
         progress: show a rich progress bar per epoch.
         resume: the run directory to continue (``trainer.resume``), read by the CLI and the
             runner, which hand :meth:`fit` the loaded checkpoint.
+        label_smoothing: share of each target spread evenly over the classes.
+        ema_decay: keep an exponential moving average of the weights with this decay per
+            optimizer step; it is what is validated, kept as best and tested. None = off.
     """
 
-    def __init__(
-        self,
-        max_epochs: int = 10,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        accumulate_grad_batches: int = 1,
-        precision: str = "auto",
-        device: str = "auto",
-        limit_train_batches: int | None = None,
-        limit_eval_batches: int | None = None,
-        patience: int | None = None,
-        monitor: str = "val_macro_f1",
-        grad_clip_norm: float | None = None,
-        drop_last: bool = False,
-        num_threads: int | None = None,
-        progress: bool = True,
-        resume: str | None = None,
-    ) -> None:
-        for name in ("max_epochs", "batch_size", "accumulate_grad_batches"):
-            check_count(name, locals()[name])
-        for name in (
-            "eval_batch_size",
-            "limit_train_batches",
-            "limit_eval_batches",
-            "num_threads",
-            "patience",
-        ):
-            check_count(name, locals()[name], optional=True)
-        BestTracker(monitor)  # validates the name now, before any data is read
-        if grad_clip_norm is not None and not grad_clip_norm > 0:
-            raise ValueError(
-                f"trainer.grad_clip_norm={grad_clip_norm!r} is invalid: expected null or > 0"
-            )
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.accumulate_grad_batches = accumulate_grad_batches
-        self.limit_train_batches = limit_train_batches
-        self.limit_eval_batches = limit_eval_batches
-        self.patience = patience
-        self.monitor = monitor
-        self.grad_clip_norm = grad_clip_norm
-        self.drop_last = drop_last
-        self.num_threads = num_threads
-        self.progress = progress
-        self.device = resolve_device(device)
-        self.amp_dtype = resolve_precision(precision, self.device)
-        self.precision = str(precision)
+    max_epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    accumulate_grad_batches: int = 1
+    precision: str = "auto"
+    device: str | torch.device = "auto"
+    limit_train_batches: int | None = None
+    limit_eval_batches: int | None = None
+    patience: int | None = None
+    monitor: str = "val_macro_f1"
+    grad_clip_norm: float | None = None
+    drop_last: bool = False
+    num_threads: int | None = None
+    progress: bool = True
+    resume: str | None = None
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        self.eval_batch_size = self.eval_batch_size or self.batch_size
+        self.precision = str(self.precision)
+        self.device = resolve_device(str(self.device))
+        self.amp_dtype = resolve_precision(self.precision, self.device)
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -288,6 +342,7 @@ class Trainer:
         seed: int = 0,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         resume: Mapping[str, Any] | None = None,
+        augment: Augment | None = None,
     ) -> FitResult:
         """Train ``model``; keep the best-on-validation weights (never looks at a test set).
 
@@ -296,6 +351,10 @@ class Trainer:
 
         SIGINT/SIGTERM stop training at the next optimizer-step boundary: ``last.pt`` then
         holds that mid-epoch state and :class:`~har_bench.signals.Interrupted` is raised.
+
+        ``augment`` transforms every training batch (see :mod:`har_bench.augment`); a
+        :class:`~har_bench.schedules.StepSchedule` factory is stepped after every optimizer
+        step, any other scheduler once per epoch.
         """
         if len(X_train) == 0:
             raise ValueError("the training split has no windows")
@@ -303,50 +362,48 @@ class Trainer:
             torch.set_num_threads(self.num_threads)
         model.to(self.device)
         X_train, y_train = X_train.to(self.device), y_train.to(self.device)
-        optimizer = optimizer_factory(model.parameters())
-        scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        tracker = BestTracker(self.monitor, self.patience)
-        state = TrainState(tracker=tracker, generator=torch.Generator().manual_seed(seed))
+        s = _Session.start(
+            self, model, len(X_train), optimizer_factory, scheduler_factory, seed, augment
+        )
+        s.checkpoint_dir = checkpoint_dir
+        state, tracker = s.state, s.state.tracker
         if resume is not None:
-            restore_training(resume, model, optimizer, scheduler, scaler, state)
+            restore_training(resume, model, s.optimizer, s.scheduler, s.scaler, state)
+            s.restore_extras(resume)
             log.info("resumed at %s", state.describe())
         # DDP under torchrun after the restore, which it broadcasts from rank 0.
-        session = _Session(
-            model, distributed.wrap(model), optimizer, scheduler, scaler, state, checkpoint_dir
-        )
+        s.train_model = distributed.wrap(model)
         no_signal = torch.zeros((), device=self.device)
 
         with deferred_stop() as stop:
             for epoch in range(state.epoch + 1, self.max_epochs + 1):
                 if tracker.stopped_early:
                     break
-                self._train_epoch(epoch, session, X_train, y_train, stop)
+                self._train_epoch(epoch, s, X_train, y_train, stop)
                 distributed.sync_buffers(model)  # torchrun: every rank validates one model
-                lr = optimizer.param_groups[0]["lr"]
-                if scheduler is not None:
-                    scheduler.step()
+                lr = s.optimizer.param_groups[0]["lr"]
+                if s.scheduler is not None and not s.step_scheduler:
+                    s.scheduler.step()
 
                 assert state.progress is not None
                 t_val = time.perf_counter()
-                val = self.evaluate(model, X_val, y_val) if len(X_val) else None
+                val = self.evaluate(s.eval_model, X_val, y_val) if len(X_val) else None
                 row = state.progress.history_row(val, lr, time.perf_counter() - t_val)
-                metric = row[self.monitor] if len(X_val) else None
-                improved = tracker.update(epoch, metric, lambda: _cpu_copy(model.state_dict()))
+                metric = row[self.monitor] if val else None
+                improved = tracker.update(
+                    epoch, metric, lambda: _cpu_copy(s.eval_model.state_dict())
+                )
                 state.end_epoch(row)
                 # torchrun: GPU arithmetic may differ by a hair between ranks; a rank leaving
                 # the loop alone would hang the others.
                 tracker.stopped_early = distributed.agree(no_signal, tracker.stopped_early)[1]
                 if checkpoint_dir is not None:
-                    commit_epoch(
-                        checkpoint_dir,
-                        session.checkpoint(),
-                        tracker.best_checkpoint() if improved else None,
-                    )
+                    best = tracker.best_checkpoint() if improved else None
+                    commit_epoch(checkpoint_dir, s.checkpoint(), best)
                 log_epoch(row, self.max_epochs, improved)
                 if on_epoch_end is not None:
                     on_epoch_end(row)
-                if tracker.stopped_early:
+                if tracker.stopped_early and epoch < self.max_epochs:
                     log.info(
                         "early stopping: %s did not improve for %d epochs",
                         self.monitor,
@@ -359,9 +416,11 @@ class Trainer:
             history=state.history,
             best_epoch=tracker.best_epoch,
             best_metric=tracker.best_metric,
-            stopped_early=tracker.stopped_early,
+            # Patience running out on the last epoch stopped nothing.
+            stopped_early=tracker.stopped_early and state.epoch < self.max_epochs,
             train_seconds_per_epoch=[float(r["train_seconds"]) for r in state.history],
             best_state=tracker.best_state,
+            weights="ema" if s.ema is not None else "model",
         )
 
     def _train_epoch(
@@ -425,14 +484,20 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for idx in window:
             idx = idx.to(self.device)
-            xb, yb = X[idx], y[idx]
+            xb, target = X[idx], y[idx]
+            if s.augment is not None:
+                xb, target = s.augment(xb, target)  # soft targets [B, K] after mixup/CutMix
             with self.autocast():
                 logits = s.train_model(xb)
             # Sum / window size: the gradient of a window equals that of one big batch.
-            loss = F.cross_entropy(logits.float(), yb, reduction="sum") / window_samples
+            loss = F.cross_entropy(
+                logits.float(), target, reduction="sum", label_smoothing=self.label_smoothing
+            )
+            loss = loss / window_samples
             s.scaler.scale(loss).backward()
             window_loss += loss.detach()
-            correct += (logits.argmax(1) == yb).sum()
+            labels = target.argmax(1) if target.ndim == 2 else target
+            correct += (logits.argmax(1) == labels).sum()
         # One host sync per optimizer step: catches divergence before it is stepped in. Under
         # torchrun the ranks agree on it (and on stopping) here.
         wl, stop_now = distributed.agree(window_loss, stop.requested)
@@ -445,7 +510,29 @@ class Trainer:
         s.scaler.update()
         s.optimizer.zero_grad(set_to_none=True)
         s.state.step += 1
+        if s.ema is not None:
+            s.ema.update_parameters(s.model)
+        if s.step_scheduler:
+            s.scheduler.step()
         return window_loss, correct, stop_now
+
+
+def check_settings(trainer: Trainer) -> None:
+    """Every ``trainer.*`` setting, checked before any data is read."""
+    for name in ("max_epochs", "batch_size", "accumulate_grad_batches"):
+        check_count(name, getattr(trainer, name))
+    for name in ("eval_batch_size", "limit_train_batches", "limit_eval_batches"):
+        check_count(name, getattr(trainer, name), optional=True)
+    check_count("num_threads", trainer.num_threads, optional=True)
+    check_count("patience", trainer.patience, optional=True)
+    BestTracker(trainer.monitor)  # validates the name now, before any data is read
+    for name, value, ok, expected in (
+        ("grad_clip_norm", trainer.grad_clip_norm, lambda v: v > 0, "null or > 0"),
+        ("label_smoothing", trainer.label_smoothing, lambda v: 0 <= v < 1, "0 <= x < 1"),
+        ("ema_decay", trainer.ema_decay, lambda v: 0 < v < 1, "null or 0 < x < 1"),
+    ):
+        if value is not None and not (isinstance(value, int | float) and ok(value)):
+            raise ValueError(f"trainer.{name}={value!r} is invalid: expected {expected}")
 
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

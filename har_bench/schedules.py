@@ -1,0 +1,83 @@
+"""Learning-rate schedules stepped after every optimizer step.
+
+torch's epoch schedulers (``scheduler=cosine``, ``step``) are built from the optimizer alone;
+these need the number of optimizer steps per epoch, which only the trainer knows, so a config
+builds a :class:`StepSchedule` and the trainer calls it with the optimizer and that count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+KINDS = ("warmup_cosine", "one_cycle")
+
+
+@dataclass
+class StepSchedule:
+    """A per-step schedule over ``epochs`` epochs.
+
+    Args:
+        kind: ``warmup_cosine`` (linear warm-up from ``start_factor`` x lr to lr over
+            ``warmup_epochs``, then cosine to ``min_factor`` x lr) or ``one_cycle`` (torch's
+            OneCycleLR peaking at lr after ``warmup_epochs``).
+        epochs: the schedule's length (``trainer.max_epochs``).
+        warmup_epochs: epochs of warm-up; early stopping does not count them.
+    """
+
+    kind: str = "warmup_cosine"
+    epochs: int = 10
+    warmup_epochs: float = 1.0
+    start_factor: float = 0.01
+    min_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"scheduler.kind={self.kind!r} is invalid: expected one of {KINDS}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(
+                f"scheduler.epochs={self.epochs!r} is invalid: expected an integer >= 1"
+            )
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"scheduler.warmup_epochs={self.warmup_epochs!r} is invalid: expected a number "
+                f">= 0 and below the {self.epochs} epochs of the schedule"
+            )
+        for name in ("start_factor", "min_factor"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(
+                    f"scheduler.{name}={getattr(self, name)!r} is invalid: expected 0..1"
+                )
+
+    def __call__(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LRScheduler:
+        total = self.epochs * steps_per_epoch
+        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        if self.kind == "one_cycle":
+            lrs = [g["lr"] for g in optimizer.param_groups]
+            scheduler: LRScheduler = OneCycleLR(
+                optimizer,
+                max_lr=lrs,
+                total_steps=total,
+                pct_start=max(warmup, 1) / total,
+                div_factor=1 / max(self.start_factor, 1e-8),
+                final_div_factor=max(self.start_factor / max(self.min_factor, 1e-8), 1.0),
+            )
+        else:
+            scheduler = LambdaLR(optimizer, self._warmup_cosine(total, warmup))
+        # Read by a resume to refuse a schedule stretched mid-run.
+        scheduler.total_steps = total  # type: ignore[attr-defined]
+        return scheduler
+
+    def _warmup_cosine(self, total: int, warmup: int):  # noqa: ANN202 - a lr_lambda
+        start, floor = self.start_factor, self.min_factor
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return start + (1 - start) * step / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return factor
