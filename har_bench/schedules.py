@@ -61,7 +61,8 @@ class StepSchedule:
                 optimizer,
                 max_lr=lrs,
                 total_steps=total,
-                pct_start=max(warmup, 1) / total,
+                # OneCycleLR peaks at step pct_start * total - 1
+                pct_start=(warmup + 1) / total,
                 div_factor=1 / max(self.start_factor, 1e-8),
                 final_div_factor=max(self.start_factor / max(self.min_factor, 1e-8), 1.0),
             )

@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from har_bench.augment import Augment
 from har_bench.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_resume_state
 from har_bench.engine import Trainer
+from har_bench.schedules import StepSchedule
 from har_bench.signals import Interrupted, stop_on_signals
 
 
@@ -58,7 +60,17 @@ def trainer(**kw) -> Trainer:
     return Trainer(**kw)
 
 
-def fit(tr: Trainer, ckpt, resume=None, on_epoch_end=None, model=None, seed: int = 0, hook=None):
+def fit(
+    tr: Trainer,
+    ckpt,
+    resume=None,
+    on_epoch_end=None,
+    model=None,
+    seed: int = 0,
+    hook=None,
+    augment=None,
+    scheduler_factory=None,
+):
     # run() seeds everything before building the model; do the same.
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -70,11 +82,13 @@ def fit(tr: Trainer, ckpt, resume=None, on_epoch_end=None, model=None, seed: int
         model,
         *data(),
         optimizer_factory=lambda p: torch.optim.AdamW(p, lr=1e-2),
-        scheduler_factory=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5),
+        scheduler_factory=scheduler_factory
+        or (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5)),
         checkpoint_dir=ckpt,
         seed=7,
         on_epoch_end=on_epoch_end,
         resume=resume,
+        augment=augment() if augment is not None else None,
     )
     return result, model
 
@@ -215,3 +229,35 @@ def test_early_stopped_run_does_not_train_on_after_resume(tmp_path):
     assert first.stopped_early
     again, _ = fit(tr, tmp_path, resume=load_resume_state(tmp_path))
     assert again.stopped_early and len(again.history) == len(first.history)
+
+
+def recipe_augment() -> Augment:
+    aug = Augment(p=0.7, jitter=0.05, scale=0.1, time_warp=0.2, shift=0.1, mixup=0.2, cutmix=0.2)
+    return aug.bind(4, [[0, 1, 2]], torch.zeros(3), torch.ones(3), seed=7)
+
+
+def recipe_fit(tmp_path, **kw):
+    return fit(
+        trainer(ema_decay=0.9, label_smoothing=0.1),
+        tmp_path,
+        augment=recipe_augment,
+        scheduler_factory=StepSchedule(epochs=5, warmup_epochs=1),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("n", [3, 20])
+def test_resume_is_exact_with_augment_mixup_ema_and_step_schedule(tmp_path, n):
+    reference = recipe_fit(tmp_path / "ref")
+    assert reference[0].weights == "ema"
+    with pytest.raises(Interrupted):
+        recipe_fit(tmp_path / "run", hook=lambda m: SignalAt(m, n))
+    state = load_resume_state(tmp_path / "run")
+    assert state["ema"] is not None and state["augment"] is not None
+    assert_same(recipe_fit(tmp_path / "run", resume=state, seed=99), reference)
+
+
+def test_resume_refuses_a_run_saved_without_ema(tmp_path):
+    fit(trainer(max_epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="saved without ema"):
+        fit(trainer(max_epochs=2, ema_decay=0.9), tmp_path, resume=load_resume_state(tmp_path))

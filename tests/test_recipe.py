@@ -1,0 +1,132 @@
+"""The recipe units the training loop calls: augmentation, step schedules, EMA weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from har_bench.augment import TRANSFORMS, Augment, random_rotations
+from har_bench.engine import Trainer
+from har_bench.schedules import StepSchedule
+
+GROUPS = [[0, 1, 2], [3, 4, 5]]
+
+
+def batch(n: int = 32, c: int = 7, t: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, c, t, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def bound(mean=None, std=None, seed: int = 0, **kw) -> Augment:
+    mean = torch.zeros(7) if mean is None else mean
+    std = torch.ones(7) if std is None else std
+    return Augment(**kw).bind(5, GROUPS, mean, std, seed=seed)
+
+
+@pytest.mark.parametrize("name", [t for t in TRANSFORMS if t not in ("mixup", "cutmix")])
+def test_each_transform_keeps_shape_and_labels_and_is_seeded(name):
+    magnitude = 30.0 if name == "rotation" else 0.2
+    x, y = batch()
+    a1, y1 = bound(p=1.0, seed=3, **{name: magnitude})(x, y)
+    a2, _ = bound(p=1.0, seed=3, **{name: magnitude})(x, y)
+    a3, _ = bound(p=1.0, seed=4, **{name: magnitude})(x, y)
+    assert a1.shape == x.shape and torch.equal(y1, y)
+    assert torch.equal(a1, a2)  # same seed, same draws
+    assert not torch.equal(a1, a3) and not torch.equal(a1, x)
+    assert torch.isfinite(a1).all()
+
+
+def test_p_zero_changes_nothing():
+    x, y = batch()
+    out, _ = bound(p=0.0, jitter=0.5, scale=0.5, time_warp=0.3, rotation=90, crop=0.5)(x, y)
+    torch.testing.assert_close(out, x)
+
+
+def test_rotation_keeps_each_triples_norm_in_physical_units():
+    x, y = batch()
+    mean, std = torch.linspace(-1, 2, 7), torch.linspace(0.5, 3, 7)
+    out, _ = bound(mean, std, p=1.0, rotation=180)(x, y)
+    raw_in = x * std[None, :, None] + mean[None, :, None]
+    raw_out = out * std[None, :, None] + mean[None, :, None]
+    for g in GROUPS:
+        torch.testing.assert_close(raw_out[:, g].norm(dim=1), raw_in[:, g].norm(dim=1))
+    torch.testing.assert_close(raw_out[:, 6], raw_in[:, 6])  # a channel in no triple
+    # One rotation per window for all its triples: the angle between them is kept.
+    cos_in = (raw_in[:, 0:3] * raw_in[:, 3:6]).sum(1)
+    cos_out = (raw_out[:, 0:3] * raw_out[:, 3:6]).sum(1)
+    torch.testing.assert_close(cos_out, cos_in, rtol=1e-4, atol=1e-4)
+
+
+def test_random_rotations_are_rotations():
+    r = random_rotations(50, 180, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        r @ r.transpose(1, 2), torch.eye(3).expand(50, 3, 3), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(50))
+
+
+@pytest.mark.parametrize("kind", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}])
+def test_mixing_gives_soft_targets_that_sum_to_one(kind):
+    x, y = batch()
+    out, target = bound(**kind)(x, y)
+    assert out.shape == x.shape and target.shape == (len(y), 5)
+    torch.testing.assert_close(target.sum(1), torch.ones(len(y)))
+    assert (target >= 0).all() and not torch.equal(out, x)
+
+
+def test_bad_magnitude_names_the_key():
+    with pytest.raises(ValueError, match=r"augment.jitter=-0.1 is invalid"):
+        Augment(jitter=-0.1)
+    with pytest.raises(ValueError, match=r"augment.p=2 is invalid"):
+        Augment(p=2)
+
+
+def test_warmup_cosine_schedule_per_step():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = StepSchedule(epochs=4, warmup_epochs=1, start_factor=0.0)(opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert lrs[25] == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 30)))
+    assert lrs[-1] < 0.01 and sched.total_steps == 40
+
+
+def test_one_cycle_peaks_after_warmup():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = StepSchedule(kind="one_cycle", epochs=4, warmup_epochs=1)(opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(range(40), key=lrs.__getitem__) == 10 and lrs[10] == pytest.approx(1.0)
+
+
+def test_schedule_errors_name_the_key():
+    with pytest.raises(ValueError, match="scheduler.warmup_epochs=5"):
+        StepSchedule(epochs=5, warmup_epochs=5)
+    with pytest.raises(ValueError, match="scheduler.kind='linear'"):
+        StepSchedule(kind="linear")
+
+
+def test_ema_weights_are_the_ones_validated_and_kept():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(64, 3, 16, generator=g), torch.randint(0, 3, (64,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    trainer = Trainer(max_epochs=3, batch_size=16, progress=False, device="cpu", ema_decay=0.5)
+    fit = trainer.fit(model, X, y, X, y, optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.5))
+    assert fit.weights == "ema"
+    # The kept weights are an average, not the trained model's own, and the validation
+    # figure of the best epoch is theirs.
+    assert not torch.equal(fit.best_state["1.weight"], model.state_dict()["1.weight"])
+    averaged = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    averaged.load_state_dict(fit.best_state)
+    best_row = fit.history[fit.best_epoch - 1]
+    assert trainer.evaluate(averaged, X, y)["macro_f1"] == best_row["val_macro_f1"]
