@@ -130,3 +130,12 @@ def test_ema_weights_are_the_ones_validated_and_kept():
     averaged.load_state_dict(fit.best_state)
     best_row = fit.history[fit.best_epoch - 1]
     assert trainer.evaluate(averaged, X, y)["macro_f1"] == best_row["val_macro_f1"]
+
+
+def test_datasets_declare_their_xyz_triples():
+    from har_bench.data.base import xyz_triples
+
+    names = ["body_acc_x", "body_acc_y", "body_acc_z", "gyro_x", "gyro_y", "gyro_z", "hr"]
+    assert xyz_triples(names) == [[0, 1, 2], [3, 4, 5]]
+    assert xyz_triples(["accel_x", "accel_y", "dim_0"]) == []  # an incomplete sensor
+    assert xyz_triples(["dim_0", "dim_1", "dim_2"]) == []

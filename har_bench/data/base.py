@@ -27,6 +27,9 @@ class HARData:
     recording: np.ndarray | None = None  # [N] int64, optional recording/session id
     start: np.ndarray | None = None  # [N] int64 sample index of the window start, optional
     info: dict = field(default_factory=dict)  # loader notes (e.g. skipped lines, cache path)
+    # x/y/z triples of one sensor (channel indices), which a rotation must turn together;
+    # None = found from the channel names (see xyz_triples).
+    channel_groups: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.X)
@@ -47,6 +50,15 @@ class HARData:
                 f"labels must be in 0..{len(self.class_names) - 1}, got {self.y.min()}..{self.y.max()}"
             )
 
+        if self.channel_groups is None:
+            self.channel_groups = xyz_triples(self.channel_names)
+        for group in self.channel_groups:
+            if len(group) != 3 or not all(0 <= c < self.X.shape[1] for c in group):
+                raise ValueError(
+                    f"channel_groups entry {group} is invalid: expected 3 channel indices "
+                    f"below {self.X.shape[1]}"
+                )
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -58,3 +70,14 @@ class HARData:
     @property
     def window_length(self) -> int:
         return int(self.X.shape[2])
+
+
+def xyz_triples(channel_names: list[str]) -> list[list[int]]:
+    """Channels named ``<sensor>_x``, ``<sensor>_y``, ``<sensor>_z`` (or ``x/y/z`` endings after
+    any separator), as index triples in x, y, z order; a sensor missing an axis is skipped."""
+    axes: dict[str, dict[str, int]] = {}
+    for i, name in enumerate(channel_names):
+        low = name.lower()
+        if len(low) >= 2 and low[-1] in "xyz" and low[-2] in "_-. ":
+            axes.setdefault(low[:-2], {})[low[-1]] = i
+    return [[a["x"], a["y"], a["z"]] for a in axes.values() if len(a) == 3]
