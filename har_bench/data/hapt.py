@@ -19,7 +19,7 @@ import numpy as np
 
 from ._io import Layout, check_choice, find_file, read_table, resolve_root, strip_compression
 from .base import HARData
-from .windowing import Recording, check_window, window_recordings
+from .windowing import Recording, WindowSpec, channel_names
 
 DEFAULT_URL = (
     "https://archive.ics.uci.edu/static/public/341/"
@@ -80,7 +80,7 @@ def load_hapt(
         sensors: ``acc`` (g) and/or ``gyro`` (rad/s), in this channel order.
         window, step: samples at 50 Hz (128/64 = UCI-HAR's 2.56 s windows, 50 % overlap).
     """
-    window, step = check_window(window, step)
+    spec = WindowSpec.check(window, step, resample_hz)
     sensors = [check_choice("dataset.sensors entry", str(s), SENSORS) for s in sensors]
     if not sensors:
         raise ValueError("dataset.sensors is empty: choose acc and/or gyro")
@@ -127,23 +127,13 @@ def load_hapt(
             if act <= n_classes:
                 lab[start - 1 : end] = act - 1
         recs.append(Recording(np.concatenate(parts, axis=1), lab, user))
-    w = window_recordings(
-        recs, window, step, sampling_rate_hz=SAMPLING_RATE_HZ, target_rate_hz=resample_hz
-    )
-    if not len(w.y):
-        raise ValueError(f"HAPT: no window of {window} samples fits; lower dataset.window")
+    w = spec.cut(recs, SAMPLING_RATE_HZ)
     test_subjects, source = _test_subjects(ds)
-    return HARData(
-        name="hapt",
-        X=w.X,
-        y=w.y,
-        subjects=w.subjects,
-        class_names=ACTIVITIES[:n_classes],
-        channel_names=[f"{s}_{a}" for s in sensors for a in "xyz"],
+    return w.to_data(
+        "hapt",
+        ACTIVITIES[:n_classes],
+        channel_names(sensors),
         official_split=np.where(np.isin(w.subjects, test_subjects), "test", "train"),
-        sampling_rate_hz=float(resample_hz) if resample_hz else SAMPLING_RATE_HZ,
-        recording=w.recording,
-        start=w.start,
         info={
             "source": str(ds),
             "experiments": len(recs),

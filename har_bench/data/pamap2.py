@@ -28,7 +28,7 @@ from ._io import (
     save_cache,
 )
 from .base import HARData
-from .windowing import Recording, check_window, window_recordings
+from .windowing import Recording, WindowSpec, interpolate_nans
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +72,6 @@ _HINT = (
 LAYOUT = Layout("PAMAP2", MEMBER_ROOT, marker="Protocol/", archive_name="pamap2.zip", hint=_HINT)
 
 
-def _interpolate_nans(x: np.ndarray) -> int:
-    """Fill NaNs column by column in place (linear inside, nearest value at the ends)."""
-    filled = 0
-    idx = np.arange(len(x))
-    for c in range(x.shape[1]):
-        nan = np.isnan(x[:, c])
-        k = int(nan.sum())
-        if not k:
-            continue
-        filled += k
-        if k == len(x):
-            x[:, c] = 0.0
-        else:
-            x[nan, c] = np.interp(idx[nan], idx[~nan], x[~nan, c])
-    return filled
-
-
 def load_pamap2(
     root: str | os.PathLike[str] | None,
     data_dir: str | os.PathLike[str],
@@ -115,7 +98,7 @@ def load_pamap2(
             other ids are dropped like activity 0.
         window, step: in samples at 100 Hz, or at ``resample_hz`` (e.g. 33.3 for 3x fewer).
     """
-    window, step = check_window(window, step)
+    spec = WindowSpec.check(window, step, resample_hz, max_gap_s)
     imus = [check_choice("dataset.imus entry", str(i), IMUS) for i in imus]
     sensors = [check_choice("dataset.sensors entry", str(s), SENSOR_COLUMNS) for s in sensors]
     if not imus or not sensors:
@@ -156,7 +139,7 @@ def load_pamap2(
             raw = read_table(p, N_COLUMNS)  # float64, NaN kept: dropped packets
             digits = "".join(ch for ch in p.name.split(".")[0] if ch.isdigit())
             sig = raw[:, columns].copy()
-            nan_filled += _interpolate_nans(sig)
+            nan_filled += interpolate_nans(sig)
             act = raw[:, 1]
             if np.isnan(act).any():
                 raise ValueError(f"{p}: the activity column has missing values")
@@ -188,18 +171,17 @@ def load_pamap2(
         Recording(arrays["signal"][a:b], label[a:b], int(subject[a]), arrays["time"][a:b])
         for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(subject)], strict=True)
     ]
-    w = window_recordings(
-        recs,
-        window,
-        step,
-        sampling_rate_hz=SAMPLING_RATE_HZ,
-        target_rate_hz=resample_hz,
-        max_gap_s=max_gap_s,
-        num_channels=len(names),
-    )
-    if not len(w.y):
-        raise ValueError(f"PAMAP2: no window of {window} samples fits; lower dataset.window")
+    w = spec.cut(recs, SAMPLING_RATE_HZ)
     dropped = int(np.count_nonzero(label < 0))
+    info = {
+        "source": str(ds),
+        "cache": str(cache_path) if cache_path else None,
+        "cache_hit": cache_hit,
+        "activity_ids": ids,
+        "samples_dropped_unlabelled": dropped,
+        **notes,
+    }
+    data = w.to_data("pamap2", [ACTIVITIES[a] for a in ids], names, info=info)
     log.info(
         "PAMAP2: %d subjects, %d windows; %d samples of activity 0 / unselected activities "
         "dropped, %d NaN values interpolated",
@@ -208,22 +190,4 @@ def load_pamap2(
         dropped,
         notes["nan_values_interpolated"],
     )
-    return HARData(
-        name="pamap2",
-        X=w.X,
-        y=w.y,
-        subjects=w.subjects,
-        class_names=[ACTIVITIES[a] for a in ids],
-        channel_names=names,
-        sampling_rate_hz=float(resample_hz) if resample_hz else SAMPLING_RATE_HZ,
-        recording=w.recording,
-        start=w.start,
-        info={
-            "source": str(ds),
-            "cache": str(cache_path) if cache_path else None,
-            "cache_hit": cache_hit,
-            "activity_ids": ids,
-            "samples_dropped_unlabelled": dropped,
-            **notes,
-        },
-    )
+    return data

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ._io import check_choice
 from .base import HARData
-from .windowing import Recording, check_window, window_recordings
+from .windowing import Recording, WindowSpec
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 SUFFIXES = (".csv", ".csv.gz", ".csv.xz", ".parquet", ".pq")
@@ -90,7 +90,7 @@ def load_recordings(
         sampling_rate_hz: needed without a time column; with one, estimated from the median
             spacing when not given.
     """
-    window, step = check_window(window, step)
+    spec = WindowSpec.check(window, step, resample_hz, max_gap_s if time_column else None)
     check_choice("dataset.time_unit", time_unit, TIME_UNITS)
     channels = [str(c) for c in channels or []]
     if not channels:
@@ -146,18 +146,7 @@ def load_recordings(
         )
         for a, b in zip(starts, stops, strict=True)
     ]
-    w = window_recordings(
-        recs,
-        window,
-        step,
-        sampling_rate_hz=sampling_rate_hz,
-        target_rate_hz=resample_hz,
-        max_gap_s=max_gap_s if time_column else None,
-        num_channels=len(channels),
-    )
-    if not len(w.y):
-        raise ValueError(f"dataset.path: no window of {window} samples fits in any recording")
-
+    w = spec.cut(recs, sampling_rate_hz)
     official = None
     if split_column:
         side = df[split_column].astype(str).str.lower().to_numpy()
@@ -174,19 +163,11 @@ def load_recordings(
                 )
             rec_side.append(values.pop())
         official = np.asarray(rec_side)[w.recording]
-    return HARData(
-        name="recordings",
-        X=w.X,
-        y=w.y,
-        subjects=w.subjects,
-        class_names=class_names,
-        channel_names=channels,
+    return w.to_data(
+        "recordings",
+        class_names,
+        channels,
         official_split=official,
-        sampling_rate_hz=float(resample_hz or sampling_rate_hz)
-        if (resample_hz or sampling_rate_hz)
-        else None,
-        recording=w.recording,
-        start=w.start,
         info={
             "source": str(path),
             "recordings": len(recs),

@@ -12,6 +12,9 @@ import numpy as np
 from ._io import check_int
 from .base import HARData
 
+# As in UCI-HAR, whose official split tests 9 of its 30 subjects.
+TEST_FRACTION = 0.3
+
 
 def load_synthetic(
     num_subjects: int = 10,
@@ -19,8 +22,8 @@ def load_synthetic(
     num_classes: int = 4,
     num_channels: int = 3,
     window: int = 64,
+    test_fraction: float = TEST_FRACTION,
     noise: float = 0.5,
-    test_fraction: float = 0.3,
     seed: int = 0,
 ) -> HARData:
     """Generate class-dependent multichannel sinusoids.

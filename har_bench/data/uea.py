@@ -23,6 +23,7 @@ import numpy as np
 
 from ._io import Layout, check_choice, find_file, read_text, resolve_root
 from .base import HARData
+from .windowing import interpolate_nans
 
 DEFAULT_URL = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
 MODES = ("pad", "resample")
@@ -136,18 +137,6 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _fill_missing(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Linear interpolation over NaNs (edges take the nearest value; all-NaN becomes 0)."""
-    nan = np.isnan(x)
-    n = int(nan.sum())
-    if not n:
-        return x, 0
-    if n == len(x):
-        return np.zeros_like(x), n
-    idx = np.arange(len(x))
-    return np.interp(idx, idx[~nan], x[~nan]), n
-
-
 def _to_length(x: np.ndarray, length: int, mode: str) -> np.ndarray:
     if len(x) == length:
         return x
@@ -182,6 +171,9 @@ def load_uea(
     progress: bool = True,
 ) -> HARData:
     """Load ``<name>_TRAIN.ts`` + ``<name>_TEST.ts`` as ``HARData`` (X: [N, dims, length]).
+
+    TRAIN/TEST is the official split. The archive records no subjects: every case is its own
+    subject id, so validation is a random share of the training cases.
 
     Args:
         name: the archive's dataset name, e.g. ``BasicMotions``.
@@ -232,8 +224,7 @@ def load_uea(
         for case, label in zip(p.series, p.labels, strict=True):
             channels = []
             for d in case:
-                d, n = _fill_missing(d)
-                missing += n
+                missing += interpolate_nans(d)
                 channels.append(_to_length(d, target, mode))
             xs.append(np.stack(channels))
             ys.append(class_names.index(label))

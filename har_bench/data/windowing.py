@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import HARData
+
 # Labels below zero mark samples that belong to no class (e.g. PAMAP2's transient activity 0);
 # a window never covers one.
 UNLABELLED = -1
@@ -44,6 +46,35 @@ class Windows:
     subjects: np.ndarray  # [N] int64
     recording: np.ndarray  # [N] int64: position of the source recording in the input
     start: np.ndarray  # [N] int64: first sample, on the (resampled) recording's sample grid
+    sampling_rate_hz: float | None = None  # of the windows: the target rate when resampled
+
+    def to_data(
+        self,
+        name: str,
+        class_names: list[str],
+        channel_names: list[str],
+        official_split: np.ndarray | None = None,
+        info: dict | None = None,
+    ) -> HARData:
+        """The windows as dataset ``name``; an error when no recording is long enough for one."""
+        if not len(self.y):
+            raise ValueError(
+                f"dataset={name}: no window of {self.X.shape[2]} samples fits in any recording; "
+                f"lower dataset.window"
+            )
+        return HARData(
+            name=name,
+            X=self.X,
+            y=self.y,
+            subjects=self.subjects,
+            class_names=class_names,
+            channel_names=channel_names,
+            official_split=official_split,
+            sampling_rate_hz=self.sampling_rate_hz,
+            recording=self.recording,
+            start=self.start,
+            info=info or {},
+        )
 
 
 def check_window(window: object, step: object, key: str = "dataset") -> tuple[int, int]:
@@ -55,6 +86,42 @@ def check_window(window: object, step: object, key: str = "dataset") -> tuple[in
     return int(window), int(step)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class WindowSpec:
+    """A loader's ``dataset.window``/``step``/``resample_hz``/``max_gap_s``: checked by
+    :meth:`check` before any file is read, applied by :meth:`cut` once the recordings are."""
+
+    window: int
+    step: int
+    resample_hz: float | None = None
+    max_gap_s: float | None = None
+
+    @classmethod
+    def check(
+        cls,
+        window: object,
+        step: object,
+        resample_hz: float | None = None,
+        max_gap_s: float | None = None,
+    ) -> WindowSpec:
+        window, step = check_window(window, step)
+        for name, value in (("resample_hz", resample_hz), ("max_gap_s", max_gap_s)):
+            if value is not None and value <= 0:
+                raise ValueError(f"dataset.{name}={value!r} is invalid: expected > 0")
+        return cls(window, step, resample_hz, max_gap_s)
+
+    def cut(self, recordings: Iterable[Recording], sampling_rate_hz: float | None) -> Windows:
+        """:func:`window_recordings` with this config; ``sampling_rate_hz`` is the source's."""
+        return window_recordings(
+            recordings,
+            self.window,
+            self.step,
+            sampling_rate_hz=sampling_rate_hz,
+            target_rate_hz=self.resample_hz,
+            max_gap_s=self.max_gap_s,
+        )
+
+
 def label_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     """``(start, stop, label)`` for each maximal run of equal labels."""
     labels = np.asarray(labels)
@@ -64,6 +131,22 @@ def label_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     starts = np.concatenate([[0], change])
     stops = np.concatenate([change, [labels.size]])
     return [(int(a), int(b), int(labels[a])) for a, b in zip(starts, stops, strict=True)]
+
+
+def interpolate_nans(x: np.ndarray) -> int:
+    """Fill the NaNs (dropped packets, ``?`` values) of a [T] array, or of each column of a
+    [T, C] one, in place: linear inside, the nearest value at the ends, 0 for a column with no
+    value at all. Returns how many values were filled."""
+    filled = 0
+    idx = np.arange(len(x))
+    for col in [x] if x.ndim == 1 else [x[:, c] for c in range(x.shape[1])]:  # views into x
+        nan = np.isnan(col)
+        k = int(nan.sum())
+        if not k:
+            continue
+        filled += k
+        col[nan] = np.interp(idx[nan], idx[~nan], col[~nan]) if k < len(col) else 0.0
+    return filled
 
 
 def _moving_average(signal: np.ndarray, width: int) -> np.ndarray:
@@ -194,6 +277,8 @@ def window_recordings(
             subj.append(np.full(k, int(rec.subject), dtype=np.int64))
             recs.append(np.full(k, r, dtype=np.int64))
             starts.append(offset + step * np.arange(k, dtype=np.int64))
+    rate = target_rate_hz or sampling_rate_hz
+    rate = float(rate) if rate else None
     if not xs:
         return Windows(
             X=np.empty((0, num_channels or 0, window), dtype=np.float32),
@@ -201,6 +286,7 @@ def window_recordings(
             subjects=np.empty(0, dtype=np.int64),
             recording=np.empty(0, dtype=np.int64),
             start=np.empty(0, dtype=np.int64),
+            sampling_rate_hz=rate,
         )
     return Windows(
         X=np.ascontiguousarray(np.concatenate(xs), dtype=np.float32),
@@ -208,6 +294,7 @@ def window_recordings(
         subjects=np.concatenate(subj),
         recording=np.concatenate(recs),
         start=np.concatenate(starts),
+        sampling_rate_hz=rate,
     )
 
 

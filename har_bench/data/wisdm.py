@@ -41,7 +41,7 @@ from ._io import (
     save_cache,
 )
 from .base import HARData
-from .windowing import Recording, check_window, window_recordings
+from .windowing import Recording, WindowSpec, channel_names
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def load_wisdm(
         activities: keep only these activity codes (2019: letters A-S) or names (v1.1).
     """
     version = check_choice("dataset.version", str(version), VERSIONS)
-    window, step = check_window(window, step)
+    spec = WindowSpec.check(window, step, resample_hz, max_gap_s)
     sensors = [str(s) for s in sensors]
     if version == "2019":
         check_choice("dataset.device", device, DEVICES)
@@ -411,8 +411,6 @@ def load_wisdm(
             )
         for s in sensors:
             check_choice("dataset.sensors entry", s, SENSORS)
-    if max_gap_s is not None and max_gap_s <= 0:
-        raise ValueError(f"dataset.max_gap_s={max_gap_s!r} is invalid: expected > 0")
     workdir = Path(data_dir).expanduser() / "wisdm"
     ds, _ = resolve_root(root, workdir, url or URLS[version], sha256, progress, LAYOUTS[version])
 
@@ -485,21 +483,7 @@ def load_wisdm(
         )
         for a, b in zip(starts, stops, strict=True)
     ]
-    w = window_recordings(
-        recordings,
-        window,
-        step,
-        sampling_rate_hz=SAMPLING_RATE_HZ,
-        target_rate_hz=resample_hz,
-        max_gap_s=max_gap_s,
-        num_channels=signal.shape[1],
-    )
-    if not len(w.y):
-        raise ValueError(
-            f"WISDM: no window of {window} samples fits in any recording; lower dataset.window"
-        )
-    sensor_names = sensors if version == "2019" else ["accel"]
-    channel_names = [f"{s}_{a}" for s in sensor_names for a in "xyz"]
+    w = spec.cut(recordings, SAMPLING_RATE_HZ)
     info = {
         "source": str(ds),
         "version": version,
@@ -511,16 +495,5 @@ def load_wisdm(
     }
     if version == "2019":
         info.update(device=device, sensors=sensors, activity_codes=codes)
-    return HARData(
-        name="wisdm",
-        X=w.X,
-        y=w.y,
-        subjects=w.subjects,
-        class_names=class_names,
-        channel_names=channel_names,
-        official_split=None,
-        sampling_rate_hz=float(resample_hz) if resample_hz else SAMPLING_RATE_HZ,
-        recording=w.recording,
-        start=w.start,
-        info=info,
-    )
+    sensor_names = sensors if version == "2019" else ["accel"]
+    return w.to_data("wisdm", class_names, channel_names(sensor_names), info=info)
