@@ -116,6 +116,16 @@ def test_hapt_basic_and_transitions(tmp_path):
     assert all12.num_classes == 12 and 6 in all12.y.tolist()
 
 
+def test_hapt_from_its_zip(tmp_path):
+    from fixtures_data import zip_folder
+
+    ds = write_hapt(tmp_path / "src")
+    # The official zip holds RawData/ at its top level, not inside a dataset folder.
+    archive = zip_folder(ds / "RawData", tmp_path / "hapt.zip")
+    data = load_hapt(archive, tmp_path / "d", window=64, step=32)
+    np.testing.assert_array_equal(data.X, load_hapt(ds, tmp_path / "d", window=64, step=32).X)
+
+
 def test_hapt_errors(tmp_path):
     ds = write_hapt(tmp_path)
     (ds / "RawData" / "labels.txt").write_text("1 1 13 1 10\n")

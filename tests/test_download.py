@@ -191,6 +191,54 @@ def test_missing_member_root(tmp_path):
         extract_archive(archive, tmp_path / "dest", "UCI HAR Dataset")
 
 
+def test_tar_never_extracts_links_and_refuses_unsafe_names(tmp_path):
+    import io
+    import tarfile
+
+    def add(tf, name, data=b"", kind=tarfile.REGTYPE, link=""):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.size = kind, link, len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    archive = tmp_path / "d.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        add(tf, "Data/a.txt", b"a")
+        add(tf, "Data/passwd", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add(tf, "Data/hard", kind=tarfile.LNKTYPE, link="Data/a.txt")
+    out = extract_archive(archive, tmp_path / "dest", "Data")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        add(tf, "Data/../../evil.txt", b"pwned")
+    with pytest.raises(ValueError, match="unsafe path"):
+        extract_archive(evil, tmp_path / "dest2", "Data")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "dest2" / "Data").exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_named_files_are_picked_from_any_depth(tmp_path, kind):
+    import tarfile
+
+    members = {"x/deep/T_TRAIN.ts": "train", "T_TEST.ts": "test", "x/T_TRAIN.arff": "arff"}
+    archive = tmp_path / f"t.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name, text in members.items():
+                zf.writestr(name, text)
+    else:
+        for name, text in members.items():
+            (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "src" / name).write_text(text)
+        with tarfile.open(archive, "w") as tf:
+            for name in members:
+                tf.add(tmp_path / "src" / name, arcname=name)
+    out = extract_archive(archive, tmp_path / "dest", "T", files=("T_TRAIN.ts", "T_TEST.ts"))
+    assert sorted(p.name for p in out.iterdir()) == ["T_TEST.ts", "T_TRAIN.ts"]
+    assert (out / "T_TRAIN.ts").read_text() == "train"
+    with pytest.raises(FileNotFoundError, match="has no T_VALID.ts"):
+        extract_archive(archive, tmp_path / "d2", "T", files=("T_TRAIN.ts", "T_VALID.ts"))
+
+
 # --------------------------------------------------------------------------- load_uci_har
 
 

@@ -72,7 +72,8 @@ def extract_archive(
         elif tarfile.is_tarfile(archive):
             extract = _extract_tar
         else:
-            raise ValueError(f"{what}: {archive} is not a zip or tar archive; {hint}")
+            hint = f"; {hint}" if hint else ""
+            raise ValueError(f"{what}: {archive} is not a zip or tar archive{hint}")
         dest_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
         try:
