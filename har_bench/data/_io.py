@@ -253,11 +253,10 @@ def resolve_root(
         path = path.parent
     elif not _holds(path, layout.marker) and (path / layout.member_root).is_dir():
         path = path / layout.member_root
-    if not _holds(path, layout.marker):
-        twins = "" if layout.marker.endswith("/") else " (or .gz/.xz/.bz2)"
-        raise FileNotFoundError(
-            f"{layout.what} folder {path} has no {layout.marker}{twins}; {layout.hint}"
-        )
+    if not layout.marker.endswith("/"):
+        find_file(path, layout.marker, layout.what, layout.hint)  # raises, naming the file
+    elif not _holds(path, layout.marker):
+        raise FileNotFoundError(f"{layout.what} folder {path} has no {marker}/; {layout.hint}")
     return path, archive
 
 
