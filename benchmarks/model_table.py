@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from har_bench.cli import config_dir
+from har_bench.config import config_dir
 from har_bench.models import RESNEXT50_SHAPES, model_summary
 
 

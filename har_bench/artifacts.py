@@ -1,16 +1,15 @@
-"""Every file of a run directory is written here, under fixed names.
+"""The content of a run's artifacts: history, confusion matrix, curves, environment, TensorBoard.
 
-Files are written to a temp name and renamed, so a crash never leaves half an artifact.
+File names are :mod:`har_bench.rundir`'s. Files are written to a temp name and renamed, so a
+crash never leaves half an artifact.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,61 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from har_bench._fs import atomic_write, atomic_write_text
+from har_bench._fs import atomic_write
 from har_bench.metrics import row_normalise
-
-METRICS = "metrics.json"
-HISTORY = "history.csv"
-CONFUSION_CSV = "confusion_matrix.csv"
-CONFUSION_PNG = "confusion_matrix.png"
-CURVES_PNG = "training_curves.png"
-TIMINGS = "timings.json"
-MODEL_SUMMARY = "model_summary.json"
-ENVIRONMENT = "environment.json"
-ERROR = "error.txt"
-CHECKPOINTS = "checkpoints"
-
-
-STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def write_status(run_dir: Path, status: str, /, clear: Sequence[str] = (), **extra: Any) -> None:
-    """(Re)write metrics.json with a status, keeping whatever it already held but ``clear``."""
-    if status not in STATUSES:
-        raise ValueError(f"status {status!r} is not one of {STATUSES}")
-    path = run_dir / METRICS
-    try:
-        current = read_json(path) if path.exists() else {}
-    except ValueError:
-        current = {}  # unreadable (hand-edited?): the status must still be recorded
-    for key in clear:
-        current.pop(key, None)
-    current.update(extra)
-    current["status"] = status
-    current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json(path, current)
-
-
-def write_error(run_dir: Path, text: str) -> None:
-    atomic_write_text(run_dir / ERROR, text)
+from har_bench.rundir import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, HISTORY
 
 
 def write_history(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:
@@ -87,11 +34,11 @@ def write_confusion_matrix(run_dir: Path, cm: np.ndarray, class_names: Sequence[
     df.index.name = "true\\predicted"
     atomic_write(run_dir / CONFUSION_CSV, df.to_csv)
     fig = confusion_matrix_figure(cm, class_names)
-    _save_figure(fig, run_dir / CONFUSION_PNG)
+    save_figure(fig, run_dir / CONFUSION_PNG)
 
 
 def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str = "") -> Any:
-    plt = _pyplot()
+    plt = pyplot()
     norm = row_normalise(cm)
     k = len(class_names)
     size = max(4.0, 0.6 * k + 2)
@@ -120,7 +67,7 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: s
 
 
 def write_training_curves(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     df = pd.DataFrame(list(history))
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-o"), ("val", "-s")):
@@ -132,10 +79,10 @@ def write_training_curves(run_dir: Path, history: Sequence[Mapping[str, float]])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save_figure(fig, run_dir / CURVES_PNG)
+    save_figure(fig, run_dir / CURVES_PNG)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     # Imported on first use: matplotlib costs start-up time and needs no display here.
     import matplotlib
 
@@ -145,15 +92,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
 
 
 def environment_info(device: str) -> dict[str, Any]:
-    import hydra
+    from importlib.metadata import version
+
     import sklearn
     import torch
 
@@ -172,7 +120,7 @@ def environment_info(device: str) -> dict[str, Any]:
         "numpy": np.__version__,
         "pandas": pd.__version__,
         "scikit_learn": sklearn.__version__,
-        "hydra": hydra.__version__,
+        "hydra": version("hydra-core"),  # by the distribution: artifacts know no Hydra
         "device": device,
         "command": sys.argv,
         "git_commit": _git_commit(),
@@ -206,8 +154,7 @@ class TensorBoardLogger:
     """Scalars per epoch, figures and one HParams session, all in the run's own event file.
 
     ``SummaryWriter.add_hparams`` writes into a new timestamped sub-run, so every run would show
-    twice in TensorBoard; here the session summaries go into the run's own writer instead and
-    the HParams plugin builds the experiment from all runs' session infos.
+    twice in TensorBoard; here the session summaries go into the run's own writer instead.
     """
 
     def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
@@ -232,38 +179,16 @@ class TensorBoardLogger:
             "test/confusion_matrix", confusion_matrix_figure(cm, class_names), step
         )
 
-    def log_hparams(
-        self, hparams: Mapping[str, Any], metrics: Mapping[str, float], status: str = "success"
-    ) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """One HParams session: the config values, and ``metrics`` as ``hparams/*`` scalars."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-        for key, value in hparams.items():
-            if isinstance(value, bool):
-                start.hparams[key].bool_value = value
-            elif isinstance(value, int | float):
-                start.hparams[key].number_value = float(value)
-            elif value is not None:
-                start.hparams[key].string_value = str(value)
-        status_value = {
-            "success": api_pb2.STATUS_SUCCESS,
-            "failure": api_pb2.STATUS_FAILURE,
-        }.get(status, api_pb2.STATUS_UNKNOWN)
-        end = plugin_data_pb2.SessionEndInfo(status=status_value, end_time_secs=time.time())
-        for tag, content in (
-            (
-                metadata.SESSION_START_INFO_TAG,
-                plugin_data_pb2.HParamsPluginData(session_start_info=start),
-            ),
-            (
-                metadata.SESSION_END_INFO_TAG,
-                plugin_data_pb2.HParamsPluginData(session_end_info=end),
-            ),
-        ):
-            summary = Summary(
-                value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(content))]
-            )
+        values = {k: _hparam_value(v) for k, v in hparams.items() if v is not None}
+        # The experiment summary is left out: TensorBoard takes the first one it finds as the
+        # whole experiment, so one run's keys would hide those only other runs have (an lstm's
+        # next to a resnet's). Without it the plugin unites every run's session keys.
+        _, session_start, session_end = hparams_summaries(values, dict(metrics))
+        for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         # The metric columns of the HPARAMS tab are these scalar tags of the same run.
         for key, value in metrics.items():
@@ -273,3 +198,10 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _hparam_value(value: Any) -> int | float | str:
+    # hparams() files a bool as a number (bool is an int); as text it keeps a true/false filter.
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value if isinstance(value, int | float | str) else str(value)

@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from har_bench import rundir
+from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
+from har_bench.errors import UserError
+
 # Verbs other than training: name -> callable taking the remaining argv, returning an exit code.
 VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
 
@@ -32,28 +36,6 @@ def _compare(argv: Sequence[str]) -> int:
 
 
 VERBS["compare"] = _compare
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
-
-
-def config_dir() -> Path:
-    """``configs/`` inside an installed wheel, else the repository's top-level ``configs/``."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "configs"
-    return packaged if packaged.is_dir() else here.parent / "configs"
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    # A failed download is the network's or the URL's fault, not a bug: one line, no traceback.
-    from har_bench.data.download import DownloadError
-
-    return (*USER_ERRORS, DownloadError)
 
 
 @dataclass
@@ -69,15 +51,16 @@ def _train(cfg: object) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from har_bench.config import hydra_choices
     from har_bench.engine import DivergedError
-    from har_bench.run import run
+    from har_bench.run import run, user_error_message
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     _SWEEP.jobs += 1
     try:
-        result = run(cfg, run_dir)  # type: ignore[arg-type]
+        result = run(cfg, run_dir, hydra_choices())  # type: ignore[arg-type]
     except KeyboardInterrupt as e:
         _report_interrupt(e, run_dir, multirun)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
@@ -89,7 +72,7 @@ def _train(cfg: object) -> float | None:
             # Hydra's launcher would record the exception and the sweeper re-raise it after the
             # batch (traceback, exit 1, later batches never run). The job's own dir already
             # says failed/diverged (+ error.txt); note it and let the sweep go on.
-            where = "" if user or diverged else f" (traceback in {run_dir / 'error.txt'})"
+            where = "" if user or diverged else f" (traceback in {run_dir / rundir.ERROR})"
             overrides = " ".join(hc.overrides.task)
             print(f"error: job {hc.job.num} ({overrides}): {message or e}{where}", file=sys.stderr)
             _SWEEP.failures.append(user)
@@ -112,35 +95,16 @@ def _train(cfg: object) -> float | None:
     return result.get("best_val_metric")
 
 
-def user_error_message(e: BaseException) -> str | None:
-    """The one line to show for a user error (bad value, missing file, ...), else None."""
-    from hydra.errors import InstantiationException
-    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-
-    if isinstance(e, InstantiationException) and e.__cause__ is not None:
-        e = e.__cause__
-    if isinstance(e, MissingMandatoryValue):
-        key = e.full_key or "a config value"
-        return f"{key} is required (it is ??? in the config): set it, e.g. {key}=..."
-    if isinstance(e, OmegaConfBaseException):
-        # Interpolation and type errors: OmegaConf's first line names the key.
-        return str(e).strip().splitlines()[0]
-    if isinstance(e, _user_errors()):
-        return str(e)
-    return None
-
-
 def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> None:
-    from har_bench.run import resume_command
-
     name = getattr(e, "signal_name", "SIGINT")
     saved = getattr(e, "saved", None)
-    command = resume_command(run_dir)
+    command = rundir.resume_command(run_dir)
     if command is None:
         msg = f"interrupted by {name} before the first checkpoint; nothing to resume"
     else:
         held = saved or "the latest saved state"
-        msg = f"interrupted by {name}; checkpoints/last.pt holds {held}. Resume with:\n  {command}"
+        last = rundir.last_checkpoint(run_dir).relative_to(run_dir)
+        msg = f"interrupted by {name}; {last} holds {held}. Resume with:\n  {command}"
     if multirun:
         msg += "\n(the sweep stopped here; later jobs did not run)"
     print(msg, file=sys.stderr)
@@ -171,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int | None:
 
                 lock_run_dir(args)
             sys.argv = [sys.argv[0], *args]
-            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(
-                _train
-            )()
+            hydra.main(
+                version_base=VERSION_BASE, config_path=str(config_dir()), config_name=CONFIG_NAME
+            )(_train)()
     except Exception as e:
         msg = describe_config_error(e, args)
         if msg is None:
@@ -220,9 +184,8 @@ def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
     )
     from omegaconf.errors import OmegaConfBaseException
 
-    from har_bench.resume import ResumeError
-
-    if isinstance(e, ResumeError):
+    # A refused resume, or a run dir another process trains in: before Hydra starts.
+    if isinstance(e, UserError):
         return str(e)
     text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
@@ -282,22 +245,16 @@ def _unparsable(args: Sequence[str]) -> str | None:
 def closest_key(key: str, args: Sequence[str]) -> str | None:
     """The existing config key nearest to a misspelled one, looked up in the config the
     command's group choices (model=..., dataset=...) give, siblings first."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     choices = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and a[0] not in "+~-"]
     cfg = None
     for overrides in (choices, []):
-        GlobalHydra.instance().clear()
         try:
-            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-                cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            cfg = compose(overrides, return_hydra_config=True)
             break
         except Exception:
             continue
-        finally:
-            GlobalHydra.instance().clear()
     if cfg is None:
         return None
     keys: list[str] = []

@@ -23,52 +23,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from har_bench import rundir
 from har_bench._fs import atomic_write, atomic_write_text
+from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in
 
 # Runs that differ only by these are repeats of one configuration.
 REPLICATE_KEYS = ("seed", "split.fold")
-# Keys that say where or how a run was watched, not what was computed.
-IGNORED_PREFIXES = (
-    "paths.",
-    "trainer.progress",
-    "trainer.resume",
-    "dataset.progress",
-    "dataset.data_dir",
-    "dataset.root",
-    "efficiency.",
-)
+# Where the data was read from does not change what was computed either.
+IGNORED = (*BOOKKEEPING_KEYS, "dataset.root")
 # Group choices worth a column of their own (model=resnet18 says more than its 12 keys).
 CHOICE_GROUPS = ("model", "dataset", "split", "optimizer", "scheduler", "trainer", "experiment")
-SKIP_DIRS = {"checkpoints", ".hydra", ".submitit", "__pycache__"}
+SKIP_DIRS = {rundir.CHECKPOINTS, rundir.HYDRA_DIR, ".submitit", "__pycache__"}
 
 
 @dataclass(frozen=True)
 class Metric:
     label: str
-    source: str  # file in the run dir
+    source: str  # file in the run dir (a har_bench.rundir name)
     path: tuple[str, ...]  # keys into that file's JSON
     higher_is_better: bool
     kind: str  # "fraction" (shown in %), "count", "flops", "rate", "ms"
 
 
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric("test acc %", "metrics.json", ("test", "accuracy"), True, "fraction"),
-    "macro_f1": Metric("test F1 %", "metrics.json", ("test", "macro_f1"), True, "fraction"),
+    "accuracy": Metric("test acc %", rundir.METRICS, ("test", "accuracy"), True, "fraction"),
+    "macro_f1": Metric("test F1 %", rundir.METRICS, ("test", "macro_f1"), True, "fraction"),
     "balanced_accuracy": Metric(
-        "test bal-acc %", "metrics.json", ("test", "balanced_accuracy"), True, "fraction"
+        "test bal-acc %", rundir.METRICS, ("test", "balanced_accuracy"), True, "fraction"
     ),
-    "val_accuracy": Metric("val acc %", "metrics.json", ("val", "accuracy"), True, "fraction"),
-    "val_macro_f1": Metric("val F1 %", "metrics.json", ("val", "macro_f1"), True, "fraction"),
-    "params": Metric("params", "model_summary.json", ("params",), False, "count"),
-    "flops": Metric("FLOPs", "model_summary.json", ("flops_per_sample",), False, "flops"),
-    "train_sps": Metric("train sps", "timings.json", ("train_samples_per_second",), True, "rate"),
+    "val_accuracy": Metric("val acc %", rundir.METRICS, ("val", "accuracy"), True, "fraction"),
+    "val_macro_f1": Metric("val F1 %", rundir.METRICS, ("val", "macro_f1"), True, "fraction"),
+    "params": Metric("params", rundir.MODEL_SUMMARY, ("params",), False, "count"),
+    "flops": Metric("FLOPs", rundir.MODEL_SUMMARY, ("flops_per_sample",), False, "flops"),
+    "train_sps": Metric("train sps", rundir.TIMINGS, ("train_samples_per_second",), True, "rate"),
     "latency_ms": Metric(
-        "latency ms", "timings.json", ("inference_latency_ms", "p50"), False, "ms"
+        "latency ms", rundir.TIMINGS, ("inference_latency_ms", "p50"), False, "ms"
     ),
-    "train_seconds": Metric("train s", "timings.json", ("train_seconds_total",), False, "rate"),
-    "epochs": Metric("epochs", "metrics.json", ("epochs_trained",), True, "count"),
+    "train_seconds": Metric("train s", rundir.TIMINGS, ("train_seconds_total",), False, "rate"),
+    "epochs": Metric("epochs", rundir.METRICS, ("epochs_trained",), True, "count"),
 }
 LEGEND = (
     "mean ± sample std (ddof=1) over the n completed runs of each group; test acc/F1 on the "
@@ -86,6 +78,7 @@ class Run:
     values: dict[str, float]  # metric name -> value (only those the run has)
     error: str | None = None
     overrides: list[str] = field(default_factory=list)
+    user_error: bool = False  # failed on bad input (see har_bench.errors)
 
 
 @dataclass
@@ -133,83 +126,48 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _walk_runs(root: Path) -> Iterable[Path]:
-    if (root / "metrics.json").is_file():
+    if (root / rundir.METRICS).is_file():
         yield root
         return
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        if "metrics.json" in filenames:
+        if rundir.METRICS in filenames:
             dirnames[:] = []  # a run dir holds no further runs
             yield Path(dirpath)
 
 
 def load_run(run_dir: Path) -> Run:
-    run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json") or {}
-    sources = {
-        "metrics.json": metrics,
-        "model_summary.json": _read_json(run_dir / "model_summary.json") or {},
-        "timings.json": _read_json(run_dir / "timings.json") or {},
-    }
+    record = rundir.load_run(run_dir)
     values: dict[str, float] = {}
     for name, m in METRICS.items():
-        v: Any = sources[m.source]
+        v: Any = record.documents[m.source]
         for k in m.path:
             v = v.get(k) if isinstance(v, Mapping) else None
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
             values[name] = float(v)
-    config = flatten(_read_yaml(run_dir / ".hydra" / "config.yaml") or {})
-    hydra_cfg = _read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
-    choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+    config = flatten(record.config)
     for group in CHOICE_GROUPS:
-        if choices.get(group) is not None:
-            config[group] = choices[group]
+        if record.choices.get(group) is not None:
+            config[group] = record.choices[group]
     # Where and on how many threads a run was timed: runs measured differently are not
     # repeats of one another for the speed columns (trainer.num_threads=null hides this).
-    timings = sources["timings.json"]
+    timings = record.documents[rundir.TIMINGS]
     for key in ("device", "torch_threads"):
         if timings.get(key) is not None:
             config[key] = timings[key]
-    overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
     return Run(
-        path=run_dir,
-        status=str(metrics.get("status", "missing")),
+        path=record.path,
+        status=record.status,
         config=config,
         values=values,
-        error=metrics.get("error"),
-        overrides=[str(o) for o in overrides],
+        error=record.error,
+        overrides=record.overrides,
+        user_error=record.user_error,
     )
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a.b": value}; lists stay values (a layer list is one setting)."""
-    out: dict[str, Any] = {}
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            full = f"{prefix}{k}"
-            if isinstance(v, Mapping) and v:
-                out.update(flatten(v, full + "."))
-            else:
-                out[full] = v
-    return out
-
-
 def _ignored(key: str) -> bool:
-    return any(key == p.rstrip(".") or key.startswith(p) for p in IGNORED_PREFIXES)
+    return key_in(key, IGNORED)
 
 
 # -- grouping ----------------------------------------------------------------------------------
@@ -500,9 +458,9 @@ def _is_number(v: Any) -> bool:
 def plot(
     comp: Comparison, metrics: Sequence[str], out_dir: Path, groups: Sequence[Group]
 ) -> list[Path]:
-    from har_bench.artifacts import _pyplot, _save_figure
+    from har_bench.artifacts import pyplot, save_figure  # matplotlib only when plotting
 
-    plt = _pyplot()
+    plt = pyplot()
     written: list[Path] = []
     for key in comp.keys:
         others = [k for k in comp.keys if k != key]
@@ -546,7 +504,7 @@ def plot(
         fig.suptitle(f"mean ± std over {', '.join(comp.replicates) or 'runs'} vs {key}")
         fig.tight_layout()
         path = out_dir / f"comparison_vs_{_safe(key)}.png"
-        _save_figure(fig, path)
+        save_figure(fig, path)
         written.append(path)
 
     pts, labels = [], []
@@ -586,7 +544,7 @@ def plot(
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / "accuracy_vs_flops.png"
-        _save_figure(fig, path)
+        save_figure(fig, path)
         written.append(path)
     return written
 
@@ -653,7 +611,9 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"--sort {args.sort}: expected one of {', '.join(METRICS)}")
         run_dirs = find_run_dirs(args.paths)
         if not run_dirs:
-            raise ValueError(f"no runs (folders with metrics.json) under {', '.join(args.paths)}")
+            raise ValueError(
+                f"no runs (folders with {rundir.METRICS}) under {', '.join(args.paths)}"
+            )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,25 +25,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from har_bench import rundir
 from har_bench._fs import hold_lock
+from har_bench.config import (
+    BOOKKEEPING_KEYS,
+    compose_container,
+    flatten,
+    key_in,
+    override_key,
+    parse_command_line,
+)
+from har_bench.errors import UserError
 
 RESUME_KEY = "trainer.resume"
 # May differ between a run and its resume. max_epochs is here so a stopped run can be given more
 # epochs (with cosine's T_max = max_epochs the schedule then changes: not an exact replay).
-IGNORED = (
-    "trainer.resume",
-    "trainer.max_epochs",
-    "trainer.progress",
-    "trainer.num_threads",
-    "paths",
-    "efficiency",
-    "dataset.progress",
-    "dataset.data_dir",
-)
+IGNORED = (*BOOKKEEPING_KEYS, "trainer.max_epochs", "trainer.num_threads")
 _SAFE_PATH = re.compile(r"^[\w./:@+-]+$")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """A ``trainer.resume`` that cannot be honoured; the message says why."""
 
 
@@ -52,11 +53,10 @@ def prepare(args: Sequence[str]) -> list[str]:
     args = list(args)
     if not any(RESUME_KEY in a for a in args):
         return args
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    ns, _ = get_args_parser().parse_known_args(args)
-    overrides: list[str] = list(ns.overrides or [])
+    command = parse_command_line(args)
+    overrides = command.overrides
     parsed = OverridesParser.create().parse_overrides(overrides)
     resume = [
         (o, p) for o, p in zip(overrides, parsed, strict=True) if p.key_or_group == RESUME_KEY
@@ -72,7 +72,7 @@ def prepare(args: Sequence[str]) -> list[str]:
             f"{RESUME_KEY} is not supported under torchrun yet; resume the run in a single "
             "process (without torchrun) or start a new one"
         )
-    if ns.multirun:
+    if command.multirun:
         raise ResumeError(
             f"{RESUME_KEY} continues one run and cannot be combined with -m/--multirun; "
             "resume each job directory on its own"
@@ -86,11 +86,13 @@ def prepare(args: Sequence[str]) -> list[str]:
         check_run_dir(run_dir, str(value))
     saved = [
         o
-        for o in saved_overrides(run_dir)
-        if _key(o) not in given and _key(o) != RESUME_KEY and not _key(o).startswith("hydra.")
+        for o in rundir.saved_overrides(run_dir)
+        if override_key(o) not in given
+        and override_key(o) != RESUME_KEY
+        and not override_key(o).startswith("hydra.")
     ]
     merged = [*saved, *others]
-    differences = config_differences(load_saved_config(run_dir), compose(merged))
+    differences = config_differences(rundir.saved_config(run_dir), compose_container(merged))
     if differences:
         shown = "; ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
         raise ResumeError(
@@ -104,23 +106,12 @@ def prepare(args: Sequence[str]) -> list[str]:
             f"{RESUME_KEY}={value}: {run_dir} is in use by another har-bench process on this "
             "machine; wait for it to finish or stop it first"
         )
-    flags = [a for a in args if a not in overrides]
     return [
-        *flags,
+        *command.flags,
         *merged,
         f"{RESUME_KEY}={hydra_quote(str(run_dir))}",
         f"hydra.run.dir={hydra_quote(str(run_dir))}",
     ]
-
-
-class RunDirInUseError(ResumeError):
-    """Another process is training into the run directory."""
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(
-            f"{run_dir} is in use by another har-bench process on this machine (a run or a "
-            "resume of it); use another hydra.run.dir or wait for it to finish"
-        )
 
 
 def lock_run_dir(args: Sequence[str]) -> None:
@@ -131,22 +122,19 @@ def lock_run_dir(args: Sequence[str]) -> None:
     run's saved config, which a later resume compares against, is never overwritten. The
     lock is held until the run ends (``har_bench.run`` releases it).
     """
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    ns, _ = get_args_parser().parse_known_args(list(args))
-    if ns.multirun:
+    command = parse_command_line(args)
+    if command.multirun:
         return  # jobs get fresh numbered dirs under the sweep dir
     values = [
         p.value()
-        for p in OverridesParser.create().parse_overrides(list(ns.overrides or []))
+        for p in OverridesParser.create().parse_overrides(command.overrides)
         if p.key_or_group == "hydra.run.dir"
     ]
     if not values or "${" in str(values[-1]):
         return
-    run_dir = Path(str(values[-1])).expanduser()
-    if not hold_lock(run_dir):
-        raise RunDirInUseError(run_dir)
+    rundir.claim(Path(str(values[-1])).expanduser())
 
 
 def hydra_quote(value: str) -> str:
@@ -156,45 +144,31 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def check_run_dir(run_dir: Path, value: str) -> None:
     """Refuse what cannot be resumed: not a run, no checkpoint, completed, still running."""
-    from har_bench import artifacts
-
     prefix = f"{RESUME_KEY}={value}"
     if not run_dir.is_dir():
         raise ResumeError(f"{prefix}: no such run directory ({run_dir})")
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
+    if not rundir.is_run_dir(run_dir):
         raise ResumeError(
-            f"{prefix}: {run_dir} is not a har-bench run directory (no .hydra/config.yaml)"
+            f"{prefix}: {run_dir} is not a har-bench run directory (no {rundir.SAVED_CONFIG})"
         )
-    if not (run_dir / artifacts.CHECKPOINTS / "last.pt").is_file():
+    last = rundir.last_checkpoint(run_dir)
+    if not last.is_file():
         raise ResumeError(
-            f"{prefix}: {run_dir} has no checkpoints/last.pt (it stopped before its first "
-            "checkpoint); start it again without trainer.resume"
+            f"{prefix}: {run_dir} has no {last.relative_to(run_dir)} (it stopped before its "
+            "first checkpoint); start it again without trainer.resume"
         )
-    status = read_status(run_dir)
+    status = rundir.read_status(run_dir)
     if status.get("status") == "completed":
         raise ResumeError(
-            f"{prefix}: {run_dir} already completed (metrics.json status: completed); "
+            f"{prefix}: {run_dir} already completed ({rundir.METRICS} status: completed); "
             "nothing to resume"
         )
     if status.get("status") == "running" and _alive(status):
         raise ResumeError(
             f"{prefix}: {run_dir} is still running (pid {status['pid']}); stop it first"
         )
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _alive(status: dict[str, Any]) -> bool:
@@ -220,85 +194,34 @@ def _alive(status: dict[str, Any]) -> bool:
     return True
 
 
-def saved_overrides(run_dir: Path) -> list[str]:
-    import yaml
-
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
-
-
-def load_saved_config(run_dir: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
-
-
-def compose(overrides: Sequence[str]) -> dict[str, Any]:
-    """The task config (no ``hydra`` node, interpolations kept) these overrides give."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from har_bench.cli import config_dir
-
-    task = [o for o in overrides if not _key(o).startswith("hydra.")]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=task)
-    finally:
-        GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
-
-
 def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: saved -> new`` for every leaf that differs, ignoring :data:`IGNORED`."""
-    a, b = _flatten(saved), _flatten(new)
+    a, b = flatten(saved), flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if any(key == k or key.startswith(k + ".") for k in IGNORED):
+        if key_in(key, IGNORED):
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}")
     return out
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def find_last(overrides: Sequence[str]) -> Path:
     """The most recently checkpointed, not completed run with this config."""
     from omegaconf import OmegaConf
 
-    from har_bench import artifacts
-
-    wanted = compose(overrides)
+    wanted = compose_container(overrides)
     output_dir = Path(
         str(OmegaConf.create(wanted).paths.output_dir)  # resolves ${...} in the path
     ).expanduser()
-    checkpoints = sorted(
-        output_dir.glob(f"**/{artifacts.CHECKPOINTS}/last.pt"),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
+    candidates = rundir.checkpointed_runs(output_dir)
     completed = None
-    for last in checkpoints:
-        run_dir = last.parent.parent.resolve()
-        if not (run_dir / ".hydra" / "config.yaml").is_file():
+    for run_dir in candidates:
+        if not rundir.is_run_dir(run_dir):
             continue
-        if config_differences(load_saved_config(run_dir), wanted):
+        if config_differences(rundir.saved_config(run_dir), wanted):
             continue
-        if read_status(run_dir).get("status") == "completed":
+        if rundir.read_status(run_dir).get("status") == "completed":
             completed = completed or run_dir
             continue
         check_run_dir(run_dir, "last")
@@ -306,7 +229,7 @@ def find_last(overrides: Sequence[str]) -> Path:
     detail = (
         f"the newest one, {completed}, already completed"
         if completed
-        else f"{len(checkpoints)} run(s) with a checkpoint were looked at"
+        else f"{len(candidates)} run(s) with a checkpoint were looked at"
     )
     raise ResumeError(
         f"{RESUME_KEY}=last: no unfinished run under {output_dir} has this config ({detail}); "

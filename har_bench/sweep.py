@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from har_bench._fs import atomic_write
+from har_bench.rundir import HYDRA_DIR, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +29,6 @@ SUMMARY_CSV = "sweep_summary.csv"
 GPUS_ENV = "HAR_BENCH_SWEEP_GPUS"
 SLOTS_ENV = "HAR_BENCH_SWEEP_SLOTS"
 MAIN_PID_ENV = "HAR_BENCH_SWEEP_PID"  # the process that launched the joblib workers
-# Exception names of metrics.json "error" that mean bad input rather than a bug (see cli.py).
-USER_ERROR_NAMES = (
-    "ValueError",
-    "FileNotFoundError",
-    "NotADirectoryError",
-    "IsADirectoryError",
-    "PermissionError",
-    "DownloadError",
-    "MissingMandatoryValue",
-    "InterpolationResolutionError",
-    "ConfigKeyError",
-    "ValidationError",
-)
-
 _JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 _SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
 
@@ -255,14 +242,10 @@ SUMMARY_COLUMNS = ("job", "status", "overrides", *_METRIC_COLS, "error", "run_di
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's job directories (those Hydra wrote a .hydra/ into), in job order."""
-    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / HYDRA_DIR).is_dir()]
     return sorted(
         dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
     )
-
-
-def is_user_error(error: str | None) -> bool:
-    return bool(error) and str(error).split(":", 1)[0].strip() in USER_ERROR_NAMES
 
 
 def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
@@ -275,14 +258,14 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
     rows: list[dict[str, Any]] = []
     for d in job_dirs(sweep_dir):
         run = load_run(d)
-        if not (d / "metrics.json").is_file():
+        if not (d / METRICS).is_file():
             run.status, run.error = (
                 "failed",
-                "no metrics.json: the job stopped before its run began",
+                f"no {METRICS}: the job stopped before its run began",
             )
         result.jobs += 1
         if run.status != "completed":
-            result.failures.append(run.status == "failed" and is_user_error(run.error))
+            result.failures.append(run.status == "failed" and run.user_error)
         rows.append(
             {
                 "job": d.name,

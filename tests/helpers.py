@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from har_bench.cli import config_dir
+from har_bench.config import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

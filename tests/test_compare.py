@@ -68,7 +68,7 @@ def make_run(
             json.dumps({"train_samples_per_second": sps, "inference_latency_ms": {"p50": latency}})
         )
     else:
-        metrics["error"] = "ValueError: boom"
+        metrics |= {"error": "ValueError: boom", "user_error": True}
     (path / "metrics.json").write_text(json.dumps(metrics))
     return path
 

@@ -15,6 +15,7 @@ import pytest
 from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 
 from har_bench import resume
+from har_bench.config import compose
 
 RUN = [*SMALL, "trainer.max_epochs=2"]
 
@@ -166,7 +167,7 @@ def fake_run(root: Path, name: str, overrides: list[str], status: str) -> Path:
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
     from omegaconf import OmegaConf
 
-    OmegaConf.save(OmegaConf.create(resume.compose(overrides)), run_dir / ".hydra/config.yaml")
+    OmegaConf.save(compose(overrides), run_dir / ".hydra/config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra/overrides.yaml")
     (run_dir / "metrics.json").write_text(json.dumps({"status": status}))
     return run_dir
@@ -194,8 +195,8 @@ def test_paths_with_spaces_and_quotes_survive_hydra(tmp_path):
 
 
 def test_a_run_never_writes_into_a_dir_another_process_trains_in(tmp_path):
-    from har_bench.resume import RunDirInUseError
     from har_bench.run import run
+    from har_bench.rundir import RunDirInUseError
 
     with (
         held_by_another_process(tmp_path),

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from helpers import SHARED_DATA
 
-from har_bench import artifacts
+from har_bench import rundir
 from har_bench.run import run
 
 ARTIFACTS = [
@@ -118,7 +118,7 @@ def test_failed_run_keeps_status_and_traceback(compose_cfg, tmp_path):
         run(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "num_subjects" in metrics["error"]
-    assert "Traceback" in (tmp_path / "run" / artifacts.ERROR).read_text()
+    assert "Traceback" in (tmp_path / "run" / rundir.ERROR).read_text()
 
 
 def test_uci_har_layout_end_to_end(compose_cfg, tmp_path):

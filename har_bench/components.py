@@ -1,0 +1,137 @@
+"""From the composed config to an :class:`~har_bench.stages.Experiment` of typed objects.
+
+Hydra's ``instantiate`` and OmegaConf stop here. The trainer, optimizer and scheduler are built
+(and tried on a dummy parameter) at once, so that a bad setting fails before any data is read;
+dataset, split and model become factories the stages call. A constructor's error reaches the
+user as its own one-line message, tagged with the config key it came from.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from har_bench.errors import UserError
+from har_bench.stages import Choices, Experiment, Training
+
+
+def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed={seed!r} is invalid: expected an integer >= 0")
+    trainer = build(cfg, "trainer")
+    optimizer_factory = build(cfg, "optimizer")
+    scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
+    check_optimizer(optimizer_factory, scheduler_factory)
+    return Experiment(
+        seed=seed,
+        training=Training(trainer, optimizer_factory, scheduler_factory, seed),
+        load_data=lambda: build(cfg, "dataset"),
+        make_split=lambda data: build(cfg, "split")(data),
+        make_model=lambda in_channels, num_classes: build(
+            cfg, "model", in_channels=in_channels, num_classes=num_classes
+        ),
+        choices=choices,
+        latency_repeats=int(cfg.efficiency.latency_repeats),
+        latency_warmup=int(cfg.efficiency.latency_warmup),
+        resume=cfg.trainer.get("resume"),
+        hparams=hparams_for_tensorboard(cfg, choices),
+    )
+
+
+def _unexpected_keyword(error: BaseException) -> str | None:
+    """The keyword a call rejected (``... got an unexpected keyword argument 'x'``), or None."""
+    m = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    return m[1] if m else None
+
+
+def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``instantiate(cfg[group])``, with the constructor's own error instead of Hydra's wrapper.
+
+    Hydra wraps a ValueError raised by a loader or model in an InstantiationException whose
+    text is a traceback summary; the user should see the original one-line message, tagged
+    with the config group it came from.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg[group], **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, TypeError):
+            # A key the constructor does not take, e.g. +trainer.foo=1.
+            key = _unexpected_keyword(cause)
+            if key:
+                target = cfg[group].get("_target_", group)
+                raise UserError(f"{group}.{key} is not a parameter of {target}") from None
+        if isinstance(cause, ValueError | OSError):
+            msg = str(cause)
+            if not msg.startswith(f"{group}."):
+                msg = f"{group}: {msg}"
+            raise type(cause)(msg) from cause
+        raise
+
+
+# torch.optim's wording -> (config key, what it takes). torch checks these only when an
+# optimizer is created; check_optimizer does that before any data is read.
+_OPTIMIZER_CHECKS = {
+    "Invalid learning rate": ("lr", "a number >= 0"),
+    "Invalid epsilon value": ("eps", "a number >= 0"),
+    "Invalid weight_decay value": ("weight_decay", "a number >= 0"),
+    "Invalid momentum value": ("momentum", "a number >= 0"),
+    "Invalid beta parameter": ("betas", "two numbers in [0, 1)"),
+    "Invalid alpha value": ("alpha", "a number >= 0"),
+}
+
+
+def check_optimizer(optimizer_factory: Any, scheduler_factory: Any) -> None:
+    """Create the optimizer and scheduler on a dummy parameter, turning torch's errors into
+    messages that name the config key (``optimizer.lr=-0.1 is invalid: ...``)."""
+    keywords = dict(getattr(optimizer_factory, "keywords", {}) or {})
+    target = getattr(getattr(optimizer_factory, "func", None), "__name__", "the optimizer")
+    for key, value in keywords.items():
+        # A typo such as optimizer.lr=1e-3x arrives as a string; torch's error would not say so.
+        if key in ("lr", "eps", "weight_decay", "momentum", "alpha") and isinstance(value, str):
+            raise UserError(f"optimizer.{key}={value!r} is invalid: expected a number")
+    try:
+        optimizer = optimizer_factory([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        key = _unexpected_keyword(e)
+        if key:
+            raise UserError(f"optimizer.{key} is not a parameter of {target}") from None
+        for prefix, (key, expected) in _OPTIMIZER_CHECKS.items():
+            if msg.startswith(prefix):
+                value = keywords.get(key, msg.rpartition(":")[2].strip())
+                raise UserError(
+                    f"optimizer.{key}={value} is invalid: expected {expected}"
+                ) from None
+        raise UserError(f"optimizer ({target}): {msg}") from None
+    if scheduler_factory is not None:
+        try:
+            scheduler_factory(optimizer)
+        except (ValueError, TypeError, ZeroDivisionError) as e:
+            key = _unexpected_keyword(e)
+            if key:
+                raise UserError(f"scheduler.{key} is not a parameter of the scheduler") from None
+            raise UserError(f"scheduler: {e}") from None
+
+
+def hparams_for_tensorboard(cfg: DictConfig, choices: Choices) -> dict[str, Any]:
+    """Scalar config values that identify a run in TensorBoard's HPARAMS tab."""
+    out: dict[str, Any] = {"model": choices.model, "dataset": choices.dataset, "seed": cfg.seed}
+    for group in ("model", "optimizer", "trainer", "split"):
+        node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
+        for key, value in (node or {}).items():  # type: ignore[union-attr]
+            if key.startswith("_"):
+                continue
+            if isinstance(value, list):
+                value = "x".join(map(str, value))
+            if isinstance(value, bool | int | float | str):
+                out[f"{group}.{key}"] = value
+    return out

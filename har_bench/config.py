@@ -1,0 +1,144 @@
+"""The configuration: where the YAML lives, how a command line composes it, which keys matter.
+
+The CLI, ``trainer.resume`` and the tests compose through :func:`compose`, so a config composed
+outside a run equals the one Hydra hands a run. Hydra is imported only inside the functions
+that need it: the CLI imports this module before it knows whether a run starts at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config"
+VERSION_BASE = "1.3"
+
+# Keys that say where a run's files go or how it is watched, not what it computes. A resume may
+# change them, and runs that differ only in them are the same experiment.
+BOOKKEEPING_KEYS = (
+    "trainer.resume",
+    "trainer.progress",
+    "paths",
+    "efficiency",
+    "dataset.progress",
+    "dataset.data_dir",
+)
+
+
+def config_dir() -> Path:
+    """``configs/`` inside an installed wheel, else the repository's top-level ``configs/``."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+def override_key(override: str) -> str:
+    """``model.layers`` for ``+model.layers=[1,1]`` (the key or group an override sets)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False) -> Any:
+    """The config (an OmegaConf ``DictConfig``, interpolations unresolved) these overrides give.
+
+    Without ``return_hydra_config`` the ``hydra.*`` overrides are left out: they configure
+    Hydra, not the task, and a launcher's keys would fail to compose without its group.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not return_hydra_config:
+        overrides = [o for o in overrides if not override_key(o).startswith("hydra.")]
+    # Hydra keeps one global instance; a CLI call, a resume check and a test each start afresh.
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=VERSION_BASE):
+            return hydra_compose(
+                config_name=CONFIG_NAME,
+                overrides=list(overrides),
+                return_hydra_config=return_hydra_config,
+            )
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_container(overrides: Sequence[str]) -> dict[str, Any]:
+    """:func:`compose` as plain dicts and lists, as ``.hydra/config.yaml`` reads back."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose(overrides), resolve=False)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A ``har-bench`` command line split as Hydra splits it."""
+
+    overrides: list[str]
+    multirun: bool
+    flags: list[str]  # everything that is not an override, in order
+
+
+def _hydra_flags() -> argparse.ArgumentParser:
+    # The flags of Hydra 1.3's own parser (hydra.main), so that a flag's value (--cfg job,
+    # -cn NAME) is never taken for an override; Hydra itself still parses the command line.
+    p = argparse.ArgumentParser(add_help=False, prog="har-bench")
+    p.add_argument("overrides", nargs="*")
+    for flag in ("--help/-h", "--hydra-help", "--version", "--resolve", "--run/-r"):
+        p.add_argument(*flag.split("/"), action="store_true")
+    p.add_argument("--multirun", "-m", action="store_true")
+    p.add_argument("--shell-completion", "-sc", action="store_true")
+    p.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
+    for flag in ("--package/-p", "--config-path/-cp", "--config-name/-cn", "--config-dir/-cd"):
+        p.add_argument(*flag.split("/"))
+    p.add_argument("--experimental-rerun")
+    p.add_argument(
+        "--info",
+        "-i",
+        nargs="?",
+        const="all",
+        choices=["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"],
+    )
+    return p
+
+
+def parse_command_line(args: Sequence[str]) -> CommandLine:
+    """The overrides and the ``-m`` flag of a command line, as Hydra will read them."""
+    ns, _ = _hydra_flags().parse_known_args(list(args))
+    overrides = [str(o) for o in ns.overrides or []]
+    return CommandLine(
+        overrides=overrides,
+        multirun=bool(ns.multirun),
+        flags=[a for a in args if a not in overrides],
+    )
+
+
+def hydra_choices() -> dict[str, str]:
+    """The option chosen per config group (``model: resnext50``) of the running Hydra job, or
+    an empty dict outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {str(k): str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> ``{"a.b": value}``; lists stay values (a layer list is one setting)."""
+    out: dict[str, Any] = {}
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            full = f"{prefix}{k}"
+            if isinstance(v, Mapping) and v:
+                out.update(flatten(v, full + "."))
+            else:
+                out[full] = v
+    return out
+
+
+def key_in(key: str, keys: Sequence[str]) -> bool:
+    """Whether ``key`` is one of ``keys`` or lies below one of them (``paths.data_dir`` in
+    ``paths``)."""
+    return any(key == k or key.startswith(k + ".") for k in keys)

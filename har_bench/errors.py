@@ -1,0 +1,28 @@
+"""Bad input versus bugs: the one classification the CLI's exit code and a sweep's verdict share.
+
+A user error is shown as one ``error:`` line (exit code 2, no traceback) and recorded in the run's
+``metrics.json`` as ``user_error: true``; anything else is a bug and keeps its traceback. Errors
+that har-bench raises about its own inputs derive from :class:`UserError`; the built-in types of
+:data:`BUILTIN_USER_ERRORS` are what models, loaders and torch raise for a bad value or a missing
+file, and :func:`har_bench.run.user_error_message` converts those at the edge. Standard library
+only, so that every module may import it.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input: the message names the bad value and what was expected.
+
+    A ValueError too, so that Python callers catching ValueError for a bad setting keep working
+    whichever module raised it.
+    """
+
+
+BUILTIN_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)

@@ -1,0 +1,222 @@
+"""The run directory: its file names, its status, its saved config, and reading a finished run.
+
+Every other module names a run's files through the constants here (checkpoint file names are
+:mod:`har_bench.checkpoint`'s), so a renamed file is one edit. ``metrics.json`` doubles as the
+status file: :func:`write_status` keeps whatever it holds and updates ``status``; a completed run
+writes it last, so ``completed`` means every other file is in place.
+
+No torch here (checkpoint names are imported where a path needs one): ``har-bench compare``
+and the sweep summary read run dirs in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from har_bench._fs import atomic_write_text, hold_lock, release_lock
+from har_bench.errors import UserError
+
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+CONFUSION_CSV = "confusion_matrix.csv"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "training_curves.png"
+TIMINGS = "timings.json"
+MODEL_SUMMARY = "model_summary.json"
+ENVIRONMENT = "environment.json"
+SPLIT_REPORT = "split_report.json"
+ERROR = "error.txt"
+CHECKPOINTS = "checkpoints"
+# Written by Hydra when the run starts; read back by a resume and by compare.
+HYDRA_DIR = ".hydra"
+SAVED_CONFIG = f"{HYDRA_DIR}/config.yaml"
+SAVED_HYDRA_CONFIG = f"{HYDRA_DIR}/hydra.yaml"
+SAVED_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
+
+STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
+# Keys of metrics.json that describe how an attempt ended; a resumed run drops them.
+ENDING_KEYS = ("error", "user_error", "interrupted", "diverged", "hint", "resume_command")
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    # NumPy scalars and arrays (and tensors), without importing NumPy here.
+    if callable(getattr(o, "tolist", None)):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def _last_checkpoint_name() -> str:
+    from har_bench.checkpoint import LAST_CHECKPOINT  # imports torch: only where a path needs it
+
+    return LAST_CHECKPOINT
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return checkpoint_dir(run_dir) / _last_checkpoint_name()
+
+
+def checkpointed_runs(root: Path) -> list[Path]:
+    """The run dirs at or below ``root`` that hold a last checkpoint, newest checkpoint first."""
+    pattern = f"**/{CHECKPOINTS}/{_last_checkpoint_name()}"
+    lasts = sorted(Path(root).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [last.parent.parent.resolve() for last in lasts]
+
+
+def resume_command(run_dir: Path) -> str | None:
+    """The command that continues this run, or None when it has no checkpoint yet."""
+    if not last_checkpoint(run_dir).is_file():
+        return None
+    return f"har-bench trainer.resume={shlex.quote(str(Path(run_dir).resolve()))}"
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """``metrics.json`` as a dict; empty when it is missing or unreadable."""
+    status = _read_json_or_none(Path(run_dir) / METRICS)
+    return status if isinstance(status, dict) else {}
+
+
+def write_status(run_dir: Path, status: str, /, clear: Sequence[str] = (), **extra: Any) -> None:
+    """(Re)write metrics.json with a status, keeping whatever it already held but ``clear``."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    current = read_status(run_dir)  # unreadable (hand-edited?): the status must still be recorded
+    for key in clear:
+        current.pop(key, None)
+    current.update(extra)
+    current["status"] = status
+    current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(Path(run_dir) / METRICS, current)
+
+
+def write_error(run_dir: Path, text: str) -> None:
+    atomic_write_text(Path(run_dir) / ERROR, text)
+
+
+class RunDirInUseError(UserError):
+    """Another process is training into the run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(
+            f"{run_dir} is in use by another har-bench process on this machine (a run or a "
+            "resume of it); use another hydra.run.dir or wait for it to finish"
+        )
+
+
+def claim(run_dir: Path) -> None:
+    """Lock the run dir for this process (until :func:`release`, or the process ends)."""
+    if not hold_lock(run_dir):
+        raise RunDirInUseError(run_dir)
+
+
+def release(run_dir: Path) -> None:
+    release_lock(run_dir)
+
+
+# -- the saved config --------------------------------------------------------------------------
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether Hydra started a run here (it saved the run's config)."""
+    return (Path(path) / SAVED_CONFIG).is_file()
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file Hydra wrote, as plain dicts and lists (interpolations kept); None when it is
+    missing or unreadable. Read with OmegaConf, which wrote it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (OSError, ValueError, YAMLError, OmegaConfBaseException):
+        return None
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The run's composed task config (``.hydra/config.yaml``); empty when there is none."""
+    config = _read_yaml(Path(run_dir) / SAVED_CONFIG)
+    return config if isinstance(config, dict) else {}
+
+
+def saved_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides the run was started with."""
+    overrides = _read_yaml(Path(run_dir) / SAVED_OVERRIDES)
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+
+def saved_choices(run_dir: Path) -> dict[str, str]:
+    """The option chosen per config group (``model: resnext_har``) when the run started."""
+    hydra_cfg = _read_yaml(Path(run_dir) / SAVED_HYDRA_CONFIG) or {}
+    choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+    return {str(k): str(v) for k, v in choices.items() if v is not None}
+
+
+# -- a run, read back --------------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """What a run dir says about its run; missing files read as empty."""
+
+    path: Path
+    status: str  # one of STATUSES, or "missing" without metrics.json
+    error: str | None
+    user_error: bool  # the failure was bad input (see har_bench.errors)
+    config: dict[str, Any]
+    choices: dict[str, str]
+    overrides: list[str]
+    # metrics.json, model_summary.json and timings.json, by file name.
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    run_dir = Path(run_dir)
+    documents = {}
+    for name in (METRICS, MODEL_SUMMARY, TIMINGS):
+        doc = _read_json_or_none(run_dir / name)
+        documents[name] = doc if isinstance(doc, dict) else {}
+    metrics = documents[METRICS]
+    return RunRecord(
+        path=run_dir,
+        status=str(metrics.get("status", "missing")),
+        error=metrics.get("error"),
+        user_error=bool(metrics.get("user_error", False)),
+        config=saved_config(run_dir),
+        choices=saved_choices(run_dir),
+        overrides=saved_overrides(run_dir),
+        documents=documents,
+    )

@@ -1,0 +1,400 @@
+"""The stages of one experiment, each a plain typed function: prepare data -> build model -> fit
+-> evaluate -> measure -> result.
+
+No Hydra here: :mod:`har_bench.components` turns the config into an :class:`Experiment` of
+typed objects and factories, and :func:`har_bench.run.run` chains the stages. A stage gets what
+it needs and returns a small result; the files a stage must leave behind even when a later one
+fails (the split report, the model summary, the environment) it writes itself, the rest go
+to the reporters (:mod:`har_bench.reporters`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from har_bench import artifacts, distributed, rundir
+from har_bench.checkpoint import load_resume_state
+from har_bench.data.base import HARData
+from har_bench.data.splits import Split, assert_clean, split_report, standardise
+from har_bench.engine import FitResult, Trainer, measure_latency
+from har_bench.errors import UserError
+from har_bench.metrics import classification_metrics, confusion_counts
+from har_bench.models.summary import model_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The option chosen per config group (``model=resnext50``); None outside Hydra."""
+
+    model: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def of(cls, choices: Mapping[str, str] | None) -> Choices:
+        choices = choices or {}
+        return cls(choices.get("model"), choices.get("dataset"), choices.get("split"))
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a neural model is trained: the trainer, optimizer and scheduler groups, built."""
+
+    trainer: Trainer
+    optimizer_factory: Callable[..., torch.optim.Optimizer]
+    scheduler_factory: Callable[..., Any] | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything one run needs, built from the config; data and model are built by the stages
+    (factories), so that a bad trainer or optimizer setting fails before any data is read."""
+
+    seed: int
+    training: Training
+    load_data: Callable[[], HARData]
+    make_split: Callable[[HARData], Split]
+    make_model: Callable[[int, int], nn.Module]  # (in_channels, num_classes) -> model
+    choices: Choices
+    latency_repeats: int
+    latency_warmup: int
+    resume: str | None
+    hparams: dict[str, Any]  # scalar config values that identify the run (TensorBoard)
+
+
+# -- prepare data ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    X: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class PreparedData:
+    """The dataset split into standardised tensors (statistics from the training part only)."""
+
+    data: HARData
+    split: Split
+    train: Part
+    val: Part
+    test: Part
+    sample: torch.Tensor = field(repr=False)  # one standardised window [1, C, ...]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data.class_names)
+
+
+def prepare_data(
+    load_data: Callable[[], HARData],
+    make_split: Callable[[HARData], Split],
+    split_name: str | None,
+    run_dir: Path,
+) -> PreparedData:
+    """Load, split, check the split (writing ``split_report.json``) and standardise."""
+    t0 = time.perf_counter()
+    data = load_data()
+    split = make_split(data)
+    # Written before the check so a leaking split can be inspected; then it fails the run
+    # (unless split=random with allow_leakage=true, which only logs and records it).
+    report = split_report(data, split, name=split_name)
+    rundir.write_json(run_dir / rundir.SPLIT_REPORT, report)
+    assert_clean(report)
+    check_split_labels(data, split, split_name)
+    log.info(
+        "dataset %s: %d windows, %d channels x %d samples, %d classes; split train/val/test = "
+        "%d/%d/%d windows (%.1fs)",
+        data.name,
+        len(data.X),
+        data.num_channels,
+        data.window_length,
+        data.num_classes,
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        time.perf_counter() - t0,
+    )
+    X, _, _ = standardise(data.X, split.train)
+    X_t = torch.from_numpy(X)
+    y_t = torch.from_numpy(data.y.astype(np.int64))
+    parts = [Part(X_t[idx], y_t[idx]) for idx in (split.train, split.val, split.test)]
+    return PreparedData(data, split, *parts, sample=X_t[:1])
+
+
+def check_split_labels(data: HARData, split: Split, split_name: str | None = None) -> None:
+    """Training and test parts must have windows, and every test class must occur in training."""
+    parts = {
+        part: np.asarray(idx, dtype=np.int64)
+        for part, idx in (("train", split.train), ("val", split.val), ("test", split.test))
+    }
+    sizes = {part: len(idx) for part, idx in parts.items()}
+    name = f"split={split_name}" if split_name else "split"
+    for part in ("train", "test"):
+        if sizes[part] == 0:
+            raise UserError(
+                f"{name}: the {part} part has no windows (train/val/test = "
+                f"{sizes['train']}/{sizes['val']}/{sizes['test']} windows); check the split's "
+                "subjects or fractions against the dataset"
+            )
+    train_classes = set(np.unique(data.y[parts["train"]]).tolist())
+    for part in ("test", "val"):
+        idx = parts[part]
+        unseen = sorted(set(np.unique(data.y[idx]).tolist()) - train_classes)
+        if not unseen:
+            continue
+        names = [data.class_names[k] for k in unseen]
+        if part == "test":
+            raise UserError(
+                f"{name}: test labels {names} never occur in the training "
+                f"part ({len(train_classes)} of {data.num_classes} classes there), so no model "
+                "can learn them; choose other test subjects or a dataset with those classes "
+                "in training"
+            )
+        log.warning("validation labels %s never occur in the training part", names)
+
+
+# -- build model -------------------------------------------------------------------------------
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    summary: dict[str, Any]  # model_summary.json
+
+
+def build_model(
+    make_model: Callable[[int, int], nn.Module],
+    data: PreparedData,
+    name: str | None,
+    run_dir: Path,
+) -> BuiltModel:
+    """The model for this data's channels and classes; ``model_summary.json`` written."""
+    model = make_model(data.data.num_channels, data.data.num_classes)
+    summary = model_summary(model, data.sample)
+    summary["model"] = name
+    rundir.write_json(run_dir / rundir.MODEL_SUMMARY, summary)
+    log.info(
+        "model %s: %s params, %.3g MFLOPs per sample",
+        name,
+        f"{summary['params']:,}",
+        summary["flops_per_sample"] / 1e6,
+    )
+    return BuiltModel(model, summary)
+
+
+# -- fit ---------------------------------------------------------------------------------------
+
+
+def load_resume(resume: str | None, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint a ``trainer.resume`` continues from, or None for a fresh run."""
+    if resume in (None, ""):
+        return None
+    target = Path(str(resume)).expanduser()
+    if target.resolve() != run_dir.resolve():
+        raise UserError(
+            f"trainer.resume={resume} is not this run's directory ({run_dir}): a run "
+            "continues in its own directory (the har-bench CLI arranges that; from Python "
+            "call run(cfg, Path(cfg.trainer.resume)))"
+        )
+    state = load_resume_state(rundir.checkpoint_dir(run_dir))
+    log.info("resuming %s from %s", run_dir, rundir.last_checkpoint(run_dir))
+    return state
+
+
+def write_environment(run_dir: Path, device: str, resume: Mapping[str, Any] | None) -> None:
+    """``environment.json``; a resume keeps the first attempt's and adds where it ran."""
+    env = artifacts.environment_info(device)
+    path = run_dir / rundir.ENVIRONMENT
+    if resume is not None and path.is_file():
+        first = rundir.read_json(path)
+        first.setdefault("resumed", []).append(
+            {"from_epoch": resume["epoch"], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            | {k: env[k] for k in ("command", "git_commit", "device", "platform", "torch")}
+        )
+        env = first
+    rundir.write_json(path, env)
+
+
+def fit(
+    training: Training,
+    model: nn.Module,
+    data: PreparedData,
+    run_dir: Path,
+    resume: Mapping[str, Any] | None,
+    on_epoch: Callable[[dict[str, float]], None],
+) -> FitResult:
+    """Train on the training part, selecting the epoch on validation."""
+    return training.trainer.fit(
+        model,
+        data.train.X,
+        data.train.y,
+        data.val.X,
+        data.val.y,
+        optimizer_factory=training.optimizer_factory,
+        scheduler_factory=training.scheduler_factory,
+        checkpoint_dir=rundir.checkpoint_dir(run_dir),
+        seed=training.seed,
+        on_epoch_end=on_epoch,
+        resume=resume,
+    )
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+
+# One part's ``loss``, ``y_true`` and ``y_pred``, as Trainer.evaluate returns them.
+Scorer = Callable[[Part], dict[str, Any]]
+
+
+def best_weights_scorer(trainer: Trainer, model: nn.Module, fitted: FitResult) -> Scorer:
+    """Scores with the best-on-validation weights (loaded into ``model`` now)."""
+    model.load_state_dict(fitted.best_state)
+    return lambda part: trainer.evaluate(model, part.X, part.y)
+
+
+@dataclass
+class Evaluation:
+    val: dict[str, Any]
+    test: dict[str, Any]
+    test_seconds: float  # scoring the test part, for the inference throughput
+
+    def metrics(self, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "loss": res["loss"],
+                **classification_metrics(res["y_true"], res["y_pred"], class_names),
+            }
+            for name, res in (("val", self.val), ("test", self.test))
+        }
+
+    def confusion(self, num_classes: int) -> np.ndarray:
+        """Test-set counts, rows = true class."""
+        return confusion_counts(self.test["y_true"], self.test["y_pred"], num_classes)
+
+
+def evaluate(score: Scorer, data: PreparedData) -> Evaluation:
+    """Validation, then the test set: touched once, here."""
+    val = score(data.val)
+    t0 = time.perf_counter()
+    test = score(data.test)
+    return Evaluation(val, test, time.perf_counter() - t0)
+
+
+# -- measure -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Timings:
+    """timings.json."""
+
+    train_seconds_per_epoch: list[float]
+    train_seconds_total: float
+    train_samples_per_second: float
+    inference_latency_ms: dict[str, float]
+    inference_samples_per_second: float | None
+    inference_batch_size: int
+    test_inference_seconds: float
+    device: str
+    precision: str
+    torch_threads: int
+
+
+def measure(
+    trainer: Trainer,
+    model: nn.Module,
+    data: PreparedData,
+    fitted: FitResult,
+    evaluation: Evaluation,
+    repeats: int,
+    warmup: int,
+) -> Timings:
+    """Training throughput from the fit, inference latency at batch size 1 measured now."""
+    sample = data.test.X[:1] if len(data.test) else data.sample
+    latency = measure_latency(model, sample, trainer.device, repeats=repeats, warmup=warmup)
+    n_test, seconds = len(evaluation.test["y_true"]), evaluation.test_seconds
+    return Timings(
+        train_seconds_per_epoch=fitted.train_seconds_per_epoch,
+        train_seconds_total=float(sum(fitted.train_seconds_per_epoch)),
+        train_samples_per_second=float(
+            np.median([r["samples_per_second"] for r in fitted.history])
+        ),
+        inference_latency_ms=latency,
+        inference_samples_per_second=n_test / seconds if seconds > 0 else None,
+        inference_batch_size=trainer.eval_batch_size,
+        test_inference_seconds=seconds,
+        device=str(trainer.device),
+        precision=trainer.precision,
+        torch_threads=torch.get_num_threads(),
+    )
+
+
+# -- result ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What a completed run reports: ``metrics`` is metrics.json, written last."""
+
+    metrics: dict[str, Any]
+    model_summary: dict[str, Any]
+    timings: Timings
+    confusion: np.ndarray  # test-set counts, rows = true class
+    class_names: list[str]
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def collect_result(
+    fitted: FitResult,
+    evaluation: Evaluation,
+    built: BuiltModel,
+    timings: Timings,
+    data: PreparedData,
+    monitor: str,
+    choices: Choices,
+    run_dir: Path,
+    resume: Mapping[str, Any] | None,
+) -> RunResult:
+    metrics: dict[str, Any] = {
+        "status": "completed",
+        "best_epoch": fitted.best_epoch,
+        "epochs_trained": len(fitted.history),
+        "stopped_early": fitted.stopped_early,
+        "monitor": monitor,
+        "best_val_metric": fitted.best_metric,
+        "model": choices.model,
+        "dataset": choices.dataset,
+        "run_dir": str(run_dir),
+    }
+    if resume is not None:
+        metrics["resumed_from_epoch"] = resume["epoch"]
+    metrics |= evaluation.metrics(data.class_names)
+    ddp = distributed.report(metrics)  # under torchrun: every rank's figures
+    if ddp is not None:
+        metrics["ddp"] = ddp
+    return RunResult(
+        metrics=metrics,
+        model_summary=built.summary,
+        timings=timings,
+        confusion=evaluation.confusion(data.data.num_classes),
+        class_names=data.class_names,
+        history=fitted.history,
+        best_epoch=fitted.best_epoch,
+    )
