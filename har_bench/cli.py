@@ -53,7 +53,7 @@ def _train(cfg: object) -> float | None:
 
     from har_bench.config import hydra_choices
     from har_bench.engine import DivergedError
-    from har_bench.run import run, user_error_message
+    from har_bench.run import as_user_error, run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -65,8 +65,8 @@ def _train(cfg: object) -> float | None:
         _report_interrupt(e, run_dir, multirun)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
     except Exception as e:
-        message = user_error_message(e)
-        user = message is not None
+        user_error = as_user_error(e)
+        user = user_error is not None
         diverged = isinstance(e, DivergedError)
         if multirun:
             # Hydra's launcher would record the exception and the sweeper re-raise it after the
@@ -74,13 +74,15 @@ def _train(cfg: object) -> float | None:
             # says failed/diverged (+ error.txt); note it and let the sweep go on.
             where = "" if user or diverged else f" (traceback in {run_dir / rundir.ERROR})"
             overrides = " ".join(hc.overrides.task)
-            print(f"error: job {hc.job.num} ({overrides}): {message or e}{where}", file=sys.stderr)
+            print(
+                f"error: job {hc.job.num} ({overrides}): {user_error or e}{where}", file=sys.stderr
+            )
             _SWEEP.failures.append(user)
             # None, not NaN: hydra-optuna-sweeper (optuna 2.x) then marks the trial failed and
             # goes on; a NaN makes optuna's tell() raise and the sweeper crash on its retry.
             return None
         if user:
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {user_error}", file=sys.stderr)
             raise SystemExit(2) from None
         if diverged:
             print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
@@ -152,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         n, total = len(_SWEEP.failures), _SWEEP.jobs
         print(
             f"error: {n} of {total} sweep jobs failed (see the error lines above; each job's "
-            "directory has metrics.json with its status)",
+            f"directory has {rundir.METRICS} with its status)",
             file=sys.stderr,
         )
         return 2 if all(_SWEEP.failures) else 1

@@ -88,7 +88,7 @@ def _run_with_status(cfg: DictConfig, run_dir: Path, choices: stages.Choices) ->
             run_dir,
             "failed",
             error=f"{type(e).__name__}: {e}",
-            user_error=user_error_message(e) is not None,
+            user_error=as_user_error(e) is not None,
         )
         raise
 
@@ -125,8 +125,9 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
     return result.metrics
 
 
-def user_error_message(e: BaseException) -> str | None:
-    """The one line to show for bad input (a bad value, a missing file, ...), else None.
+def as_user_error(e: BaseException) -> UserError | None:
+    """``e`` as bad input (a bad value, a missing file, ...) with its one-line message, or None
+    for a bug.
 
     The one classification of user errors: the CLI exits 2 on them and ``metrics.json``
     records them (``user_error``) for the sweep summary.
@@ -136,13 +137,15 @@ def user_error_message(e: BaseException) -> str | None:
 
     if isinstance(e, InstantiationException) and e.__cause__ is not None:
         e = e.__cause__
+    if isinstance(e, UserError):
+        return e
     if isinstance(e, MissingMandatoryValue):
         key = e.full_key or "a config value"
-        return f"{key} is required (it is ??? in the config): set it, e.g. {key}=..."
+        return UserError(f"{key} is required (it is ??? in the config): set it, e.g. {key}=...")
     if isinstance(e, OmegaConfBaseException):
         # Interpolation and type errors: OmegaConf's first line names the key.
-        return str(e).strip().splitlines()[0]
+        return UserError(str(e).strip().splitlines()[0])
     # A failed download is the network's or the URL's fault, not a bug.
-    if isinstance(e, (UserError, *BUILTIN_USER_ERRORS, DownloadError)):
-        return str(e)
+    if isinstance(e, (*BUILTIN_USER_ERRORS, DownloadError)):
+        return UserError(str(e))
     return None
