@@ -43,7 +43,11 @@ def test_wide_resnet50_matches_torchvision():
     assert count(model) == 68_883_240
 
 
-@pytest.mark.parametrize("name", config_options("model"))
+# Models fitted outside the training loop (scikit-learn style) are tested in test_rocket.py.
+FITTED = ("minirocket",)
+
+
+@pytest.mark.parametrize("name", [n for n in config_options("model") if n not in FITTED])
 def test_every_model_config_forward_backward_1d(compose_cfg, name):
     # ResNet presets at a 16-wide stem: same depth, blocks and groups, 1/16 of the weights,
     # so the test checks structure rather than waiting on 60M-parameter inits.

@@ -1,0 +1,37 @@
+"""model=minirocket: aeon's MiniRocket behind the same model interface (skipped without aeon)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+pytest.importorskip("aeon", reason="model=minirocket needs the [rocket] extra")
+
+
+def test_minirocket_config_fits_and_predicts_separable_classes(compose_cfg):
+    rng = np.random.default_rng(0)
+    n, t = 60, 64
+    y = np.repeat([0, 1, 2], n // 3)
+    time = np.arange(t)
+    # Three frequencies, noisy: trivially separable for random convolution features.
+    X = np.stack([np.sin(2 * np.pi * (k + 1) * time / t) for k in y])[:, None, :]
+    X = np.repeat(X, 3, axis=1) + 0.3 * rng.standard_normal((n, 3, t))
+    cfg = compose_cfg("model=minirocket", "model.n_kernels=168")
+    model = instantiate(cfg.model, in_channels=3, num_classes=4)
+    model.fit(X[::2].astype(np.float32), y[::2])
+    scores = model.decision_function(X[1::2])
+    assert scores.shape == (n // 2, 4) and np.isneginf(scores[:, 3]).all()  # class 3 unseen
+    assert (model.predict(X[1::2]) == y[1::2]).mean() >= 0.9
+    summary = model.summary()
+    assert summary["params"] > 0 and summary["flops_per_sample"] is None
+
+
+def test_minirocket_bad_settings_name_the_key():
+    from har_bench.models.rocket import MiniRocket
+
+    with pytest.raises(ValueError, match="model.n_kernels=10 is invalid"):
+        MiniRocket(3, 2, n_kernels=10)
+    model = MiniRocket(3, 2)
+    with pytest.raises(ValueError, match=r"takes windows \[N, 3, T\]"):
+        model.fit(np.zeros((4, 2, 16), np.float32), np.array([0, 1, 0, 1]))
