@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from har_bench.errors import UserError
+from har_bench.schedules import StepSchedule
 from har_bench.stages import Choices, Experiment, Training
 
 
@@ -27,9 +28,17 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
     optimizer_factory = build(cfg, "optimizer")
     scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
     check_optimizer(optimizer_factory, scheduler_factory)
+    augment = build(cfg, "augment") if cfg.get("augment") else None
     return Experiment(
         seed=seed,
-        training=Training(trainer, optimizer_factory, scheduler_factory, seed),
+        training=Training(
+            trainer,
+            optimizer_factory,
+            scheduler_factory,
+            seed,
+            augment=augment if augment is not None and augment.enabled else None,
+            refit=trainer.refit,
+        ),
         load_data=lambda: build(cfg, "dataset"),
         make_split=lambda data: build(cfg, "split")(data),
         make_model=lambda in_channels, num_classes: build(
@@ -114,7 +123,10 @@ def check_optimizer(optimizer_factory: Any, scheduler_factory: Any) -> None:
         raise UserError(f"optimizer ({target}): {msg}") from None
     if scheduler_factory is not None:
         try:
-            scheduler_factory(optimizer)
+            if isinstance(scheduler_factory, StepSchedule):
+                scheduler_factory(optimizer, steps_per_epoch=1)
+            else:
+                scheduler_factory(optimizer)
         except (ValueError, TypeError, ZeroDivisionError) as e:
             key = _unexpected_keyword(e)
             if key:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +35,7 @@ from har_bench.checkpoint import (
     training_state,
 )
 from har_bench.early_stopping import BestTracker
-from har_bench.metrics import macro_f1
+from har_bench.metrics import latency_ms, macro_f1
 from har_bench.schedules import StepSchedule
 from har_bench.signals import Interrupted, StopRequest, deferred_stop
 from har_bench.train_state import TrainState
@@ -124,6 +123,7 @@ class FitResult:
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     # Which weights were validated, kept as best and handed back: "ema" or "model".
     weights: str = "model"
+    train_windows: int = 0
 
 
 @dataclass
@@ -249,6 +249,8 @@ class Trainer:
         label_smoothing: share of each target spread evenly over the classes.
         ema_decay: keep an exponential moving average of the weights with this decay per
             optimizer step; it is what is validated, kept as best and tested. None = off.
+        refit: read by the runner: after the epoch count is chosen on validation, train again
+            on train + validation for that many epochs and test that model.
     """
 
     max_epochs: int = 10
@@ -268,6 +270,7 @@ class Trainer:
     resume: str | None = None
     label_smoothing: float = 0.0
     ema_decay: float | None = None
+    refit: bool = False
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -421,6 +424,7 @@ class Trainer:
             train_seconds_per_epoch=[float(r["train_seconds"]) for r in state.history],
             best_state=tracker.best_state,
             weights="ema" if s.ema is not None else "model",
+            train_windows=len(X_train),
         )
 
     def _train_epoch(
@@ -546,19 +550,13 @@ def measure_latency(
     """Single-sample inference latency in milliseconds (p50, p95) at batch size 1, fp32."""
     model.eval().to(device)
     x = sample[:1].to(device)
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
+
+    def forward() -> None:
         model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    return {
-        "p50": float(np.percentile(times, 50)),
-        "p95": float(np.percentile(times, 95)),
-        "repeats": repeats,
-    }
+
+    return latency_ms(forward, repeats, warmup)
 
 
 def log_epoch(row: dict[str, float], max_epochs: int, improved: bool) -> None:

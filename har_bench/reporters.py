@@ -57,7 +57,8 @@ class ResultFiles(Reporter):
     def on_end(self, result: RunResult) -> None:
         rundir.write_json(self.run_dir / rundir.TIMINGS, dataclasses.asdict(result.timings))
         artifacts.write_confusion_matrix(self.run_dir, result.confusion, result.class_names)
-        artifacts.write_training_curves(self.run_dir, result.history)
+        if result.history:  # a model fitted outside the loop has no epochs to plot
+            artifacts.write_training_curves(self.run_dir, result.history)
 
 
 class TensorBoard(Reporter):
@@ -82,19 +83,18 @@ class TensorBoard(Reporter):
     def on_end(self, result: RunResult) -> None:
         metrics, summary = result.metrics, result.model_summary
         self.logger.log_confusion_matrix(result.confusion, result.class_names, result.best_epoch)
-        self.logger.log_hparams(
-            self.hparams,
-            {
-                "val_accuracy": metrics["val"]["accuracy"],
-                "val_macro_f1": metrics["val"]["macro_f1"],
-                "test_accuracy": metrics["test"]["accuracy"],
-                "test_macro_f1": metrics["test"]["macro_f1"],
-                "params": summary["params"],
-                "flops_per_sample": summary["flops_per_sample"],
-                "train_samples_per_second": result.timings.train_samples_per_second,
-                "latency_ms_p50": result.timings.inference_latency_ms["p50"],
-            },
-        )
+        figures = {
+            "val_accuracy": metrics["val"]["accuracy"],
+            "val_macro_f1": metrics["val"]["macro_f1"],
+            "test_accuracy": metrics["test"]["accuracy"],
+            "test_macro_f1": metrics["test"]["macro_f1"],
+            "params": summary["params"],
+            "flops_per_sample": summary["flops_per_sample"],
+            "train_samples_per_second": result.timings.train_samples_per_second,
+            "latency_ms_p50": result.timings.inference_latency_ms["p50"],
+        }
+        # A figure that does not apply (no FLOP count for MiniRocket) is left out.
+        self.logger.log_hparams(self.hparams, {k: v for k, v in figures.items() if v is not None})
 
     def close(self) -> None:
         self.logger.close()
@@ -127,7 +127,8 @@ class ConsoleSummary(Reporter):
         table.add_section()
         table.add_row("best epoch", str(metrics["best_epoch"]), "")
         table.add_row("params", f"{summary['params']:,}", "")
-        table.add_row("MFLOPs / sample", f"{summary['flops_per_sample'] / 1e6:.2f}", "")
+        flops = summary.get("flops_per_sample")
+        table.add_row("MFLOPs / sample", f"{flops / 1e6:.2f}" if flops is not None else "n/a", "")
         table.add_row(
             "train s / epoch (median)",
             f"{float(np.median(timings.train_seconds_per_epoch)):.2f}",

@@ -104,12 +104,20 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
     built = stages.build_model(experiment.make_model, data, choices.model, run_dir)
     resumed_history = resume["history"] if resume is not None else None
     with default_reporters(run_dir, experiment.hparams, resumed_history) as reporters:
-        fitted = stages.fit(training, built.model, data, run_dir, resume, reporters.on_epoch)
-        scorer = stages.best_weights_scorer(trainer, built.model, fitted)
-        evaluation = stages.evaluate(scorer, data)
+        refitted, score_test = None, None
+        if built.trained_by_loop:
+            fitted = stages.fit(training, built.model, data, run_dir, resume, reporters.on_epoch)
+            score = stages.best_weights_scorer(trainer, built.model, fitted)
+            if training.refit:
+                refitted = stages.refit(training, experiment.make_model, data, fitted, run_dir)
+                score_test = stages.best_weights_scorer(trainer, refitted.model, refitted.fitted)
+        else:
+            fitted = stages.fit_estimator(built, data, run_dir, training.refit)
+            score = stages.estimator_scorer(built.model)
+        evaluation = stages.evaluate(score, data, score_test)
         timings = stages.measure(
             trainer,
-            built.model,
+            refitted.model if refitted is not None else built.model,
             data,
             fitted,
             evaluation,
@@ -117,7 +125,16 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
             experiment.latency_warmup,
         )
         result = stages.collect_result(
-            fitted, evaluation, built, timings, data, trainer.monitor, choices, run_dir, resume
+            fitted,
+            evaluation,
+            built,
+            timings,
+            data,
+            trainer.monitor,
+            choices,
+            run_dir,
+            resume,
+            refitted,
         )
         reporters.on_end(result)
         # metrics.json last: its status "completed" means every other artifact is in place.

@@ -10,6 +10,9 @@ to the reporters (:mod:`har_bench.reporters`).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,13 +25,15 @@ import torch
 from torch import nn
 
 from har_bench import artifacts, distributed, rundir
-from har_bench.checkpoint import load_resume_state
+from har_bench.augment import Augment
+from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state, seed_everything
 from har_bench.data.base import HARData
 from har_bench.data.splits import Split, assert_clean, split_report, standardise
 from har_bench.engine import FitResult, Trainer, measure_latency
 from har_bench.errors import UserError
-from har_bench.metrics import classification_metrics, confusion_counts
+from har_bench.metrics import classification_metrics, confusion_counts, latency_ms
 from har_bench.models.summary import model_summary
+from har_bench.schedules import StepSchedule
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,9 @@ class Training:
     optimizer_factory: Callable[..., torch.optim.Optimizer]
     scheduler_factory: Callable[..., Any] | None
     seed: int
+    augment: Augment | None = None  # None also when every transform is off
+    # After the epoch count is chosen on validation, train again on train + validation.
+    refit: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,9 @@ class PreparedData:
     val: Part
     test: Part
     sample: torch.Tensor = field(repr=False)  # one standardised window [1, C, ...]
+    # The per-channel standardisation (training part's statistics), for the augmentation.
+    mean: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    std: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
     @property
     def class_names(self) -> list[str]:
@@ -131,11 +142,11 @@ def prepare_data(
         len(split.test),
         time.perf_counter() - t0,
     )
-    X, _, _ = standardise(data.X, split.train)
+    X, mean, std = standardise(data.X, split.train)
     X_t = torch.from_numpy(X)
     y_t = torch.from_numpy(data.y.astype(np.int64))
     parts = [Part(X_t[idx], y_t[idx]) for idx in (split.train, split.val, split.test)]
-    return PreparedData(data, split, *parts, sample=X_t[:1])
+    return PreparedData(data, split, *parts, sample=X_t[:1], mean=mean, std=std)
 
 
 def check_split_labels(data: HARData, split: Split, split_name: str | None = None) -> None:
@@ -175,8 +186,12 @@ def check_split_labels(data: HARData, split: Split, split_name: str | None = Non
 
 @dataclass
 class BuiltModel:
-    model: nn.Module
+    model: Any  # an nn.Module, or a fitted-not-trained model (fit/decision_function/summary)
     summary: dict[str, Any]  # model_summary.json
+
+    @property
+    def trained_by_loop(self) -> bool:
+        return isinstance(self.model, nn.Module)
 
 
 def build_model(
@@ -185,8 +200,11 @@ def build_model(
     name: str | None,
     run_dir: Path,
 ) -> BuiltModel:
-    """The model for this data's channels and classes; ``model_summary.json`` written."""
+    """The model for this data's channels and classes; ``model_summary.json`` written (for a
+    model fitted outside the loop, by :func:`fit_estimator`, once there is something to count)."""
     model = make_model(data.data.num_channels, data.data.num_classes)
+    if not isinstance(model, nn.Module):
+        return BuiltModel(model, {"model": name, "architecture": type(model).__name__})
     summary = model_summary(model, data.sample)
     summary["model"] = name
     rundir.write_json(run_dir / rundir.MODEL_SUMMARY, summary)
@@ -253,6 +271,128 @@ def fit(
         seed=training.seed,
         on_epoch_end=on_epoch,
         resume=resume,
+        augment=bind_augment(training, data),
+    )
+
+
+def bind_augment(training: Training, data: PreparedData) -> Augment | None:
+    """A fresh copy of the run's augmentation for this data (each training phase starts its
+    generator from the same seed)."""
+    if training.augment is None:
+        return None
+    return copy.deepcopy(training.augment).bind(
+        data.data.num_classes, data.data.channel_groups or [], data.mean, data.std, training.seed
+    )
+
+
+@dataclass
+class Refitted:
+    """The second phase of ``trainer.refit``: the model trained on train + validation."""
+
+    fitted: FitResult
+    model: nn.Module
+    info: dict[str, Any]  # metrics.json's ``refit``
+
+
+def rescaled_schedule(factory: Callable[..., Any] | None, epochs: int) -> Callable[..., Any] | None:
+    """The scheduler factory with its horizon set to ``epochs`` (cosine T_max, step schedules);
+    others unchanged."""
+    if isinstance(factory, StepSchedule):
+        warmup = min(factory.warmup_epochs, epochs / 2)
+        return dataclasses.replace(factory, epochs=epochs, warmup_epochs=warmup)
+    if isinstance(factory, functools.partial) and "T_max" in factory.keywords:
+        return functools.partial(
+            factory.func, *factory.args, **{**factory.keywords, "T_max": epochs}
+        )
+    return factory
+
+
+def refit(
+    training: Training,
+    make_model: Callable[[int, int], nn.Module],
+    data: PreparedData,
+    selected: FitResult,
+    run_dir: Path,
+) -> Refitted:
+    """Train a new model from scratch on train + validation for the epochs chosen on validation.
+
+    Nothing is selected in this phase (it has no validation part): the weights after its last
+    epoch (their moving average with ``trainer.ema_decay``) are the ones tested. Its
+    checkpoints are in ``checkpoints/refit/``, so an interrupted refit resumes there.
+    """
+    epochs = max(selected.best_epoch, 1)
+    trainer = dataclasses.replace(training.trainer, max_epochs=epochs, patience=None)
+    X = torch.cat([data.train.X, data.val.X])
+    y = torch.cat([data.train.y, data.val.y])
+    checkpoints = rundir.checkpoint_dir(run_dir) / "refit"
+    resume = load_resume_state(checkpoints) if (checkpoints / LAST_CHECKPOINT).is_file() else None
+    log.info("refit: %d epochs on train + validation (%d windows)", epochs, len(y))
+    seed_everything(training.seed)
+    model = make_model(data.data.num_channels, data.data.num_classes)
+    fitted = trainer.fit(
+        model,
+        X,
+        y,
+        X[:0],
+        y[:0],
+        optimizer_factory=training.optimizer_factory,
+        scheduler_factory=rescaled_schedule(training.scheduler_factory, epochs),
+        checkpoint_dir=checkpoints,
+        seed=training.seed,
+        resume=resume,
+        augment=bind_augment(training, data),
+    )
+    model.load_state_dict(fitted.best_state)
+    subjects = np.unique(data.data.subjects[np.concatenate([data.split.train, data.split.val])])
+    info = {
+        "epochs": epochs,
+        "train_windows": len(y),
+        "train_subjects": [int(s) for s in subjects],
+        "weights": fitted.weights,
+        "history": [
+            {k: r[k] for k in ("epoch", "train_loss", "train_accuracy", "lr", "train_seconds")}
+            for r in fitted.history
+        ],
+    }
+    record_refit(run_dir, data, info)
+    return Refitted(fitted, model, info)
+
+
+def record_refit(run_dir: Path, data: PreparedData, info: Mapping[str, Any]) -> None:
+    """``split_report.json`` gains the refit's training part, and the proof that it holds no
+    test subject."""
+    path = run_dir / rundir.SPLIT_REPORT
+    report = rundir.read_json(path)
+    test_subjects = set(np.unique(data.data.subjects[data.split.test]).tolist())
+    report["refit"] = {
+        "train_windows": info["train_windows"],
+        "train_subjects": info["train_subjects"],
+        "test_subjects_in_training": sorted(test_subjects & set(info["train_subjects"])),
+        "epochs": info["epochs"],
+    }
+    rundir.write_json(path, report)
+
+
+def fit_estimator(built: BuiltModel, data: PreparedData, run_dir: Path, refit: bool) -> FitResult:
+    """Fit a model that is not trained by the loop (``model=minirocket``) once, on the training
+    part, or on train + validation with ``trainer.refit`` (it selects nothing on validation)."""
+    parts = [data.train, data.val] if refit else [data.train]
+    X = torch.cat([p.X for p in parts]).numpy()
+    y = torch.cat([p.y for p in parts]).numpy()
+    t0 = time.perf_counter()
+    built.model.fit(X, y)
+    seconds = time.perf_counter() - t0
+    built.summary |= built.model.summary() | {"input_shape": list(data.sample.shape[1:])}
+    rundir.write_json(run_dir / rundir.MODEL_SUMMARY, built.summary)
+    log.info("fitted %s on %d windows in %.1fs", built.summary["model"], len(y), seconds)
+    return FitResult(
+        history=[],
+        best_epoch=0,
+        best_metric=None,
+        stopped_early=False,
+        train_seconds_per_epoch=[seconds],
+        weights="fitted",
+        train_windows=len(y),
     )
 
 
@@ -267,6 +407,16 @@ def best_weights_scorer(trainer: Trainer, model: nn.Module, fitted: FitResult) -
     """Scores with the best-on-validation weights (loaded into ``model`` now)."""
     model.load_state_dict(fitted.best_state)
     return lambda part: trainer.evaluate(model, part.X, part.y)
+
+
+def estimator_scorer(model: Any) -> Scorer:
+    """Scores a model fitted outside the loop; it has no loss to report."""
+
+    def score(part: Part) -> dict[str, Any]:
+        pred = model.decision_function(part.X.numpy()).argmax(1)
+        return {"loss": float("nan"), "y_true": part.y.numpy(), "y_pred": pred}
+
+    return score
 
 
 @dataclass
@@ -289,11 +439,12 @@ class Evaluation:
         return confusion_counts(self.test["y_true"], self.test["y_pred"], num_classes)
 
 
-def evaluate(score: Scorer, data: PreparedData) -> Evaluation:
-    """Validation, then the test set: touched once, here."""
+def evaluate(score: Scorer, data: PreparedData, score_test: Scorer | None = None) -> Evaluation:
+    """Validation, then the test set: touched once, here (by ``score_test`` when the tested
+    model is not the one selected on validation, e.g. after a refit)."""
     val = score(data.val)
     t0 = time.perf_counter()
-    test = score(data.test)
+    test = (score_test or score)(data.test)
     return Evaluation(val, test, time.perf_counter() - t0)
 
 
@@ -318,7 +469,7 @@ class Timings:
 
 def measure(
     trainer: Trainer,
-    model: nn.Module,
+    model: Any,
     data: PreparedData,
     fitted: FitResult,
     evaluation: Evaluation,
@@ -327,14 +478,20 @@ def measure(
 ) -> Timings:
     """Training throughput from the fit, inference latency at batch size 1 measured now."""
     sample = data.test.X[:1] if len(data.test) else data.sample
-    latency = measure_latency(model, sample, trainer.device, repeats=repeats, warmup=warmup)
+    if isinstance(model, nn.Module):
+        latency = measure_latency(model, sample, trainer.device, repeats=repeats, warmup=warmup)
+    else:
+        window = sample.numpy()
+        latency = latency_ms(lambda: model.decision_function(window), repeats, warmup)
     n_test, seconds = len(evaluation.test["y_true"]), evaluation.test_seconds
+    if fitted.history:
+        train_sps = float(np.median([r["samples_per_second"] for r in fitted.history]))
+    else:  # fitted in one go: windows over its fitting time
+        train_sps = fitted.train_windows / max(sum(fitted.train_seconds_per_epoch), 1e-9)
     return Timings(
         train_seconds_per_epoch=fitted.train_seconds_per_epoch,
         train_seconds_total=float(sum(fitted.train_seconds_per_epoch)),
-        train_samples_per_second=float(
-            np.median([r["samples_per_second"] for r in fitted.history])
-        ),
+        train_samples_per_second=train_sps,
         inference_latency_ms=latency,
         inference_samples_per_second=n_test / seconds if seconds > 0 else None,
         inference_batch_size=trainer.eval_batch_size,
@@ -371,6 +528,7 @@ def collect_result(
     choices: Choices,
     run_dir: Path,
     resume: Mapping[str, Any] | None,
+    refitted: Refitted | None = None,
 ) -> RunResult:
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -379,10 +537,17 @@ def collect_result(
         "stopped_early": fitted.stopped_early,
         "monitor": monitor,
         "best_val_metric": fitted.best_metric,
+        # Which weights were validated and selected: "model", "ema" (moving average) or
+        # "fitted" (a model fitted outside the loop).
+        "weights": fitted.weights,
+        # Which model the test figures are of: the one selected on validation, or the refit.
+        "tested": "refit" if refitted is not None else "selected",
         "model": choices.model,
         "dataset": choices.dataset,
         "run_dir": str(run_dir),
     }
+    if refitted is not None:
+        metrics["refit"] = refitted.info
     if resume is not None:
         metrics["resumed_from_epoch"] = resume["epoch"]
     metrics |= evaluation.metrics(data.class_names)
