@@ -38,6 +38,15 @@ def _compare(argv: Sequence[str]) -> int:
 VERBS["compare"] = _compare
 
 
+def _results(argv: Sequence[str]) -> int:
+    from har_bench.results import main as results_main
+
+    return results_main(argv)
+
+
+VERBS["results"] = _results
+
+
 @dataclass
 class _Sweep:
     jobs: int = 0

@@ -35,7 +35,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "components": ("har_bench.components",),
     "run": ("har_bench.run",),
     "resume": ("har_bench.resume",),
-    "compare": ("har_bench.compare",),
+    "compare": ("har_bench.compare", "har_bench.results"),
     "sweep": ("har_bench.sweep",),
     "cli": ("har_bench.cli",),
 }

@@ -231,3 +231,51 @@ def test_real_uci_har_resnext50_smoke(tmp_path):
         "STANDING",
         "LAYING",
     }
+
+
+def test_recipe_with_refit_tests_the_refit_model_and_never_sees_test_subjects(
+    compose_cfg, tmp_path
+):
+    cfg = compose_cfg(
+        "dataset=synthetic",
+        *SMALL_MODEL,
+        "trainer.max_epochs=2",
+        "efficiency.latency_repeats=2",
+        "augment=sensor",
+        "augment.mixup=0.2",
+        "scheduler=warmup_cosine",
+        "trainer.ema_decay=0.9",
+        "trainer.label_smoothing=0.1",
+        "trainer.refit=true",
+    )
+    run_dir = tmp_path / "run"
+    metrics = run(cfg, run_dir)
+    check_run_dir(run_dir, epochs=2)
+    assert metrics["weights"] == "ema" and metrics["tested"] == "refit"
+    refit = metrics["refit"]
+    assert refit["epochs"] == metrics["best_epoch"] and len(refit["history"]) == refit["epochs"]
+    report = json.loads((run_dir / "split_report.json").read_text())
+    parts = report["parts"]
+    assert report["refit"]["test_subjects_in_training"] == []
+    assert report["refit"]["train_windows"] == parts["train"]["windows"] + parts["val"]["windows"]
+    assert set(report["refit"]["train_subjects"]).isdisjoint(parts["test"]["subjects"])
+    assert (run_dir / "checkpoints" / "refit" / "last.pt").is_file()
+
+
+def test_minirocket_goes_through_the_same_stages(compose_cfg, tmp_path):
+    pytest.importorskip("aeon", reason="model=minirocket needs the [rocket] extra")
+    cfg = compose_cfg(
+        "dataset=synthetic",
+        "model=minirocket",
+        "model.n_kernels=168",
+        "efficiency.latency_repeats=2",
+    )
+    run_dir = tmp_path / "run"
+    metrics = run(cfg, run_dir)
+    assert metrics["status"] == "completed" and metrics["weights"] == "fitted"
+    assert metrics["epochs_trained"] == 0 and 0 <= metrics["test"]["accuracy"] <= 1
+    summary = json.loads((run_dir / "model_summary.json").read_text())
+    assert summary["params"] > 0 and summary["flops_per_sample"] is None
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert timings["train_samples_per_second"] > 0 and timings["inference_latency_ms"]["p50"] > 0
+    assert (run_dir / "confusion_matrix.csv").is_file() and hparams_sessions(run_dir) == 1

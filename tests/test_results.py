@@ -1,0 +1,46 @@
+"""`har-bench results`: RESULTS.md from run dirs (fabricated here) and published figures."""
+
+from __future__ import annotations
+
+import yaml
+from test_compare import make_run
+
+from har_bench.cli import main
+
+
+def test_results_markdown_from_runs_and_published_rows(tmp_path, capsys):
+    for seed, acc in enumerate((0.96, 0.97, 0.98)):
+        make_run(tmp_path / "runs" / "best" / str(seed), seed=seed, acc=acc, f1=acc - 0.01)
+    make_run(tmp_path / "runs" / "best" / "3", seed=3, status="failed")
+    spec = {
+        "title": "Test results",
+        "tables": [
+            {
+                "title": "UCI-HAR",
+                "rows": [
+                    {"label": "best", "command": "har-bench -m seed=0,1,2", "runs": ["runs/best"]},
+                    {"label": "not run yet", "runs": ["runs/missing"]},
+                    {"label": "SVM", "published": {"accuracy": 0.964}, "source": "Anguita 2013"},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "RESULTS.md"
+    code = main(
+        ["results", str(tmp_path / "spec.yaml"), "--out", str(out), "--base", str(tmp_path)]
+    )
+    assert code == 0, capsys.readouterr().err
+    lines = {line.split(" | ")[0]: line for line in out.read_text().splitlines() if "|" in line}
+    best = lines["| best"].split(" | ")
+    assert best[1] == "3 of 4"  # the failed run is counted, not averaged
+    assert best[2] == "97.00 ± 1.00" and best[3] == "96.00 ± 1.00"
+    assert best[-1] == "`har-bench -m seed=0,1,2` |"
+    assert lines["| not run yet"].split(" | ")[1] == "0"
+    assert "96.40" in lines["| SVM *(published)*"]
+
+
+def test_results_bad_spec_is_one_line(tmp_path, capsys):
+    (tmp_path / "spec.yaml").write_text("just text")
+    assert main(["results", str(tmp_path / "spec.yaml")]) == 2
+    assert "expected a mapping with a 'tables' list" in capsys.readouterr().err
