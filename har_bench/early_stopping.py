@@ -12,6 +12,10 @@ import torch
 MONITORS = {"val_macro_f1": "max", "val_accuracy": "max", "val_loss": "min"}
 
 
+# What last.pt keeps of the tracker.
+STATE_KEYS = ("best_epoch", "best_metric", "bad_epochs", "stopped_early", "monitor")
+
+
 @dataclass
 class BestTracker:
     """Keeps the best-on-validation weights and counts the epochs without improvement.
@@ -70,13 +74,7 @@ class BestTracker:
 
     def state_dict(self) -> dict[str, Any]:
         """The tracker's part of ``last.pt`` (the best weights themselves go to ``best.pt``)."""
-        return {
-            "best_epoch": self.best_epoch,
-            "best_metric": self.best_metric,
-            "bad_epochs": self.bad_epochs,
-            "stopped_early": self.stopped_early,
-            "monitor": self.monitor,
-        }
+        return {key: getattr(self, key) for key in STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("monitor", self.monitor) != self.monitor:

@@ -49,15 +49,10 @@ class EpochProgress:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "batches_done": self.batches_done,
-            "num_batches": self.num_batches,
-            "seen": self.seen,
-            "correct": self.correct.detach().cpu().clone(),
-            "loss_sum": self.loss_sum.detach().cpu().clone(),
-            "train_seconds": self.train_seconds,
-        }
+        state = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("correct", "loss_sum"):  # device tensors while the epoch runs
+            state[name] = state[name].detach().cpu().clone()
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> EpochProgress:
