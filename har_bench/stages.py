@@ -113,6 +113,10 @@ class PreparedData:
         return list(self.data.class_names)
 
 
+# Below this many validation windows, selecting an epoch on them is warned about.
+SMALL_VALIDATION = 50
+
+
 def prepare_data(
     load_data: Callable[[], HARData],
     make_split: Callable[[HARData], Split],
@@ -142,6 +146,14 @@ def prepare_data(
         len(split.test),
         time.perf_counter() - t0,
     )
+    if 0 < len(split.val) < SMALL_VALIDATION:
+        log.warning(
+            "the validation part has only %d windows: its accuracy moves in steps of %.3f, so "
+            "a best epoch picked on it is mostly noise; prefer a fixed schedule "
+            "(trainer.patience=null) with trainer.refit=true",
+            len(split.val),
+            1 / len(split.val),
+        )
     X, mean, std = standardise(data.X, split.train)
     X_t = torch.from_numpy(X)
     y_t = torch.from_numpy(data.y.astype(np.int64))
@@ -314,13 +326,16 @@ def refit(
     selected: FitResult,
     run_dir: Path,
 ) -> Refitted:
-    """Train a new model from scratch on train + validation for the epochs chosen on validation.
+    """Train a new model from scratch on train + validation for the epochs chosen on validation
+    (the best epoch under early stopping; the whole schedule with ``trainer.patience=null``).
 
     Nothing is selected in this phase (it has no validation part): the weights after its last
     epoch (their moving average with ``trainer.ema_decay``) are the ones tested. Its
     checkpoints are in ``checkpoints/refit/``, so an interrupted refit resumes there.
     """
-    epochs = max(selected.best_epoch, 1)
+    # Early stopping chose the epoch count; a fixed schedule (no patience) is its own choice.
+    fixed = training.trainer.patience is None
+    epochs = training.trainer.max_epochs if fixed else max(selected.best_epoch, 1)
     trainer = dataclasses.replace(training.trainer, max_epochs=epochs, patience=None)
     X = torch.cat([data.train.X, data.val.X])
     y = torch.cat([data.train.y, data.val.y])
@@ -346,6 +361,7 @@ def refit(
     subjects = np.unique(data.data.subjects[np.concatenate([data.split.train, data.split.val])])
     info = {
         "epochs": epochs,
+        "epochs_from": "schedule" if fixed else "best_epoch",
         "train_windows": len(y),
         "train_subjects": [int(s) for s in subjects],
         "weights": fitted.weights,

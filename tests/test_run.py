@@ -247,13 +247,16 @@ def test_recipe_with_refit_tests_the_refit_model_and_never_sees_test_subjects(
         "trainer.ema_decay=0.9",
         "trainer.label_smoothing=0.1",
         "trainer.refit=true",
+        "trainer.patience=null",
     )
     run_dir = tmp_path / "run"
     metrics = run(cfg, run_dir)
     check_run_dir(run_dir, epochs=2)
     assert metrics["weights"] == "ema" and metrics["tested"] == "refit"
     refit = metrics["refit"]
-    assert refit["epochs"] == metrics["best_epoch"] and len(refit["history"]) == refit["epochs"]
+    # A fixed schedule (no early stopping): the refit runs the whole of it.
+    assert refit["epochs"] == 2 and refit["epochs_from"] == "schedule"
+    assert len(refit["history"]) == refit["epochs"]
     report = json.loads((run_dir / "split_report.json").read_text())
     parts = report["parts"]
     assert report["refit"]["test_subjects_in_training"] == []
