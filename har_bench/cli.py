@@ -47,6 +47,24 @@ def _results(argv: Sequence[str]) -> int:
 VERBS["results"] = _results
 
 
+def _export(argv: Sequence[str]) -> int:
+    from har_bench.deploy.export import main as export_main  # torch/onnx only when asked for
+
+    return export_main(argv)
+
+
+VERBS["export"] = _export
+
+
+def _predict(argv: Sequence[str]) -> int:
+    from har_bench.deploy.predict import main as predict_main
+
+    return predict_main(argv)
+
+
+VERBS["predict"] = _predict
+
+
 @dataclass
 class _Sweep:
     jobs: int = 0

@@ -38,6 +38,19 @@ HYDRA_DIR = ".hydra"
 SAVED_CONFIG = f"{HYDRA_DIR}/config.yaml"
 SAVED_HYDRA_CONFIG = f"{HYDRA_DIR}/hydra.yaml"
 SAVED_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
+# checkpoints/refit/: where a trainer.refit run keeps the model it tested (stages.refit).
+REFIT_CHECKPOINTS = "refit"
+# har-bench export RUN_DIR writes into export/; har-bench predict reads from there.
+EXPORT_DIR = "export"
+EXPORT_REPORT = "export_report.json"
+PREPROCESSING = "preprocessing.json"
+# The exported forms of the model, by the name export_report.json and predict --onnx use.
+ONNX_FILES = {
+    "fp32": "model.onnx",
+    "int8": "model_int8.onnx",
+    "pruned": "model_pruned.onnx",
+    "pruned_int8": "model_pruned_int8.onnx",
+}
 
 STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
 # Keys of metrics.json that describe how an attempt ended; a resumed run drops them.
@@ -83,6 +96,24 @@ def _last_checkpoint_name() -> str:
 
 def last_checkpoint(run_dir: Path) -> Path:
     return checkpoint_dir(run_dir) / _last_checkpoint_name()
+
+
+def tested_checkpoint(run_dir: Path) -> Path:
+    """The weights a completed run tested: the refit's when it refit, else the best-on-validation
+    ones."""
+    from har_bench.checkpoint import BEST_CHECKPOINT  # imports torch: only where a path needs it
+
+    refit = read_status(run_dir).get("tested") == "refit"
+    folder = checkpoint_dir(run_dir) / (REFIT_CHECKPOINTS if refit else "")
+    return folder / BEST_CHECKPOINT
+
+
+def export_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / EXPORT_DIR
+
+
+def onnx_file(run_dir: Path, form: str = "fp32") -> Path:
+    return export_dir(run_dir) / ONNX_FILES[form]
 
 
 def checkpointed_runs(root: Path) -> list[Path]:
@@ -176,6 +207,13 @@ def saved_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides the run was started with."""
     overrides = _read_yaml(Path(run_dir) / SAVED_OVERRIDES)
     return [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+
+def saved_cwd(run_dir: Path) -> Path | None:
+    """The directory the run was started in (relative paths in its config are from there)."""
+    hydra_cfg = _read_yaml(Path(run_dir) / SAVED_HYDRA_CONFIG) or {}
+    cwd = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("cwd")
+    return Path(str(cwd)) if cwd else None
 
 
 def saved_choices(run_dir: Path) -> dict[str, str]:

@@ -187,6 +187,13 @@ def parse_wisdm_file(path: Path) -> Parsed:
 # --------------------------------------------------------------------------- locating
 
 
+def file_name_parts(name: str) -> tuple[int, str, str] | None:
+    """(subject, sensor, device) of a 2019 raw file name (``data_1600_accel_watch.txt.xz``),
+    or None for another name."""
+    m = _FILE_RE.match(name)
+    return (int(m.group(1)), m.group(2), m.group(3)) if m else None
+
+
 def read_activity_key(folder: Path) -> dict[str, str]:
     """``activity_key.txt`` ("walking = A" per line) as code -> name, in file order."""
     try:
@@ -230,7 +237,7 @@ def _files_2019(ds: Path, device: str, sensors: list[str]) -> dict[int, dict[str
 # --------------------------------------------------------------------------- assembling
 
 
-def _align(
+def align_nearest(
     base_ts: np.ndarray, other_ts: np.ndarray, tolerance_ns: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each base timestamp, the index of the nearest ``other`` timestamp within the
@@ -301,7 +308,7 @@ def _streams_2019(
             for sensor in sensors[1:]:
                 o_act, o_ts, o_xyz = per_sensor[sensor]
                 o_sel = np.flatnonzero(o_act == act)
-                kept, matched = _align(ts[keep], o_ts[o_sel], tolerance_ns)
+                kept, matched = align_nearest(ts[keep], o_ts[o_sel], tolerance_ns)
                 keep = keep[kept]
                 cols = [c[kept] for c in cols] + [o_xyz[o_sel][matched]]
             dropped_unaligned += len(sel) - len(keep)

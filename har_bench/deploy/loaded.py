@@ -1,0 +1,250 @@
+"""A finished run read back: its config, the weights it tested, its data and preprocessing.
+
+The run's saved config (``.hydra/config.yaml``) is built into the same typed components a run
+uses (:func:`har_bench.components.from_config`), so the data are loaded, split and
+standardised by the run's own code path; the split is then checked against the run's
+``split_report.json``, so a changed dataset is refused rather than silently evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from har_bench import rundir
+from har_bench.checkpoint import load_checkpoint
+from har_bench.components import from_config
+from har_bench.engine import Trainer
+from har_bench.errors import UserError
+from har_bench.stages import Choices, Experiment, PreparedData, prepare_data
+
+# Config keys holding paths, which a run resolves from the directory it was started in.
+PATH_KEYS = ("dataset.root", "dataset.path")
+# Gaps in time that end a stretch of samples, for datasets whose config names none (seconds).
+DEFAULT_MAX_GAP_S = 1.0
+
+
+class RunNotReadyError(UserError):
+    """The directory is not a finished run with a model to export or predict with."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a raw recording goes through before the model: the run's channels, window, step,
+    sampling rate and per-channel standardisation (``export/preprocessing.json``)."""
+
+    dataset: str
+    channel_names: list[str]
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    window: int
+    step: int
+    step_source: str  # "dataset.step", or why another value was taken
+    sampling_rate_hz: float | None  # of the run's windows (after its own resampling)
+    resample_hz: float | None  # the run's dataset.resample_hz
+    max_gap_s: float
+    input_shape: list[int]
+    dataset_config: dict[str, Any] = field(default_factory=dict)  # device, sensors, tolerance
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Preprocessing:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in names})
+
+    def standardise(self, X: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, -1, 1)
+        return ((X - mean) / std).astype(np.float32)
+
+
+def check_run_dir(run_dir: Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` when it is a completed run of a neural model whose tested
+    weights are on disk; a one-line :class:`RunNotReadyError` otherwise."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunNotReadyError(f"{run_dir}: no such run directory")
+    if not rundir.is_run_dir(run_dir):
+        raise RunNotReadyError(
+            f"{run_dir} is not a har-bench run directory (no {rundir.SAVED_CONFIG})"
+        )
+    metrics = rundir.read_status(run_dir)
+    status = metrics.get("status", "missing")
+    if status != "completed":
+        hint = f"; resume it: {rundir.resume_command(run_dir)}" if status == "interrupted" else ""
+        raise RunNotReadyError(
+            f"{run_dir} has no finished model ({rundir.METRICS} status: {status}); wait for "
+            f"the run to complete{hint}"
+        )
+    checkpoint = rundir.tested_checkpoint(run_dir)
+    if not checkpoint.is_file():
+        if metrics.get("weights") == "fitted":
+            raise RunNotReadyError(
+                f"{run_dir}: model={metrics.get('model')} is fitted outside the training loop "
+                "and has no torch weights to export; export works on the neural models"
+            )
+        raise RunNotReadyError(
+            f"{run_dir} has no {checkpoint.relative_to(run_dir)}: the tested weights are missing"
+        )
+    return metrics
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The run's saved config, with relative data paths taken from where the run started."""
+    cfg = OmegaConf.create(rundir.saved_config(run_dir))
+    cwd = rundir.saved_cwd(run_dir)
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or Path(str(value)).expanduser().is_absolute():
+            continue
+        if cwd is not None and not Path(str(value)).exists():
+            OmegaConf.update(cfg, key, str(cwd / str(value)))
+    for key in ("dataset.progress", "trainer.progress"):
+        if OmegaConf.select(cfg, key, default=None) is not None:
+            OmegaConf.update(cfg, key, False)
+    return cfg
+
+
+class FinishedRun:
+    """A completed run: ``model`` (the tested weights, eval mode, CPU), ``data`` (its windows,
+    split and standardised as in the run) and ``preprocessing``; each built on first use."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir).resolve()
+        self.metrics = check_run_dir(self.path)
+        self.config = run_config(self.path)
+        self.choices = Choices.of(rundir.saved_choices(self.path))
+        self.experiment: Experiment = from_config(self.config, self.choices)
+
+    @property
+    def refit(self) -> bool:
+        """The tested model was trained on train + validation."""
+        return self.metrics.get("tested") == "refit"
+
+    @property
+    def trainer(self) -> Trainer:
+        """The run's trainer, on the CPU in fp32 and without evaluation limits."""
+        return dataclasses.replace(
+            self.experiment.training.trainer,
+            device="cpu",
+            precision="32",
+            limit_eval_batches=None,
+            progress=False,
+        )
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model of the run's architecture."""
+        data = self.data
+        return self.experiment.make_model(data.data.num_channels, data.data.num_classes)
+
+    @cached_property
+    def model(self) -> nn.Module:
+        model = self.build_model()
+        checkpoint = rundir.tested_checkpoint(self.path)
+        state = load_checkpoint(checkpoint, what=str(self.path))
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(
+                f"{checkpoint} does not fit the model of the run's config ({first})"
+            ) from None
+        return model.eval()
+
+    @cached_property
+    def data(self) -> PreparedData:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = prepare_data(
+                self.experiment.load_data, self.experiment.make_split, self.choices.split, Path(tmp)
+            )
+            fresh = rundir.read_json(Path(tmp) / rundir.SPLIT_REPORT)
+        check_same_split(self.path, fresh)
+        return data
+
+    def train_part(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows the tested model was trained on: train, plus validation after a refit."""
+        data = self.data
+        if self.refit:
+            return torch.cat([data.train.X, data.val.X]), torch.cat([data.train.y, data.val.y])
+        return data.train.X, data.train.y
+
+    @cached_property
+    def preprocessing(self) -> Preprocessing:
+        data = self.data
+        ds = self.config.dataset
+        step = ds.get("step")
+        if step is not None:
+            step, step_source = int(step), "dataset.step"
+        else:
+            # Pre-cut datasets (UCI-HAR) name no step; their published windows overlap by half.
+            step, step_source = data.data.window_length // 2, "half a window (pre-cut dataset)"
+        extra = {k: ds.get(k) for k in ("version", "device", "sensors", "align_tolerance_ms")}
+        return Preprocessing(
+            dataset=data.data.name,
+            channel_names=list(data.data.channel_names),
+            class_names=data.class_names,
+            mean=[float(v) for v in data.mean],
+            std=[float(v) for v in data.std],
+            window=data.data.window_length,
+            step=step,
+            step_source=step_source,
+            sampling_rate_hz=data.data.sampling_rate_hz,
+            resample_hz=ds.get("resample_hz"),
+            max_gap_s=float(ds.get("max_gap_s") or DEFAULT_MAX_GAP_S),
+            input_shape=list(data.sample.shape[1:]),
+            dataset_config=OmegaConf.to_container(OmegaConf.create(extra), resolve=True),  # type: ignore[arg-type]
+        )
+
+
+def check_same_split(run_dir: Path, fresh: dict[str, Any]) -> None:
+    """The parts rebuilt now must hold the subjects and window counts the run recorded."""
+    saved_path = Path(run_dir) / rundir.SPLIT_REPORT
+    if not saved_path.is_file():
+        return
+    saved = rundir.read_json(saved_path)
+    for part in ("train", "val", "test"):
+        a = saved.get("parts", {}).get(part, {})
+        b = fresh.get("parts", {}).get(part, {})
+        for key in ("windows", "subjects"):
+            if a.get(key) != b.get(key):
+                raise UserError(
+                    f"{run_dir}: the {part} part rebuilt from the run's config differs from the "
+                    f"one it recorded ({key}: {_short(a.get(key))} then, {_short(b.get(key))} "
+                    "now); the dataset changed since the run"
+                )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def load_preprocessing(run_dir: Path) -> Preprocessing | None:
+    """``export/preprocessing.json`` when an export (or an earlier predict) wrote it."""
+    path = rundir.export_dir(run_dir) / rundir.PREPROCESSING
+    if not path.is_file():
+        return None
+    try:
+        return Preprocessing.from_json(rundir.read_json(path))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_preprocessing(run_dir: Path, prep: Preprocessing) -> Path:
+    path = rundir.export_dir(run_dir) / rundir.PREPROCESSING
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(path, prep.to_json())
+    return path
