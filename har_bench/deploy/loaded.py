@@ -145,14 +145,9 @@ class FinishedRun:
             progress=False,
         )
 
-    def build_model(self) -> nn.Module:
-        """A freshly initialised model of the run's architecture."""
-        data = self.data
-        return self.experiment.make_model(data.data.num_channels, data.data.num_classes)
-
-    @cached_property
-    def model(self) -> nn.Module:
-        model = self.build_model()
+    def load_model(self, num_channels: int, num_classes: int) -> nn.Module:
+        """The run's architecture with the weights it tested, in eval mode on the CPU."""
+        model = self.experiment.make_model(num_channels, num_classes)
         checkpoint = rundir.tested_checkpoint(self.path)
         state = load_checkpoint(checkpoint, what=str(self.path))
         try:
@@ -163,6 +158,11 @@ class FinishedRun:
                 f"{checkpoint} does not fit the model of the run's config ({first})"
             ) from None
         return model.eval()
+
+    @cached_property
+    def model(self) -> nn.Module:
+        data = self.data.data
+        return self.load_model(data.num_channels, data.num_classes)
 
     @cached_property
     def data(self) -> PreparedData:
