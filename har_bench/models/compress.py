@@ -237,7 +237,7 @@ def _conv_like(
         new.weight.copy_(w)
         if bias is not None:
             new.bias.copy_(bias.detach() if out_idx is None else bias.detach()[out_idx])
-    return new
+    return new.train(conv.training)
 
 
 def _norm_like(bn: nn.Module, idx: torch.Tensor) -> nn.Module:
@@ -249,4 +249,4 @@ def _norm_like(bn: nn.Module, idx: torch.Tensor) -> nn.Module:
                 getattr(new, name).copy_(src.detach()[idx])
         if bn.num_batches_tracked is not None:
             new.num_batches_tracked.copy_(bn.num_batches_tracked)
-    return new
+    return new.train(bn.training)
