@@ -322,7 +322,7 @@ def longest_stretch_s(t: np.ndarray, max_gap_s: float) -> float:
 
 def smooth(pred: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
     """Majority over each window and the k-1 before it (causal, as on a live stream); a tie
-    goes to the class with the higher summed probability."""
+    goes to the class with the higher summed probability, then to the newest prediction."""
     onehot = np.eye(probs.shape[1])[pred]
     padded = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(onehot, 0)])
     psum = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs, 0)])
@@ -330,7 +330,7 @@ def smooth(pred: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
     lo = np.maximum(i - k + 1, 0)
     votes = padded[i + 1] - padded[lo]
     mass = psum[i + 1] - psum[lo]
-    return np.argmax(votes + mass / (k + 1), axis=1)
+    return np.argmax(votes + mass / (k + 1) + onehot * 1e-9, axis=1)
 
 
 # -- predicting --------------------------------------------------------------------------------
@@ -351,21 +351,32 @@ def preprocessing_for(run: FinishedRun) -> Preprocessing:
     return prep
 
 
+def onnx_path(run: FinishedRun, form: str) -> Path:
+    """The exported file of ``form``, checked before any recording is read."""
+    from har_bench.deploy import onnx_model
+
+    onnx_model.require_onnx()
+    path = rundir.onnx_file(run.path, form)
+    if not path.is_file():
+        flags = {
+            "fp32": "",
+            "int8": " --quantize int8",
+            "pruned": " --prune RATIO",
+            "pruned_int8": " --quantize int8 --prune RATIO",
+        }
+        raise UserError(
+            f"{path} does not exist: run har-bench export {run.path}{flags[form]} first"
+        )
+    return path
+
+
 def logits_for(
-    run: FinishedRun, prep: Preprocessing, X: np.ndarray, onnx: str | None
+    run: FinishedRun, prep: Preprocessing, X: np.ndarray, onnx: Path | None
 ) -> np.ndarray:
     if onnx is not None:
         from har_bench.deploy import onnx_model
 
-        onnx_model.require_onnx()
-        path = rundir.onnx_file(run.path, onnx)
-        if not path.is_file():
-            flags = {"int8": " --quantize int8", "pruned": " --prune RATIO"}
-            flag = (
-                flags.get(onnx, "") if onnx != "pruned_int8" else " --quantize int8 --prune RATIO"
-            )
-            raise UserError(f"{path} does not exist: run har-bench export {run.path}{flag} first")
-        return onnx_model.ort_logits(onnx_model.session(path), X)
+        return onnx_model.ort_logits(onnx_model.session(onnx), X)
     model = run.load_model(len(prep.channel_names), len(prep.class_names))
     return run.trainer.predict(model, torch.from_numpy(X)).numpy()
 
@@ -384,9 +395,10 @@ def predict(
     """One row per window (start, predicted class, probabilities) and a summary."""
     run = FinishedRun(run_dir)
     prep = preprocessing_for(run)
+    onnx_file = onnx_path(run, onnx) if onnx is not None else None
     stream = read_recording(inputs, prep, time_column, time_unit, label_column)
     windows = cut_windows(stream, prep, resample=resample, step=step)
-    logits = logits_for(run, prep, windows.X, onnx)
+    logits = logits_for(run, prep, windows.X, onnx_file)
     z = logits - logits.max(1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     pred = probs.argmax(1)

@@ -1,0 +1,178 @@
+"""har-bench predict: a recording stitched from known windows gives their labels back; every
+bad input is one error line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from cli_helpers import assert_one_line_error
+from deploy_helpers import trained_run
+
+from har_bench import cli, rundir
+from har_bench.deploy.loaded import FinishedRun
+from har_bench.deploy.predict import predict, smooth
+
+RATE = 50.0  # the synthetic dataset's sampling rate
+
+
+@pytest.fixture(scope="module")
+def run_dir() -> Path:
+    return trained_run()
+
+
+@pytest.fixture(scope="module")
+def stitched(run_dir: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+    """Raw test windows the model classifies correctly, laid end to end as one CSV recording
+    at the run's rate, with their labels."""
+    run = FinishedRun(run_dir)
+    data = run.data
+    pred = run.trainer.predict(run.model, data.test.X).argmax(1).numpy()
+    y = data.test.y.numpy()
+    raw = data.data.X[data.split.test]
+    chosen = [i for i in np.flatnonzero(pred == y)][:12]
+    assert len({int(y[i]) for i in chosen}) >= 2, "the fixture model must get two classes right"
+    signal = np.concatenate([raw[i].T for i in chosen])  # [T, C]
+    df = pd.DataFrame(signal, columns=data.data.channel_names)
+    df.insert(0, "time", np.arange(len(df)) / RATE)
+    path = tmp_path_factory.mktemp("rec") / "stitched.csv"
+    df.to_csv(path, index=False)
+    return path, [data.class_names[int(y[i])] for i in chosen]
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(list(args))
+    return code, err.getvalue()
+
+
+def test_stitched_windows_come_back_with_their_labels(run_dir, stitched):
+    path, labels = stitched
+    window = FinishedRun(run_dir).preprocessing.window
+    table, summary = predict(run_dir, [path], step=window)  # one window per stitched one
+    assert list(table["predicted"]) == labels
+    assert np.allclose(table["start_s"], np.arange(len(labels)) * window / RATE)
+    probs = table.filter(like="p_").to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert summary["windows"] == len(labels)
+    # The run's own step (half a window for a pre-cut dataset) gives windows in between too.
+    table2, _ = predict(run_dir, [path])
+    assert len(table2) == 2 * len(labels) - 1
+    assert list(table2["predicted"][::2]) == labels
+
+
+def test_cli_writes_the_predictions_and_the_preprocessing(run_dir, stitched, tmp_path):
+    path, labels = stitched
+    out = tmp_path / "pred.csv"
+    code, err = run_cli(
+        "predict",
+        str(run_dir),
+        "--input",
+        str(path),
+        "-o",
+        str(out),
+        "--smooth",
+        "3",
+        "--step",
+        "64",
+    )
+    assert code == 0, err
+    table = pd.read_csv(out)
+    assert list(table["predicted"]) == labels
+    assert {"start_s", "end_s", "start_time", "smoothed"} <= set(table.columns)
+    prep = json.loads((rundir.export_dir(run_dir) / rundir.PREPROCESSING).read_text())
+    assert prep["channel_names"] == ["ch0", "ch1", "ch2"] and prep["sampling_rate_hz"] == RATE
+
+
+def test_smoothing_is_a_causal_majority():
+    pred = np.array([0, 1, 1, 0, 1, 2, 2, 2])
+    probs = np.eye(3)[pred] * 0.9 + 0.1 / 3
+    assert list(smooth(pred, probs, 3)) == [0, 1, 1, 1, 1, 2, 2, 2]
+    assert list(smooth(pred, probs, 1)) == list(pred)
+
+
+def test_missing_channel_is_one_line(run_dir, stitched, tmp_path):
+    path, _ = stitched
+    bad = tmp_path / "two_channels.csv"
+    pd.read_csv(path).drop(columns=["ch1"]).to_csv(bad, index=False)
+    assert_one_line_error(*run_cli("predict", str(run_dir), "-i", str(bad)), "lacks channel(s) ch1")
+
+
+def test_recording_shorter_than_a_window_is_one_line(run_dir, stitched, tmp_path):
+    path, _ = stitched
+    short = tmp_path / "short.csv"
+    pd.read_csv(path).head(20).to_csv(short, index=False)
+    assert_one_line_error(
+        *run_cli("predict", str(run_dir), "-i", str(short)), "too short", "64 samples"
+    )
+
+
+def test_other_sampling_rate_is_refused_unless_resampled(run_dir, stitched, tmp_path):
+    path, _ = stitched
+    fast = tmp_path / "fast.csv"
+    df = pd.read_csv(path)
+    df["time"] = df["time"] / 2  # the same samples at 100 Hz
+    df.to_csv(fast, index=False)
+    assert_one_line_error(
+        *run_cli("predict", str(run_dir), "-i", str(fast)), "100 Hz", "50 Hz", "--resample"
+    )
+    table, summary = predict(run_dir, [fast], resample=True)
+    assert summary["resampled_from_hz"] == pytest.approx(100.0)
+    assert summary["rate_hz"] == RATE and len(table) >= 1
+
+
+def test_unfinished_run_dir_is_one_line(run_dir, stitched, tmp_path):
+    path, _ = stitched
+    copy = tmp_path / "unfinished"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export"))
+    rundir.write_status(copy, "running")
+    assert_one_line_error(*run_cli("predict", str(copy), "-i", str(path)), "no finished model")
+    assert_one_line_error(
+        *run_cli("predict", str(tmp_path / "nowhere"), "-i", str(path)), "no such run directory"
+    )
+
+
+def test_wisdm_raw_needs_every_sensor_of_the_run(tmp_path):
+    """The WISDM line format: a watch run given only the accelerometer file says what is
+    missing (no sibling gyro file in this layout)."""
+    from har_bench.deploy.loaded import Preprocessing
+    from har_bench.deploy.predict import RecordingError, read_recording
+
+    prep = Preprocessing(
+        dataset="wisdm",
+        channel_names=[f"{s}_{a}" for s in ("accel", "gyro") for a in "xyz"],
+        class_names=["walking"],
+        mean=[0.0] * 6,
+        std=[1.0] * 6,
+        window=4,
+        step=2,
+        step_source="dataset.step",
+        sampling_rate_hz=20.0,
+        resample_hz=None,
+        max_gap_s=1.0,
+        input_shape=[6, 4],
+        dataset_config={"device": "watch", "align_tolerance_ms": 25},
+    )
+    accel = tmp_path / "data_1600_accel_watch.txt"
+    accel.write_text("".join(f"1600,A,{i * 50_000_000},1.0,2.0,3.0;\n" for i in range(10)))
+    with pytest.raises(RecordingError, match="gyro_x, gyro_y, gyro_z"):
+        read_recording([accel], prep)
+    gyro = tmp_path / "data_1600_gyro_watch.txt"
+    gyro.write_text(
+        "".join(f"1600,A,{i * 50_000_000 + 1_000_000},4.0,5.0,6.0;\n" for i in range(10))
+    )
+    stream = read_recording([accel], prep)  # the gyro sibling is found beside it
+    assert stream.signal.shape == (10, 6) and list(stream.labels[:1]) == ["walking"]
+    assert stream.rate_hz == pytest.approx(20.0)
+    phone = tmp_path / "data_1600_accel_phone.txt"
+    phone.write_text(accel.read_text())
+    with pytest.raises(RecordingError, match="phone recording"):
+        read_recording([phone], prep)
