@@ -11,8 +11,9 @@ TORCH_SPEC ?= torch>=2.2,<3
 export TORCH_SPEC
 ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help install run test test-fast lint format benchmark clean
+.PHONY: help install run test test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +45,9 @@ lint: install ## ruff check and format check
 format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff format har_bench tests benchmarks
 	$(BIN)/ruff check --fix har_bench tests benchmarks
+
+bench: install ## inference benchmarks: eager vs ONNX Runtime fp32/int8 (docs/benchmarks.md)
+	$(BIN)/python benchmarks/inference.py $(BENCH_ARGS)
 
 clean: ## remove the venv and caches (keeps outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -13,6 +13,8 @@ import pytest
 from cli_helpers import assert_one_line_error
 from deploy_helpers import trained_run
 
+pytestmark = pytest.mark.slow  # trains and exports a run (about a minute on 2 cores)
+
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

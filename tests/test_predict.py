@@ -1,5 +1,6 @@
 """har-bench predict: a recording stitched from known windows gives their labels back; every
-bad input is one error line with exit code 2."""
+bad input is one error line with exit code 2. The tests on a trained run are marked slow (the
+run is trained once per session, see deploy_helpers)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def run_cli(*args: str) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+@pytest.mark.slow
 def test_stitched_windows_come_back_with_their_labels(run_dir, stitched):
     path, labels = stitched
     window = FinishedRun(run_dir).preprocessing.window
@@ -69,6 +71,7 @@ def test_stitched_windows_come_back_with_their_labels(run_dir, stitched):
     assert list(table2["predicted"][::2]) == labels
 
 
+@pytest.mark.slow
 def test_cli_writes_the_predictions_and_the_preprocessing(run_dir, stitched, tmp_path):
     path, labels = stitched
     out = tmp_path / "pred.csv"
@@ -99,6 +102,7 @@ def test_smoothing_is_a_causal_majority():
     assert list(smooth(pred, probs, 1)) == list(pred)
 
 
+@pytest.mark.slow
 def test_missing_channel_is_one_line(run_dir, stitched, tmp_path):
     path, _ = stitched
     bad = tmp_path / "two_channels.csv"
@@ -106,6 +110,7 @@ def test_missing_channel_is_one_line(run_dir, stitched, tmp_path):
     assert_one_line_error(*run_cli("predict", str(run_dir), "-i", str(bad)), "lacks channel(s) ch1")
 
 
+@pytest.mark.slow
 def test_recording_shorter_than_a_window_is_one_line(run_dir, stitched, tmp_path):
     path, _ = stitched
     short = tmp_path / "short.csv"
@@ -115,6 +120,7 @@ def test_recording_shorter_than_a_window_is_one_line(run_dir, stitched, tmp_path
     )
 
 
+@pytest.mark.slow
 def test_other_sampling_rate_is_refused_unless_resampled(run_dir, stitched, tmp_path):
     path, _ = stitched
     fast = tmp_path / "fast.csv"
@@ -129,6 +135,7 @@ def test_other_sampling_rate_is_refused_unless_resampled(run_dir, stitched, tmp_
     assert summary["rate_hz"] == RATE and len(table) >= 1
 
 
+@pytest.mark.slow
 def test_unfinished_run_dir_is_one_line(run_dir, stitched, tmp_path):
     path, _ = stitched
     copy = tmp_path / "unfinished"
