@@ -8,7 +8,10 @@ user as its own one-line message, tagged with the config key it came from.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,8 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from har_bench.errors import UserError
+from har_bench.finetune import FineTune
+from har_bench.pretrained import WeightsSource
 from har_bench.schedules import StepSchedule
 from har_bench.stages import Choices, Experiment, Training
+
+log = logging.getLogger(__name__)
+
+# Keys of the model group that say how a network starts and is fine-tuned, not how it is
+# built: they go to the weights loader and the loop, not to the model's constructor.
+FINETUNE_KEYS = ("weights", "weights_sha256", "freeze", "unfreeze_after", "backbone_lr")
 
 
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
@@ -29,6 +40,7 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
     scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
     check_optimizer(optimizer_factory, scheduler_factory)
     augment = build(cfg, "augment") if cfg.get("augment") else None
+    finetune, weights = fine_tuning(cfg)
     return Experiment(
         seed=seed,
         training=Training(
@@ -38,18 +50,49 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
             seed,
             augment=augment if augment is not None and augment.enabled else None,
             refit=trainer.refit,
+            finetune=finetune,
         ),
         load_data=lambda: build(cfg, "dataset"),
         make_split=lambda data: build(cfg, "split")(data),
-        make_model=lambda in_channels, num_classes: build(
-            cfg, "model", in_channels=in_channels, num_classes=num_classes
-        ),
+        make_model=lambda in_channels, num_classes: build_model(cfg, in_channels, num_classes),
         choices=choices,
         latency_repeats=int(cfg.efficiency.latency_repeats),
         latency_warmup=int(cfg.efficiency.latency_warmup),
         resume=cfg.trainer.get("resume"),
         hparams=hparams_for_tensorboard(cfg, choices),
+        weights=weights,
     )
+
+
+def build_model(cfg: DictConfig, in_channels: int, num_classes: int) -> Any:
+    """The model group's network (its fine-tuning keys left to :func:`fine_tuning`)."""
+    return build(
+        cfg, "model", exclude=FINETUNE_KEYS, in_channels=in_channels, num_classes=num_classes
+    )
+
+
+def fine_tuning(cfg: DictConfig) -> tuple[FineTune | None, WeightsSource | None]:
+    """``model.freeze`` / ``unfreeze_after`` / ``backbone_lr`` and ``model.weights``, checked
+    now (a missing weights file fails before any data is read); None for what is off."""
+    model = cfg.get("model") or {}
+    try:
+        finetune = FineTune(
+            freeze=model.get("freeze", "none"),
+            unfreeze_after=model.get("unfreeze_after"),
+            backbone_lr=model.get("backbone_lr", 1.0),
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    weights = WeightsSource.from_config(
+        model.get("weights"), model.get("weights_sha256"), Path(cfg.paths.data_dir) / "weights"
+    )
+    if finetune.freeze != "none" and weights is None:
+        log.warning(
+            "model.freeze=%s without model.weights: the frozen part keeps its random "
+            "initialisation",
+            finetune.freeze,
+        )
+    return (finetune if finetune.enabled else None), weights
 
 
 def _unexpected_keyword(error: BaseException) -> str | None:
@@ -58,8 +101,9 @@ def _unexpected_keyword(error: BaseException) -> str | None:
     return m[1] if m else None
 
 
-def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
-    """``instantiate(cfg[group])``, with the constructor's own error instead of Hydra's wrapper.
+def build(cfg: DictConfig, group: str, exclude: Sequence[str] = (), **kwargs: Any) -> Any:
+    """``instantiate(cfg[group])``, with the constructor's own error instead of Hydra's wrapper;
+    the keys in ``exclude`` are not passed to the constructor.
 
     Hydra wraps a ValueError raised by a loader or model in an InstantiationException whose
     text is a traceback summary; the user should see the original one-line message, tagged
@@ -68,8 +112,15 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    node: Any = cfg[group]
+    if exclude and any(key in node for key in exclude):
+        node = {
+            k: v
+            for k, v in OmegaConf.to_container(node, resolve=True).items()  # type: ignore[union-attr]
+            if k not in exclude
+        }
     try:
-        return instantiate(cfg[group], **kwargs)
+        return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, TypeError):

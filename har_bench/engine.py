@@ -35,6 +35,8 @@ from har_bench.checkpoint import (
     training_state,
 )
 from har_bench.early_stopping import BestTracker
+from har_bench.finetune import FineTune
+from har_bench.image_transforms import ImageAugment
 from har_bench.metrics import latency_ms, macro_f1
 from har_bench.schedules import StepSchedule
 from har_bench.signals import Interrupted, StopRequest, deferred_stop
@@ -43,6 +45,8 @@ from har_bench.train_state import TrainState
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
+# A stored batch -> the model's input (images: uint8 -> resized, normalised float); None = as is.
+Prepare = Callable[[torch.Tensor], torch.Tensor] | None
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -137,9 +141,11 @@ class _Session:
     scaler: torch.amp.GradScaler
     state: TrainState
     checkpoint_dir: Path | None
-    augment: Augment | None
+    augment: Augment | ImageAugment | None
     ema: AveragedModel | None
     step_scheduler: bool  # stepped after every optimizer step, not every epoch
+    prepare: Prepare = None
+    finetune: FineTune | None = None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -150,6 +156,7 @@ class _Session:
         extra = {
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "augment": self.augment.state_dict() if self.augment is not None else None,
+            "finetune": self.finetune.state_dict() if self.finetune is not None else None,
         }
         return training_state(
             self.model, self.optimizer, self.scheduler, self.scaler, self.state, extra
@@ -164,10 +171,15 @@ class _Session:
         optimizer_factory: Callable[..., torch.optim.Optimizer],
         scheduler_factory: Callable[..., Any] | None,
         seed: int,
-        augment: Augment | None,
+        augment: Augment | ImageAugment | None,
+        finetune: FineTune | None = None,
     ) -> _Session:
         """The optimizer, scheduler, scaler, averaged weights and loop state of a new fit."""
-        optimizer = optimizer_factory(model.parameters())
+        if finetune is None:
+            optimizer = optimizer_factory(model.parameters())
+        else:  # head and backbone groups, the backbone at its own rate
+            optimizer = optimizer_factory(finetune.parameter_groups(model))
+            finetune.configure(optimizer)
         tracker = BestTracker(trainer.monitor, trainer.patience)
         step_scheduler = isinstance(scheduler_factory, StepSchedule)
         if isinstance(scheduler_factory, StepSchedule):
@@ -196,16 +208,26 @@ class _Session:
             augment=augment,
             ema=ema,
             step_scheduler=step_scheduler,
+            finetune=finetune,
         )
 
     def restore_extras(self, checkpoint: Mapping[str, Any]) -> None:
-        for name, part in (("ema", self.ema), ("augment", self.augment)):
+        settings = {
+            "ema": "trainer.ema_decay",
+            "augment": "augment",
+            "finetune": "model.freeze / model.backbone_lr",
+        }
+        for name, part in (
+            ("ema", self.ema),
+            ("augment", self.augment),
+            ("finetune", self.finetune),
+        ):
             saved = checkpoint.get(name)
             if (part is None) != (saved is None):
                 raise ValueError(
                     f"trainer.resume: the checkpoint was saved "
                     f"{'without' if saved is None else 'with'} {name}; resume with the run's "
-                    f"own {'trainer.ema_decay' if name == 'ema' else 'augment'} setting"
+                    f"own {settings[name]} setting"
                 )
             if part is not None:
                 part.load_state_dict(saved)
@@ -302,22 +324,28 @@ class Trainer:
         return batches
 
     @torch.inference_mode()
-    def predict(self, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
-        """Logits (float32, on CPU) for ``X``, in eval mode, capped by ``limit_eval_batches``."""
+    def predict(self, model: nn.Module, X: torch.Tensor, prepare: Prepare = None) -> torch.Tensor:
+        """Logits (float32, on CPU) for ``X``, in eval mode, capped by ``limit_eval_batches``;
+        ``prepare`` turns each stored batch into the model's input on the device."""
         model.eval()
         out = []
         for i, xb in enumerate(X.split(self.eval_batch_size)):
             if self.limit_eval_batches is not None and i >= self.limit_eval_batches:
                 break
+            xb = xb.to(self.device, non_blocking=True)
+            if prepare is not None:
+                xb = prepare(xb)
             with self.autocast():
-                out.append(model(xb.to(self.device, non_blocking=True)).float().cpu())
+                out.append(model(xb).float().cpu())
         if not out:
             return torch.empty(0, 0)
         return torch.cat(out)
 
-    def evaluate(self, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def evaluate(
+        self, model: nn.Module, X: torch.Tensor, y: torch.Tensor, prepare: Prepare = None
+    ) -> dict[str, Any]:
         """Loss, accuracy, macro-F1 and predictions on (X, y)."""
-        logits = self.predict(model, X)
+        logits = self.predict(model, X, prepare)
         y = y[: len(logits)].cpu()
         if len(y) == 0:
             nan = float("nan")
@@ -345,7 +373,9 @@ class Trainer:
         seed: int = 0,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         resume: Mapping[str, Any] | None = None,
-        augment: Augment | None = None,
+        augment: Augment | ImageAugment | None = None,
+        prepare: Prepare = None,
+        finetune: FineTune | None = None,
     ) -> FitResult:
         """Train ``model``; keep the best-on-validation weights (never looks at a test set).
 
@@ -358,6 +388,12 @@ class Trainer:
         ``augment`` transforms every training batch (see :mod:`har_bench.augment`); a
         :class:`~har_bench.schedules.StepSchedule` factory is stepped after every optimizer
         step, any other scheduler once per epoch.
+
+        ``prepare`` turns a stored batch into the model's input (images: uint8 -> resized,
+        normalised float; :mod:`har_bench.image_transforms`) for validation, and for training
+        when there is no ``augment``, which then does that itself. ``finetune`` freezes and
+        unfreezes parts of the model per epoch and gives the backbone its own learning rate
+        (:mod:`har_bench.finetune`).
         """
         if len(X_train) == 0:
             raise ValueError("the training split has no windows")
@@ -366,14 +402,18 @@ class Trainer:
         model.to(self.device)
         X_train, y_train = X_train.to(self.device), y_train.to(self.device)
         s = _Session.start(
-            self, model, len(X_train), optimizer_factory, scheduler_factory, seed, augment
+            self, model, len(X_train), optimizer_factory, scheduler_factory, seed, augment, finetune
         )
-        s.checkpoint_dir = checkpoint_dir
+        s.checkpoint_dir, s.prepare = checkpoint_dir, prepare
         state, tracker = s.state, s.state.tracker
         if resume is not None:
-            restore_training(resume, model, s.optimizer, s.scheduler, s.scaler, state)
+            # Extras first: a run saved with other plug-ins is named as such, before its
+            # optimizer groups fail to fit.
             s.restore_extras(resume)
+            restore_training(resume, model, s.optimizer, s.scheduler, s.scaler, state)
             log.info("resumed at %s", state.describe())
+        if finetune is not None:  # DDP registers the parameters that train when it wraps
+            finetune.apply(model, state.epoch + 1)
         # DDP under torchrun after the restore, which it broadcasts from rank 0.
         s.train_model = distributed.wrap(model)
         no_signal = torch.zeros((), device=self.device)
@@ -390,7 +430,7 @@ class Trainer:
 
                 assert state.progress is not None
                 t_val = time.perf_counter()
-                val = self.evaluate(s.eval_model, X_val, y_val) if len(X_val) else None
+                val = self.evaluate(s.eval_model, X_val, y_val, s.prepare) if len(X_val) else None
                 row = state.progress.history_row(val, lr, time.perf_counter() - t_val)
                 metric = row[self.monitor] if val else None
                 improved = tracker.update(
@@ -437,6 +477,13 @@ class Trainer:
     ) -> None:
         """One epoch of optimizer steps, from where a resumed checkpoint left it."""
         s.train_model.train()
+        if s.finetune is not None and s.finetune.apply(s.model, epoch):
+            log.info(
+                "epoch %d: backbone unfrozen, %s parameters train",
+                epoch,
+                f"{s.finetune.trainable_params(s.model, epoch):,}",
+            )
+            s.train_model = distributed.wrap(s.model)  # DDP again, for the new parameters
         s.state.epoch_generator = s.state.generator.get_state()
         batches = self.train_batches(len(X), s.state.generator)
         p = s.state.start_epoch(epoch, len(batches))
@@ -491,6 +538,8 @@ class Trainer:
             xb, target = X[idx], y[idx]
             if s.augment is not None:
                 xb, target = s.augment(xb, target)  # soft targets [B, K] after mixup/CutMix
+            elif s.prepare is not None:
+                xb = s.prepare(xb)
             with self.autocast():
                 logits = s.train_model(xb)
             # Sum / window size: the gradient of a window equals that of one big batch.

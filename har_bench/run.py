@@ -100,17 +100,24 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
     trainer = training.trainer
     resume = stages.load_resume(experiment.resume, run_dir)
     stages.write_environment(run_dir, str(trainer.device), resume)
-    data = stages.prepare_data(experiment.load_data, experiment.make_split, choices.split, run_dir)
-    built = stages.build_model(experiment.make_model, data, choices.model, run_dir)
+    weights = experiment.weights
+    data = stages.prepare_data(
+        experiment.load_data, experiment.make_split, choices.split, run_dir, weights
+    )
+    built = stages.build_model(experiment.make_model, data, choices.model, run_dir, weights)
     resumed_history = resume["history"] if resume is not None else None
     with default_reporters(run_dir, experiment.hparams, resumed_history) as reporters:
         refitted, score_test = None, None
         if built.trained_by_loop:
             fitted = stages.fit(training, built.model, data, run_dir, resume, reporters.on_epoch)
-            score = stages.best_weights_scorer(trainer, built.model, fitted)
+            score = stages.best_weights_scorer(trainer, built.model, fitted, data.prepare)
             if training.refit:
-                refitted = stages.refit(training, experiment.make_model, data, fitted, run_dir)
-                score_test = stages.best_weights_scorer(trainer, refitted.model, refitted.fitted)
+                refitted = stages.refit(
+                    training, experiment.make_model, data, fitted, run_dir, weights
+                )
+                score_test = stages.best_weights_scorer(
+                    trainer, refitted.model, refitted.fitted, data.prepare
+                )
         else:
             fitted = stages.fit_estimator(built, data, run_dir, training.refit)
             score = stages.estimator_scorer(built.model)
@@ -135,6 +142,7 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
             run_dir,
             resume,
             refitted,
+            stages.finetune_record(training, built, fitted),
         )
         reporters.on_end(result)
         # metrics.json last: its status "completed" means every other artifact is in place.

@@ -28,11 +28,16 @@ from har_bench import artifacts, distributed, rundir
 from har_bench.augment import Augment
 from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state, seed_everything
 from har_bench.data.base import HARData
+from har_bench.data.images import channel_stats
 from har_bench.data.splits import Split, assert_clean, split_report, standardise
 from har_bench.engine import FitResult, Trainer, measure_latency
 from har_bench.errors import UserError
+from har_bench.finetune import FineTune
+from har_bench.image_transforms import ImageAugment, ImageInput
 from har_bench.metrics import classification_metrics, confusion_counts, latency_ms
+from har_bench.models.resnet import ResNet
 from har_bench.models.summary import model_summary
+from har_bench.pretrained import WeightsSource, load_weights
 from har_bench.schedules import StepSchedule
 
 log = logging.getLogger(__name__)
@@ -60,9 +65,11 @@ class Training:
     optimizer_factory: Callable[..., torch.optim.Optimizer]
     scheduler_factory: Callable[..., Any] | None
     seed: int
-    augment: Augment | None = None  # None also when every transform is off
+    augment: Augment | ImageAugment | None = None  # None also when every transform is off
     # After the epoch count is chosen on validation, train again on train + validation.
     refit: bool = False
+    # model.freeze / unfreeze_after / backbone_lr; None = every parameter trains at optimizer.lr.
+    finetune: FineTune | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Experiment:
     latency_warmup: int
     resume: str | None
     hparams: dict[str, Any]  # scalar config values that identify the run (TensorBoard)
+    weights: WeightsSource | None = None  # model.weights: loaded into every model built
 
 
 # -- prepare data ------------------------------------------------------------------------------
@@ -96,7 +104,11 @@ class Part:
 
 @dataclass
 class PreparedData:
-    """The dataset split into standardised tensors (statistics from the training part only)."""
+    """The dataset split into standardised tensors (statistics from the training part only).
+
+    Images stay uint8 at their stored size; ``prepare`` turns a batch of them into the
+    network's input on the device (resize, centre crop, normalisation).
+    """
 
     data: HARData
     split: Split
@@ -107,10 +119,15 @@ class PreparedData:
     # The per-channel standardisation (training part's statistics), for the augmentation.
     mean: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     std: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    prepare: ImageInput | None = None  # images: stored batch -> network input
 
     @property
     def class_names(self) -> list[str]:
         return list(self.data.class_names)
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored windows or images as the model takes them."""
+        return self.prepare(x) if self.prepare is not None else x
 
 
 # Below this many validation windows, selecting an epoch on them is warned about.
@@ -122,8 +139,13 @@ def prepare_data(
     make_split: Callable[[HARData], Split],
     split_name: str | None,
     run_dir: Path,
+    pretrained: WeightsSource | None = None,
 ) -> PreparedData:
-    """Load, split, check the split (writing ``split_report.json``) and standardise."""
+    """Load, split, check the split (writing ``split_report.json``) and standardise.
+
+    Images are not standardised here but per batch (:func:`image_input`); with ``pretrained``
+    weights their normalisation is the one the weights were trained with.
+    """
     t0 = time.perf_counter()
     data = load_data()
     split = make_split(data)
@@ -154,11 +176,53 @@ def prepare_data(
             len(split.val),
             1 / len(split.val),
         )
+    y_t = torch.from_numpy(data.y.astype(np.int64))
+    if data.image is not None:
+        prepare = image_input(data, split, pretrained)
+        X_t = torch.from_numpy(data.X)  # uint8, stored size: no copy until the parts
+        parts = [Part(X_t[idx], y_t[idx]) for idx in (split.train, split.val, split.test)]
+        return PreparedData(
+            data,
+            split,
+            *parts,
+            sample=prepare(X_t[:1]),
+            mean=np.asarray(prepare.mean, dtype=np.float32),
+            std=np.asarray(prepare.std, dtype=np.float32),
+            prepare=prepare,
+        )
     X, mean, std = standardise(data.X, split.train)
     X_t = torch.from_numpy(X)
-    y_t = torch.from_numpy(data.y.astype(np.int64))
     parts = [Part(X_t[idx], y_t[idx]) for idx in (split.train, split.val, split.test)]
     return PreparedData(data, split, *parts, sample=X_t[:1], mean=mean, std=std)
+
+
+def image_input(data: HARData, split: Split, pretrained: WeightsSource | None) -> ImageInput:
+    """The per-batch input transform of an image dataset. Its normalisation, by priority:
+    ``dataset.mean``/``std``; the pretrained weights' (ImageNet's for torchvision's); the
+    training images' own statistics."""
+    spec = data.image
+    assert spec is not None
+    if spec.mean is not None and spec.std is not None:
+        mean, std, source = spec.mean, spec.std, "dataset"
+    elif pretrained is not None:
+        mean, std, source = pretrained.normalisation()
+    else:
+        m, s = channel_stats(data.X, split.train)
+        mean, std, source = tuple(m), tuple(s), "train"
+    if len(mean) != data.num_channels:
+        raise UserError(
+            f"the image normalisation ({source}) has {len(mean)} channels, the images "
+            f"{data.num_channels}"
+        )
+    prepare = ImageInput(spec.size, mean, std, spec.crop_ratio, source)
+    log.info(
+        "images: stored uint8 %s, network input %s (crop_ratio %g), normalised with %s mean/std",
+        "x".join(map(str, data.X.shape[2:])),
+        "x".join(map(str, spec.size)),
+        spec.crop_ratio,
+        source,
+    )
+    return prepare
 
 
 def check_split_labels(data: HARData, split: Split, split_name: str | None = None) -> None:
@@ -211,14 +275,21 @@ def build_model(
     data: PreparedData,
     name: str | None,
     run_dir: Path,
+    weights: WeightsSource | None = None,
 ) -> BuiltModel:
-    """The model for this data's channels and classes; ``model_summary.json`` written (for a
-    model fitted outside the loop, by :func:`fit_estimator`, once there is something to count)."""
-    model = make_model(data.data.num_channels, data.data.num_classes)
+    """The model for this data's channels and classes, with ``weights`` loaded;
+    ``model_summary.json`` written (for a model fitted outside the loop, by
+    :func:`fit_estimator`, once there is something to count)."""
+    model, loaded = new_model(make_model, data, weights)
     if not isinstance(model, nn.Module):
         return BuiltModel(model, {"model": name, "architecture": type(model).__name__})
     summary = model_summary(model, data.sample)
     summary["model"] = name
+    summary["classes"] = data.class_names  # the outputs, in order (read by model.weights)
+    if data.prepare is not None:
+        summary["input"] = data.prepare.describe()
+    if loaded is not None:
+        summary["weights"] = loaded
     rundir.write_json(run_dir / rundir.MODEL_SUMMARY, summary)
     log.info(
         "model %s: %s params, %.3g MFLOPs per sample",
@@ -227,6 +298,53 @@ def build_model(
         summary["flops_per_sample"] / 1e6,
     )
     return BuiltModel(model, summary)
+
+
+def new_model(
+    make_model: Callable[[int, int], nn.Module],
+    data: PreparedData,
+    weights: WeightsSource | None,
+) -> tuple[Any, dict[str, Any] | None]:
+    """A model for ``data`` from ``make_model``, with ``weights`` loaded (and what they were)."""
+    model = make_model(data.data.num_channels, data.data.num_classes)
+    if (
+        data.prepare is not None
+        and isinstance(model, ResNet)
+        and model.arch["layout"] != "2d_image"
+    ):
+        raise UserError(
+            f"dataset={data.data.name} holds images [N, 3, H, W]; model.layout="
+            f"{model.arch['layout']} is for sensor windows: use model.layout=2d_image"
+        )
+    if weights is None:
+        return model, None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.weights: {type(model).__name__} is not a network to load into")
+    return model, load_weights(model, weights, data.class_names)
+
+
+def bind_finetune(training: Training, model: nn.Module) -> FineTune | None:
+    """The run's fine-tuning controls for this model: its head and last stage by name."""
+    if training.finetune is None:
+        return None
+    if not isinstance(model, ResNet):
+        raise UserError(
+            f"model.freeze / model.backbone_lr need a network with a backbone and a head (the "
+            f"ResNet family); {type(model).__name__} has no such split"
+        )
+    return training.finetune.bind([model.head_name], model.stage_names[-1:])
+
+
+def finetune_record(training: Training, built: BuiltModel, fitted: FitResult) -> dict | None:
+    """metrics.json's ``finetune``: the weights started from and the freezing as it ran."""
+    finetune = bind_finetune(training, built.model) if built.trained_by_loop else None
+    weights = built.summary.get("weights")
+    if finetune is None and weights is None:
+        return None
+    record: dict[str, Any] = {"weights": weights}
+    if finetune is not None:
+        record |= finetune.describe(built.model, len(fitted.history))
+    return record
 
 
 # -- fit ---------------------------------------------------------------------------------------
@@ -284,15 +402,30 @@ def fit(
         on_epoch_end=on_epoch,
         resume=resume,
         augment=bind_augment(training, data),
+        prepare=data.prepare,
+        finetune=bind_finetune(training, model),
     )
 
 
-def bind_augment(training: Training, data: PreparedData) -> Augment | None:
+def bind_augment(training: Training, data: PreparedData) -> Augment | ImageAugment | None:
     """A fresh copy of the run's augmentation for this data (each training phase starts its
     generator from the same seed)."""
     if training.augment is None:
         return None
-    return copy.deepcopy(training.augment).bind(
+    augment = copy.deepcopy(training.augment)
+    if isinstance(augment, ImageAugment):
+        if data.prepare is None:
+            raise UserError(
+                f"augment=image transforms images; dataset={data.data.name} holds sensor "
+                "windows: use augment=sensor or augment=none"
+            )
+        return augment.bind(data.prepare, training.seed)
+    if data.prepare is not None:
+        raise UserError(
+            f"the sensor augmentation transforms windows [N, C, T]; dataset={data.data.name} "
+            "holds images: use augment=image or augment=none"
+        )
+    return augment.bind(
         data.data.num_classes, data.data.channel_groups or [], data.mean, data.std, training.seed
     )
 
@@ -325,6 +458,7 @@ def refit(
     data: PreparedData,
     selected: FitResult,
     run_dir: Path,
+    weights: WeightsSource | None = None,
 ) -> Refitted:
     """Train a new model from scratch on train + validation for the epochs chosen on validation
     (the best epoch under early stopping; the whole schedule with ``trainer.patience=null``).
@@ -343,7 +477,7 @@ def refit(
     resume = load_resume_state(checkpoints) if (checkpoints / LAST_CHECKPOINT).is_file() else None
     log.info("refit: %d epochs on train + validation (%d windows)", epochs, len(y))
     seed_everything(training.seed)
-    model = make_model(data.data.num_channels, data.data.num_classes)
+    model, _ = new_model(make_model, data, weights)  # from the same pretrained weights
     fitted = trainer.fit(
         model,
         X,
@@ -356,6 +490,8 @@ def refit(
         seed=training.seed,
         resume=resume,
         augment=bind_augment(training, data),
+        prepare=data.prepare,
+        finetune=bind_finetune(training, model),
     )
     model.load_state_dict(fitted.best_state)
     subjects = np.unique(data.data.subjects[np.concatenate([data.split.train, data.split.val])])
@@ -419,10 +555,13 @@ def fit_estimator(built: BuiltModel, data: PreparedData, run_dir: Path, refit: b
 Scorer = Callable[[Part], dict[str, Any]]
 
 
-def best_weights_scorer(trainer: Trainer, model: nn.Module, fitted: FitResult) -> Scorer:
-    """Scores with the best-on-validation weights (loaded into ``model`` now)."""
+def best_weights_scorer(
+    trainer: Trainer, model: nn.Module, fitted: FitResult, prepare: ImageInput | None = None
+) -> Scorer:
+    """Scores with the best-on-validation weights (loaded into ``model`` now); ``prepare``
+    turns stored images into the model's input."""
     model.load_state_dict(fitted.best_state)
-    return lambda part: trainer.evaluate(model, part.X, part.y)
+    return lambda part: trainer.evaluate(model, part.X, part.y, prepare)
 
 
 def estimator_scorer(model: Any) -> Scorer:
@@ -493,7 +632,7 @@ def measure(
     warmup: int,
 ) -> Timings:
     """Training throughput from the fit, inference latency at batch size 1 measured now."""
-    sample = data.test.X[:1] if len(data.test) else data.sample
+    sample = data.model_input(data.test.X[:1]) if len(data.test) else data.sample
     if isinstance(model, nn.Module):
         latency = measure_latency(model, sample, trainer.device, repeats=repeats, warmup=warmup)
     else:
@@ -545,6 +684,7 @@ def collect_result(
     run_dir: Path,
     resume: Mapping[str, Any] | None,
     refitted: Refitted | None = None,
+    finetune: dict[str, Any] | None = None,
 ) -> RunResult:
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -564,6 +704,8 @@ def collect_result(
     }
     if refitted is not None:
         metrics["refit"] = refitted.info
+    if finetune is not None:
+        metrics["finetune"] = finetune
     if resume is not None:
         metrics["resumed_from_epoch"] = resume["epoch"]
     metrics |= evaluation.metrics(data.class_names)

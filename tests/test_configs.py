@@ -5,6 +5,7 @@ import torch
 from helpers import config_options
 from hydra.utils import instantiate
 
+from har_bench.components import build_model
 from har_bench.engine import Trainer
 from har_bench.schedules import StepSchedule
 
@@ -79,7 +80,7 @@ def test_synthetic_dataset_and_split_instantiate(compose_cfg):
 def test_experiments_compose(compose_cfg, name):
     cfg = compose_cfg(f"experiment={name}")
     instantiate(cfg.trainer)
-    instantiate(cfg.model, in_channels=3, num_classes=4)
+    build_model(cfg, in_channels=3, num_classes=4)
 
 
 def test_multirun_dirs_are_unique_per_job(compose_cfg):

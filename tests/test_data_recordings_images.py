@@ -138,13 +138,16 @@ def write_cifar(base, n=6):
 def test_cifar10_official_batches(tmp_path):
     folder = write_cifar(tmp_path)
     data = load_cifar10(tmp_path, tmp_path / "d")
-    assert data.X.shape == (36, 3, 32, 32) and data.X.max() <= 1.0
+    assert data.X.shape == (36, 3, 32, 32) and data.X.dtype == np.uint8
+    assert data.image.size == (32, 32)
     assert data.class_names[0] == "airplane" and data.official_split.tolist().count("test") == 6
     with open(folder / "data_batch_1", "rb") as f:
         first = pickle.load(f)[b"data"][0].reshape(3, 32, 32)
-    np.testing.assert_allclose(data.X[0], first / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(data.X[0], first)
     small = load_cifar10(folder, tmp_path / "d", limit=2, size=16, mean=[0.5] * 3, std=[0.5] * 3)
-    assert small.X.shape == (4, 3, 16, 16) and small.X.min() >= -1.0
+    # Kept at the stored size: the size is the network's, applied per batch.
+    assert small.X.shape == (4, 3, 32, 32) and small.image.size == (16, 16)
+    assert small.image.mean == (0.5,) * 3
     assert split_report(small, official_split(small, val_fraction=0.5))["clean"]
     (folder / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="test_batch"):
@@ -162,8 +165,10 @@ def test_image_folder_classes_groups_and_split(tmp_path):
                 patient = f"P{i + (0 if side == 'train' else 10)}"
                 Image.new("RGB", (20, 10), color).save(d / f"{patient}_{cls}_{i}.png")
     data = load_image_folder(tmp_path / "imgs", size=[8, 12], group_regex=r"^(P\d+)_")
-    assert data.X.shape == (12, 3, 8, 12) and data.class_names == ["healthy", "monkeypox"]
-    assert data.X[0, 1].mean() == pytest.approx(1.0) and data.X[0, 0].mean() == 0.0
+    # All 10 x 20 as stored: uint8 at that size; the network's 8 x 12 is applied per batch.
+    assert data.X.shape == (12, 3, 10, 20) and data.class_names == ["healthy", "monkeypox"]
+    assert data.X.dtype == np.uint8 and data.image.size == (8, 12)
+    assert data.X[0, 1].mean() == 255 and data.X[0, 0].mean() == 0
     assert data.info["groups"] == 6  # P0-P2 (train) and P10-P12 (test), both classes each
     report = split_report(data, official_split(data, val_fraction=0.34))
     assert report["clean"]

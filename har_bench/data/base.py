@@ -3,9 +3,77 @@ where the windows came from."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How stored images become the network's input; the run applies it per batch, on the
+    training device, so the images stay uint8 at their stored size in memory.
+
+    Args:
+        size: (height, width) the network sees.
+        crop_ratio: evaluation geometry: the image is resized (aspect kept) to cover
+            ``size / crop_ratio``, then its centre ``size`` is cut out (ImageNet's 224 of 256 is
+            0.875; 1.0 = a plain resize of a square image).
+        mean, std: fixed per-channel normalisation in [0, 1] units; None = chosen by the run
+            (ImageNet's with pretrained weights, else the training images').
+    """
+
+    size: tuple[int, int]
+    crop_ratio: float = 1.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        size = tuple(self.size)
+        if len(size) != 2 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size
+        ):
+            raise ValueError(
+                f"dataset.size={list(size)!r} is invalid: expected an integer or [height, width]"
+            )
+        object.__setattr__(self, "size", size)
+        if isinstance(self.crop_ratio, bool) or not (
+            isinstance(self.crop_ratio, int | float) and 0 < self.crop_ratio <= 1
+        ):
+            raise ValueError(
+                f"dataset.crop_ratio={self.crop_ratio!r} is invalid: expected a number in (0, 1]"
+            )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("dataset.mean and dataset.std must be given together (or neither)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"dataset.std={list(self.std)} is invalid: expected values > 0")
+
+
+def image_spec(
+    size: int | Sequence[int],
+    crop_ratio: float = 1.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ImageSpec:
+    """An :class:`ImageSpec` from config values (``size`` an int for a square)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        hw: tuple[int, ...] = (size, size)
+    elif isinstance(size, Sequence) and not isinstance(size, str):
+        hw = tuple(size)
+    else:
+        raise ValueError(
+            f"dataset.size={size!r} is invalid: expected an integer or [height, width]"
+        )
+    return ImageSpec(
+        hw,  # type: ignore[arg-type]
+        crop_ratio,
+        None if mean is None else tuple(mean),
+        None if std is None else tuple(std),
+    )
 
 
 @dataclass
@@ -13,11 +81,12 @@ class HARData:
     """Windows of sensor data with labels and the subject each window came from.
 
     ``official_split`` holds "train"/"test" per window where the dataset defines an official
-    split (UCI-HAR), else None.
+    split (UCI-HAR), else None. Images are uint8 [N, C, H, W] at their stored size, with
+    ``image`` saying how they become the network's input.
     """
 
     name: str
-    X: np.ndarray  # [N, C, T] float32 (sensor windows) or [N, C, H, W] (images)
+    X: np.ndarray  # [N, C, T] float32 (sensor windows) or [N, C, H, W] uint8 (images)
     y: np.ndarray  # [N] int64 in 0..K-1
     subjects: np.ndarray  # [N] int64
     class_names: list[str]
@@ -30,11 +99,24 @@ class HARData:
     # x/y/z triples of one sensor (channel indices), which a rotation must turn together;
     # None = found from the channel names (see xyz_triples).
     channel_groups: list[list[int]] | None = None
+    # Images only: size, evaluation crop and normalisation of the network's input.
+    image: ImageSpec | None = None
 
     def __post_init__(self) -> None:
         n = len(self.X)
         if self.X.ndim not in (3, 4):
             raise ValueError(f"X must be [N, C, T] (or [N, C, H, W] images), got {self.X.shape}")
+        if self.image is not None:
+            if self.X.ndim != 4 or self.X.dtype != np.uint8:
+                raise ValueError(
+                    f"images must be uint8 [N, C, H, W], got {self.X.dtype} {self.X.shape}"
+                )
+            for name in ("mean", "std"):
+                value = getattr(self.image, name)
+                if value is not None and len(value) != self.X.shape[1]:
+                    raise ValueError(
+                        f"dataset.{name} has {len(value)} values for {self.X.shape[1]} channels"
+                    )
         if (self.recording is None) != (self.start is None):
             raise ValueError("recording and start must be given together (or neither)")
         for name in ("y", "subjects", "official_split", "recording", "start"):

@@ -1,11 +1,14 @@
-"""Image datasets for the 2D ResNet/ResNeXt path (``model.layout=2d_image``): X is
-[N, 3, H, W] float32 in [0, 1] (optionally normalised by ``mean``/``std``).
+"""Image datasets for the 2D ResNet/ResNeXt path (``model.layout=2d_image``).
+
+X is uint8 [N, 3, H, W] at the images' stored size: CIFAR-10 is 184 MB that way, against
+36 GB as float32 resized to 224 up front. ``HARData.image`` (an :class:`ImageSpec`) says what the
+network sees; the run resizes, crops and normalises each batch on the training device.
 
 * ``cifar10``: the official python batches (``cifar-10-batches-py/data_batch_1..5``,
   ``test_batch``, ``batches.meta``); official split = the 50k/10k train/test batches.
 * ``image_folder``: ``root/<class>/<image>`` (classes = sorted folder names), or
-  ``root/train/<class>/...`` + ``root/test/<class>/...`` for an official split; read with Pillow,
-  converted to RGB and resized.
+  ``root/train/<class>/...`` + ``root/test/<class>/...`` for an official split; read with Pillow
+  and converted to RGB.
 
 Images have no subjects. Each image is its own "subject" unless ``group_regex`` extracts a
 group id from the file name (e.g. the patient of a clinical photo): augmented copies or several
@@ -18,12 +21,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ._io import Layout, resolve_root
-from .base import HARData
+from .base import HARData, image_spec
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MEMBER = "cifar-10-batches-py"
@@ -35,21 +39,29 @@ CIFAR10_LAYOUT = Layout(
     "dataset.root must be the official cifar-10-python.tar.gz or its extracted folder",
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Images per chunk when statistics are taken: bounds the float64 temporaries to ~50 MB at 32 px.
+_STATS_CHUNK = 2048
 
 
-def _normalise(X: np.ndarray, mean: list[float] | None, std: list[float] | None) -> np.ndarray:
-    if mean is None and std is None:
-        return X
+def channel_stats(X: np.ndarray, index: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1] units) of the uint8 images ``X[index]``.
+
+    Summed in chunks: the whole training part in float64 would be 8x the images' memory.
+    """
+    index = np.asarray(index, dtype=np.int64)
     c = X.shape[1]
-    m = np.asarray(list(mean) if mean is not None else [0.0] * c, dtype=np.float32)
-    s = np.asarray(list(std) if std is not None else [1.0] * c, dtype=np.float32)
-    if m.shape != (c,) or s.shape != (c,) or np.any(s <= 0):
-        raise ValueError(
-            f"dataset.mean/std must list {c} values (std > 0), got mean={mean!r} std={std!r}"
-        )
-    X -= m.reshape(1, c, 1, 1)
-    X /= s.reshape(1, c, 1, 1)
-    return X
+    total = np.zeros(c)
+    squares = np.zeros(c)
+    for start in range(0, len(index), _STATS_CHUNK):
+        chunk = X[index[start : start + _STATS_CHUNK]].astype(np.float64)
+        chunk = chunk.transpose(1, 0, *range(2, X.ndim)).reshape(c, -1)
+        total += chunk.sum(1)
+        squares += np.square(chunk).sum(1)
+    count = max(len(index) * int(np.prod(X.shape[2:])), 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std[std < 1e-8 * 255] = 255.0  # a constant channel stays constant, as in standardise()
+    return (mean / 255).tolist(), (std / 255).tolist()
 
 
 def _check_limit(limit: object) -> int | None:
@@ -89,22 +101,26 @@ def load_cifar10(
     root: str | os.PathLike[str] | None,
     data_dir: str | os.PathLike[str],
     limit: int | None = None,
-    size: int | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    crop_ratio: float = 1.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     url: str = CIFAR10_URL,
     sha256: str | None = None,
     progress: bool = True,
 ) -> HARData:
-    """CIFAR-10 (Krizhevsky 2009) from the official python batches.
+    """CIFAR-10 (Krizhevsky 2009) from the official python batches, as uint8 32 x 32 images.
 
     Args:
         root: ``cifar-10-batches-py/``, a folder containing it, the official tar.gz, or None
             to download it.
         limit: keep only the first ``limit`` images of train and of test (quick runs).
-        size: resize to size x size with Pillow (None keeps 32 x 32).
+        size: what the network sees (side, or [height, width]); the run resizes each batch.
+            None = 32, the stored size.
+        crop_ratio, mean, std: see :class:`~har_bench.data.base.ImageSpec`.
     """
     limit = _check_limit(limit)
+    spec = image_spec(32 if size is None else size, crop_ratio, mean, std)
     workdir = Path(data_dir).expanduser() / "cifar10"
     path, _ = resolve_root(root, workdir, url, sha256, progress, CIFAR10_LAYOUT)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
@@ -113,37 +129,40 @@ def load_cifar10(
             raise FileNotFoundError(f"CIFAR-10 file not found: {n!r} in {path}")
     meta = _unpickle(path / "batches.meta")
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
-    train = [_batch(path / f"data_batch_{i}") for i in range(1, 6)]
-    Xtr = np.concatenate([b[0] for b in train])
-    ytr = np.concatenate([b[1] for b in train])
-    Xte, yte = _batch(path / "test_batch")
-    if limit:
-        Xtr, ytr, Xte, yte = Xtr[:limit], ytr[:limit], Xte[:limit], yte[:limit]
-    X = np.concatenate([Xtr, Xte])
-    if size and size != 32:
-        X = _resize_all(X, size)
-    X = _normalise(X.astype(np.float32) / 255.0, mean, std)
-    n, n_train = len(X), len(Xtr)
+    # One batch in memory at a time, copied into its place: the peak stays near the result.
+    parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
+        "train": ([], []),
+        "test": ([], []),
+    }
+    for name in names[:-1]:
+        side = "test" if name == "test_batch" else "train"
+        left = None if limit is None else limit - sum(len(x) for x in parts[side][0])
+        if left is not None and left <= 0:
+            continue
+        x, y = _batch(path / name)
+        parts[side][0].append(x[:left].copy() if left is not None else x)
+        parts[side][1].append(y[:left])
+    n_train = sum(len(x) for x in parts["train"][0])
+    n = n_train + sum(len(x) for x in parts["test"][0])
+    X = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    at = 0
+    for side in ("train", "test"):
+        while parts[side][0]:
+            x = parts[side][0].pop(0)
+            X[at : at + len(x)] = x
+            at += len(x)
+    y = np.concatenate(parts["train"][1] + parts["test"][1])
     return HARData(
         name="cifar10",
         X=X,
-        y=np.concatenate([ytr, yte]),
+        y=y,
         subjects=np.arange(n, dtype=np.int64),  # no subjects: each image is its own id
         class_names=classes,
         channel_names=["R", "G", "B"],
         official_split=np.repeat(np.array(["train", "test"]), [n_train, n - n_train]),
         info={"source": str(path), "n_train": n_train, "n_test": n - n_train},
+        image=spec,
     )
-
-
-def _resize_all(X: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    out = np.empty((len(X), 3, size, size), dtype=np.uint8)
-    for i, img in enumerate(X):
-        pil = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
-        out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
-    return out
 
 
 # --------------------------------------------------------------------------- image folder
@@ -151,17 +170,23 @@ def _resize_all(X: np.ndarray, size: int) -> np.ndarray:
 
 def load_image_folder(
     root: str | os.PathLike[str],
-    size: int | list[int] = 224,
+    size: int | Sequence[int] = 224,
+    crop_ratio: float = 0.875,
+    store_size: int | Sequence[int] | None = None,
     group_regex: str | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     limit: int | None = None,
 ) -> HARData:
-    """Images in one subfolder per class (or ``train/`` and ``test/`` each holding those).
+    """Images in one subfolder per class (or ``train/`` and ``test/`` each holding those),
+    kept as uint8 RGB.
 
     Args:
-        size: output side (square) or [height, width]; images are resized with Pillow's
-            bilinear filter, aspect ratio not kept.
+        size: what the network sees (side, or [height, width]); the run resizes each batch.
+        crop_ratio, mean, std: see :class:`~har_bench.data.base.ImageSpec`.
+        store_size: the size held in memory (side, or [height, width]). None = the images' own
+            size when they all share one; otherwise each is resized (Pillow, bilinear, aspect
+            not kept) to ``size / crop_ratio``, what the evaluation resize would give anyway.
         group_regex: regular expression with one group, searched in each file name (without
             suffix); images with the same match share a subject id. None = one id per image.
         limit: at most this many images per class (per split), for quick runs.
@@ -169,9 +194,8 @@ def load_image_folder(
     from PIL import Image, UnidentifiedImageError
 
     limit = _check_limit(limit)
-    hw = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"dataset.size={size!r} is invalid: expected an int or [height, width]")
+    spec = image_spec(size, crop_ratio, mean, std)
+    stored = None if store_size is None else image_spec(store_size).size
     pattern = re.compile(group_regex) if group_regex else None
     if pattern is not None and pattern.groups != 1:
         raise ValueError(f"dataset.group_regex={group_regex!r} must have exactly one (group)")
@@ -192,19 +216,14 @@ def load_image_folder(
             f"{base}/train and {base}/test have different class folders: "
             f"{class_names} vs {classes_in(base / 'test')}"
         )
-    images, labels, groups, side_of = [], [], [], []
+    paths, labels, groups, side_of = [], [], [], []
     for side, folder in sides.items():
         for k, cls in enumerate(class_names):
             files = sorted(
                 p for p in (folder / cls).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
             )
             for p in files[:limit] if limit else files:
-                try:
-                    with Image.open(p) as im:
-                        arr = np.asarray(im.convert("RGB").resize(hw[::-1], Image.BILINEAR))
-                except (OSError, UnidentifiedImageError) as e:
-                    raise ValueError(f"{p}: cannot be read as an image ({e})") from e
-                images.append(arr.transpose(2, 0, 1))
+                paths.append(p)
                 labels.append(k)
                 side_of.append(side)
                 if pattern is None:
@@ -216,9 +235,36 @@ def load_image_folder(
                             f"dataset.group_regex={group_regex!r} does not match {p.name!r}"
                         )
                     groups.append(m.group(1))
-    if not images:
+    if not paths:
         raise FileNotFoundError(f"image folder {base}: no {', '.join(IMAGE_SUFFIXES)} files")
-    X = _normalise(np.stack(images).astype(np.float32) / 255.0, mean, std)
+
+    def unreadable(p: Path, e: Exception) -> ValueError:
+        return ValueError(f"{p}: cannot be read as an image ({e})")
+
+    if stored is None:
+        # Headers only (Pillow opens lazily): the common size decides whether to resize.
+        sizes = set()
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    sizes.add((im.height, im.width))
+            except (OSError, UnidentifiedImageError) as e:
+                raise unreadable(p, e) from e
+        if len(sizes) == 1:
+            stored = sizes.pop()
+        else:
+            h, w = spec.size
+            stored = (round(h / spec.crop_ratio), round(w / spec.crop_ratio))
+    X = np.empty((len(paths), 3, *stored), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                rgb = im.convert("RGB")
+                if (rgb.height, rgb.width) != stored:
+                    rgb = rgb.resize(stored[::-1], Image.BILINEAR)
+                X[i] = np.asarray(rgb).transpose(2, 0, 1)
+        except (OSError, UnidentifiedImageError) as e:
+            raise unreadable(p, e) from e
     subject_ids = np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64)
     return HARData(
         name="image_folder",
@@ -228,5 +274,11 @@ def load_image_folder(
         class_names=class_names,
         channel_names=["R", "G", "B"],
         official_split=np.asarray(side_of) if has_split else None,
-        info={"source": str(base), "groups": int(subject_ids.max() + 1), "size": list(hw)},
+        info={
+            "source": str(base),
+            "groups": int(subject_ids.max() + 1),
+            "stored_size": list(stored),
+            "size": list(spec.size),
+        },
+        image=spec,
     )

@@ -258,6 +258,22 @@ class ResNet(nn.Module):
                     stacklevel=2,
                 )
         self.layout = _Layout(layout)
+        # The architecture as built (after shape/kernel defaults): what a pretrained file must
+        # match, and how har_bench.pretrained finds torchvision's file for this network.
+        self.arch = {
+            "in_channels": in_channels,
+            "block": block,
+            "layers": [int(b) for b in layers],
+            "cardinality": cardinality,
+            "base_width": base_width,
+            "layout": layout,
+            "stem_width": stem_width,
+            "kernel_size": kernel_size,
+            "stem_kernel_size": stem_kernel_size,
+            "stem_stride": stem_stride,
+            "stem_pool": bool(stem_pool),
+            "depthwise": bool(depthwise),
+        }
         block_cls = BasicBlock if block == "basic" else Bottleneck
         self.groups = cardinality
         self.base_width = base_width
@@ -324,6 +340,14 @@ class ResNet(nn.Module):
                 )
             )
         return nn.Sequential(*layers)
+
+    # The classifier, re-created when pretrained weights are for other classes.
+    head_name = "fc"
+
+    @property
+    def stage_names(self) -> list[str]:
+        """``layer1`` .. ``layerN``: the residual stages, input side first."""
+        return [f"layer{i + 1}" for i in range(self.num_stages)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout.name == "2d_sensor" and x.dim() == 3:  # [N, C, T] -> [N, 1, T, C]
