@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
+from har_bench.components import build_model
 from har_bench.config import config_dir
 from har_bench.deploy import onnx_model
 from har_bench.deploy.timing import alternating_latency
@@ -39,7 +39,7 @@ def build(name: str) -> torch.nn.Module:
         cfg = compose(config_name="config", overrides=[f"model={name}", "model.layout=1d"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return instantiate(cfg.model, in_channels=CHANNELS, num_classes=CLASSES).eval()
+        return build_model(cfg, CHANNELS, CLASSES).eval()
 
 
 def bench(name: str, repeats: int, threads: int, tmp: Path) -> list[dict]:

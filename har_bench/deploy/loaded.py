@@ -168,7 +168,11 @@ class FinishedRun:
     def data(self) -> PreparedData:
         with tempfile.TemporaryDirectory() as tmp:
             data = prepare_data(
-                self.experiment.load_data, self.experiment.make_split, self.choices.split, Path(tmp)
+                self.experiment.load_data,
+                self.experiment.make_split,
+                self.choices.split,
+                Path(tmp),
+                self.experiment.weights,  # pretrained weights bring their own normalisation
             )
             fresh = rundir.read_json(Path(tmp) / rundir.SPLIT_REPORT)
         check_same_split(self.path, fresh)
