@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "resume": ("har_bench.resume",),
     "compare": ("har_bench.compare", "har_bench.results"),
     "sweep": ("har_bench.sweep",),
+    "deploy": ("har_bench.deploy",),
     "cli": ("har_bench.cli",),
 }
 # Layer -> the layers it may import from (its own always). The package itself (``__version__``)
@@ -57,11 +58,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "resume": {"base", "config", "rundir"},
     "compare": {"base", "config", "rundir", "artifacts"},
     "sweep": {"base", "rundir", "compare"},
-    "cli": {"base", "config", "rundir", "run", "resume", "compare", "sweep", "engine"},
+    "deploy": {"base", "models", "data", "engine", "rundir", "stages", "components"},
+    "cli": {"base", "config", "rundir", "run", "resume", "compare", "sweep", "engine", "deploy"},
 }
 # Third-party packages only some layers may know.
 HYDRA_LAYERS = {"config", "components", "run", "resume", "sweep", "cli"}
-OMEGACONF_LAYERS = HYDRA_LAYERS | {"rundir"}  # rundir reads the YAML OmegaConf wrote
+# rundir reads the YAML OmegaConf wrote; deploy rebuilds a finished run from it.
+OMEGACONF_LAYERS = HYDRA_LAYERS | {"rundir", "deploy"}
 # Loaded without torch (module-level imports, followed through har_bench): the CLI's start,
 # `har-bench compare` and the sweep summary answer in a fraction of a second.
 TORCH_FREE = ("har_bench.cli", "har_bench.compare", "har_bench.sweep", "har_bench.resume")
