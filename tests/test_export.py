@@ -151,3 +151,29 @@ def test_cli_errors_are_one_line(exported, tmp_path):
         "har-bench export",
         "--quantize int8",
     )
+
+
+def test_recurrent_ops_are_quantised_dynamically(tmp_path):
+    """Static quantisation leaves LSTM in float; the dynamic pass then quantises it."""
+    import torch
+
+    from har_bench.models import LSTM
+
+    model = LSTM(3, 4).eval()
+    x = torch.randn(8, 3, 32)
+    fp32 = onnx_model.export_onnx(model, x, tmp_path / "lstm.onnx")
+    assert "LSTM" in onnx_model.op_types(fp32)
+    info = onnx_model.quantize_int8(fp32, tmp_path / "lstm_int8.onnx", x.numpy())
+    assert info["method"] == "static + dynamic (LSTM)"
+    assert "DynamicQuantizeLSTM" in onnx_model.op_types(tmp_path / "lstm_int8.onnx")
+    out = onnx_model.ort_logits(onnx_model.session(tmp_path / "lstm_int8.onnx"), x.numpy())
+    assert out.shape == (8, 4)
+
+
+def test_a_model_torch_cannot_export_is_one_line(tmp_path):
+    import torch
+
+    from har_bench.models import CNN
+
+    with pytest.raises(onnx_model.ExportError, match="cannot export CNN"):
+        onnx_model.export_onnx(CNN(3, 2).eval(), torch.randn(2, 3, 64), tmp_path / "cnn.onnx")

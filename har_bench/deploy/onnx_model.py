@@ -43,6 +43,17 @@ class MissingExtraError(UserError):
     """onnx / onnxruntime / onnxscript are not installed."""
 
 
+class ExportError(UserError):
+    """torch's exporter cannot translate the model (an operator ONNX lacks)."""
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def require_onnx() -> None:
     """Fail in one line, naming the extra, when the ONNX packages are missing."""
     missing = []
@@ -86,18 +97,23 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int =
     model = model.eval()
     example = sample[:1].expand(2, *sample.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1)
-    with _quiet(), torch.no_grad():
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            optimize=True,
-        )
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                optimize=True,
+            )
+    except Exception as e:  # torch's exporter raises its own types, with pages of detail
+        raise ExportError(
+            f"torch.onnx cannot export {type(model).__name__} (opset {opset}): {_root_cause(e)}"
+        ) from e
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: program.save(str(tmp)))
