@@ -264,7 +264,6 @@ def build_report(
     class_names = run.data.class_names
     eager = forms["eager"]
     assert eager.logits is not None
-    base = {name: f for name, f in forms.items()}
     reference = {"fp32": "eager", "int8": "fp32", "pruned": "pruned_eager", "pruned_int8": "pruned"}
     rows: dict[str, dict[str, Any]] = {}
     for name, form in forms.items():
@@ -284,11 +283,11 @@ def build_report(
         if form.runtime == "torch":
             row["size_bytes"] = int(round(form.summary.get("size_mb", 0) * 2**20))
         ref = reference.get(name)
-        if ref is not None and base[ref].logits is not None:
-            diff = np.abs(form.logits - base[ref].logits)
+        if ref is not None and forms[ref].logits is not None:
+            diff = np.abs(form.logits - forms[ref].logits)
             row["vs"] = ref
             row["max_abs_logit_diff"] = float(diff.max())
-            row["agreement"] = float((form.logits.argmax(1) == base[ref].logits.argmax(1)).mean())
+            row["agreement"] = float((form.logits.argmax(1) == forms[ref].logits.argmax(1)).mean())
         row["accuracy_delta_points"] = 100 * (row["accuracy"] - rows.get("eager", row)["accuracy"])
         row["latency_ratio_vs_eager"] = latency[name]["p50"] / latency["eager"]["p50"]
         rows[name] = row
