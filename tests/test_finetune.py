@@ -12,7 +12,7 @@ from cli_helpers import SMALL, in_process_cli
 from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state
 from har_bench.engine import Trainer
 from har_bench.finetune import FineTune
-from har_bench.image_transforms import ImageInput
+from har_bench.image_transforms import ImageAugment, ImageInput
 from har_bench.models import ResNet
 
 
@@ -31,7 +31,9 @@ def data():
 PREPARE = ImageInput((16, 16), (0.5,) * 3, (0.25,) * 3)
 
 
-def fit(finetune: FineTune | None, ckpt=None, resume=None, on_epoch_end=None, epochs=3):
+def fit(
+    finetune: FineTune | None, ckpt=None, resume=None, on_epoch_end=None, epochs=3, augment=False
+):
     torch.manual_seed(0)
     model = small_resnet()
     trainer = Trainer(progress=False, device="cpu", max_epochs=epochs, batch_size=8)
@@ -47,6 +49,7 @@ def fit(finetune: FineTune | None, ckpt=None, resume=None, on_epoch_end=None, ep
         resume=resume,
         prepare=PREPARE,
         finetune=bound,
+        augment=ImageAugment(scale=(0.5, 1.0)).bind(PREPARE, seed=1) if augment else None,
     )
     return result, model
 
@@ -97,18 +100,19 @@ class Crash(Exception):
 
 
 def test_resume_across_the_unfreeze_is_exact(tmp_path):
+    """With augment=image too: its generator is in last.pt like the sensor augmentation's."""
     settings = {"freeze": "all-but-last-stage", "unfreeze_after": 2, "backbone_lr": 0.3}
-    reference, ref_model = fit(FineTune(**settings), ckpt=tmp_path / "ref", epochs=4)
+    reference, ref_model = fit(FineTune(**settings), tmp_path / "ref", epochs=4, augment=True)
 
     def crash(row):
         if row["epoch"] == 2:
             raise Crash  # killed right after epoch 2's last.pt, before the unfreeze
 
     with pytest.raises(Crash):
-        fit(FineTune(**settings), ckpt=tmp_path / "run", on_epoch_end=crash, epochs=4)
+        fit(FineTune(**settings), tmp_path / "run", on_epoch_end=crash, epochs=4, augment=True)
     state = load_resume_state(tmp_path / "run")
-    assert state["finetune"] == settings
-    resumed, model = fit(FineTune(**settings), ckpt=tmp_path / "run", resume=state, epochs=4)
+    assert state["finetune"] == settings and state["augment"] is not None
+    resumed, model = fit(FineTune(**settings), tmp_path / "run", state, epochs=4, augment=True)
     strip = ("train_seconds", "epoch_seconds", "samples_per_second")
     clean = [{k: v for k, v in r.items() if k not in strip} for r in reference.history]
     assert [{k: v for k, v in r.items() if k not in strip} for r in resumed.history] == clean
@@ -116,9 +120,15 @@ def test_resume_across_the_unfreeze_is_exact(tmp_path):
         assert torch.equal(value, model.state_dict()[key]), key
     # Other settings, or none, are refused.
     with pytest.raises(ValueError, match="model.unfreeze_after=2, now 3"):
-        fit(FineTune(**{**settings, "unfreeze_after": 3}), tmp_path / "run", state, epochs=4)
+        fit(
+            FineTune(**{**settings, "unfreeze_after": 3}),
+            tmp_path / "run",
+            state,
+            epochs=4,
+            augment=True,
+        )
     with pytest.raises(ValueError, match="saved with finetune"):
-        fit(None, tmp_path / "run", state, epochs=4)
+        fit(None, tmp_path / "run", state, epochs=4, augment=True)
 
 
 def test_settings_are_checked():
