@@ -186,7 +186,7 @@ class _Session:
             batches = len(trainer.train_batches(n_train, torch.Generator()))
             steps = math.ceil(batches / trainer.accumulate_grad_batches)
             scheduler = scheduler_factory(optimizer, steps)
-            tracker.patience_after = math.ceil(scheduler_factory.warmup_epochs)
+            tracker.patience_after = math.ceil(scheduler_factory.warmup)
         else:
             scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
         scaler = torch.amp.GradScaler(

@@ -25,7 +25,9 @@ class StepSchedule:
             ``warmup_epochs``, then cosine to ``min_factor`` x lr) or ``one_cycle`` (torch's
             OneCycleLR peaking at lr after ``warmup_epochs``).
         epochs: the schedule's length (``trainer.max_epochs``).
-        warmup_epochs: epochs of warm-up; early stopping does not count them.
+        warmup_epochs: epochs of warm-up; early stopping does not count them. A warm-up never
+            takes more than half the schedule (see :attr:`warmup`), so a short smoke run of the
+            default recipe keeps a decaying half.
     """
 
     kind: str = "warmup_cosine"
@@ -41,10 +43,9 @@ class StepSchedule:
             raise ValueError(
                 f"scheduler.epochs={self.epochs!r} is invalid: expected an integer >= 1"
             )
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if isinstance(self.warmup_epochs, bool) or not self.warmup_epochs >= 0:
             raise ValueError(
-                f"scheduler.warmup_epochs={self.warmup_epochs!r} is invalid: expected a number "
-                f">= 0 and below the {self.epochs} epochs of the schedule"
+                f"scheduler.warmup_epochs={self.warmup_epochs!r} is invalid: expected a number >= 0"
             )
         for name in ("start_factor", "min_factor"):
             if not 0 <= getattr(self, name) <= 1:
@@ -52,9 +53,14 @@ class StepSchedule:
                     f"scheduler.{name}={getattr(self, name)!r} is invalid: expected 0..1"
                 )
 
+    @property
+    def warmup(self) -> float:
+        """The warm-up in epochs: ``warmup_epochs``, at most half of ``epochs``."""
+        return min(self.warmup_epochs, self.epochs / 2)
+
     def __call__(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LRScheduler:
         total = self.epochs * steps_per_epoch
-        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        warmup = int(round(self.warmup * steps_per_epoch))
         if self.kind == "one_cycle":
             lrs = [g["lr"] for g in optimizer.param_groups]
             scheduler: LRScheduler = OneCycleLR(

@@ -443,8 +443,7 @@ def rescaled_schedule(factory: Callable[..., Any] | None, epochs: int) -> Callab
     """The scheduler factory with its horizon set to ``epochs`` (cosine T_max, step schedules);
     others unchanged."""
     if isinstance(factory, StepSchedule):
-        warmup = min(factory.warmup_epochs, epochs / 2)
-        return dataclasses.replace(factory, epochs=epochs, warmup_epochs=warmup)
+        return dataclasses.replace(factory, epochs=epochs)
     if isinstance(factory, functools.partial) and "T_max" in factory.keywords:
         return functools.partial(
             factory.func, *factory.args, **{**factory.keywords, "T_max": epochs}

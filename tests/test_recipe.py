@@ -108,9 +108,23 @@ def test_one_cycle_peaks_after_warmup():
     assert max(range(40), key=lrs.__getitem__) == 10 and lrs[10] == pytest.approx(1.0)
 
 
+def test_warmup_is_capped_at_half_the_schedule():
+    assert StepSchedule(epochs=1, warmup_epochs=1).warmup == 0.5
+    assert StepSchedule(epochs=10, warmup_epochs=2).warmup == 2
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = StepSchedule(epochs=1, warmup_epochs=1, start_factor=0.0)(opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # peak after 5 of the 10 steps, then the cosine decays again
+    assert max(range(10), key=lrs.__getitem__) == 5 and lrs[-1] < lrs[5]
+
+
 def test_schedule_errors_name_the_key():
-    with pytest.raises(ValueError, match="scheduler.warmup_epochs=5"):
-        StepSchedule(epochs=5, warmup_epochs=5)
+    with pytest.raises(ValueError, match="scheduler.warmup_epochs=-1"):
+        StepSchedule(epochs=5, warmup_epochs=-1)
     with pytest.raises(ValueError, match="scheduler.kind='linear'"):
         StepSchedule(kind="linear")
 

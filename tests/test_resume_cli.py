@@ -83,7 +83,7 @@ def test_refused_resumes_leave_the_run_untouched(main, tmp_path):
     assert "model.layers: [2, 2, 2, 2] -> [3, 4, 6, 3]" in line
 
     code, err = main(f"trainer.resume={run_dir}", "optimizer.lr=0.5")
-    assert_one_line_error(code, err, "optimizer.lr: 0.001 -> 0.5")
+    assert_one_line_error(code, err, "optimizer.lr: 0.002 -> 0.5")
 
     code, err = main("-m", f"trainer.resume={run_dir}")
     assert_one_line_error(code, err, "cannot be combined with -m")
@@ -136,7 +136,8 @@ def test_resume_refuses_to_stretch_a_cosine_schedule(main, finished_run, tmp_pat
     set_status(finished_run, "interrupted", error="interrupted by SIGINT")
     code, err = main(f"trainer.resume={finished_run}", "trainer.max_epochs=3")
     assert code == 2
-    assert "T_max (= trainer.max_epochs) was 2, now 3" in err
+    # The default warm-up + cosine schedule is per step: its horizon is epochs x steps per epoch.
+    assert "total_steps (= epochs x steps per epoch) was" in err
     assert json.loads((finished_run / "metrics.json").read_text())["epochs_trained"] == 2
 
 
