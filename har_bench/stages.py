@@ -472,7 +472,7 @@ def refit(
     trainer = dataclasses.replace(training.trainer, max_epochs=epochs, patience=None)
     X = torch.cat([data.train.X, data.val.X])
     y = torch.cat([data.train.y, data.val.y])
-    checkpoints = rundir.checkpoint_dir(run_dir) / "refit"
+    checkpoints = rundir.checkpoint_dir(run_dir) / rundir.REFIT_CHECKPOINTS
     resume = load_resume_state(checkpoints) if (checkpoints / LAST_CHECKPOINT).is_file() else None
     log.info("refit: %d epochs on train + validation (%d windows)", epochs, len(y))
     seed_everything(training.seed)

@@ -64,6 +64,14 @@ def test_trainers_instantiate(compose_cfg, name):
 def test_datasets_compose(compose_cfg, name):
     cfg = compose_cfg(f"dataset={name}")
     assert cfg.dataset._target_.startswith("har_bench.data.")
+    # Image sets default to the image augmentation, sensor sets to the sensor one.
+    image = name in ("cifar10", "image_folder")
+    expected = "image_transforms.ImageAugment" if image else "augment.Augment"
+    assert cfg.augment._target_ == f"har_bench.{expected}"
+    assert (
+        compose_cfg(f"dataset={name}", "augment=none").augment._target_
+        == "har_bench.augment.Augment"
+    )
 
 
 def test_synthetic_dataset_and_split_instantiate(compose_cfg):
