@@ -241,11 +241,15 @@ SUMMARY_COLUMNS = ("job", "status", "overrides", *_METRIC_COLS, "error", "run_di
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job directories (those Hydra wrote a .hydra/ into), in job order."""
-    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / HYDRA_DIR).is_dir()]
-    return sorted(
-        dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
-    )
+    """The sweep's job directories (those Hydra wrote a .hydra/ into), in job order; nested
+    ones too, for a ``hydra.sweep.subdir`` such as ``<model>/<seed>``."""
+    dirs = [p.parent for p in sweep_dir.rglob(HYDRA_DIR) if p.is_dir() and p.parent != sweep_dir]
+
+    def order(d: Path) -> list[tuple[bool, int, str]]:
+        parts = d.relative_to(sweep_dir).parts
+        return [(not n.isdigit(), int(n) if n.isdigit() else 0, n) for n in parts]
+
+    return sorted(dirs, key=order)
 
 
 def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
@@ -268,7 +272,7 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
             result.failures.append(run.status == "failed" and run.user_error)
         rows.append(
             {
-                "job": d.name,
+                "job": d.relative_to(sweep_dir).as_posix(),
                 "status": run.status,
                 "overrides": " ".join(run.overrides),
                 **{k: run.values.get(k, math.nan) for k in _METRIC_COLS},

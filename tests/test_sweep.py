@@ -81,6 +81,18 @@ def test_summary_of_fabricated_jobs(tmp_path, capsys):
     assert "model.cardinality=1" in out  # the swept override identifies the job
 
 
+def test_summary_finds_jobs_in_nested_subdirs(tmp_path, capsys):
+    """hydra.sweep.subdir=<model>/<seed> (experiment=s0_table) nests the job dirs."""
+    for i, model in enumerate(("resnet18", "cnn")):
+        for seed in (10, 2):
+            make_run(tmp_path / model / str(seed), cardinality=seed, acc=0.5 + i / 10)
+    result = summarise(tmp_path)
+    assert result.jobs == 4 and not result.failures
+    with open(tmp_path / SUMMARY_CSV) as f:
+        jobs = [r["job"] for r in csv.DictReader(f)]
+    assert jobs == ["cnn/2", "cnn/10", "resnet18/2", "resnet18/10"]
+
+
 def _job_config(launcher: dict, num_threads: int | None = None, sweep_dir: str = "x"):
     return OmegaConf.create(
         {
