@@ -73,6 +73,19 @@ def make_run(
     return path
 
 
+def test_train_seconds_count_the_refit_phase(tmp_path):
+    run = make_run(tmp_path / "r")
+    timings = json.loads((run / "timings.json").read_text()) | {"train_seconds_total": 100.0}
+    (run / "timings.json").write_text(json.dumps(timings))
+    assert load_run(run).values["train_seconds"] == 100.0
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["refit"] = {
+        "history": [{"epoch": 1, "train_seconds": 30.0}, {"epoch": 2, "train_seconds": 20.5}]
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert load_run(run).values["train_seconds"] == 150.5
+
+
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
     """cardinality 1 and 4 x seeds 0,1,2 (+ one failed run at cardinality 4)."""
