@@ -84,40 +84,34 @@ def test_bad_magnitude_names_the_key():
         Augment(p=2)
 
 
-def test_warmup_cosine_schedule_per_step():
+def lr_trace(schedule: StepSchedule, steps_per_epoch: int) -> tuple[list[float], object]:
+    """The learning rate before each optimizer step of the whole schedule (base lr 1)."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = StepSchedule(epochs=4, warmup_epochs=1, start_factor=0.0)(opt, steps_per_epoch=10)
+    sched = schedule(opt, steps_per_epoch=steps_per_epoch)
     lrs = []
-    for _ in range(40):
+    for _ in range(schedule.epochs * steps_per_epoch):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs, sched
+
+
+def test_warmup_cosine_schedule_per_step():
+    lrs, sched = lr_trace(StepSchedule(epochs=4, warmup_epochs=1, start_factor=0.0), 10)
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     assert lrs[25] == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 30)))
     assert lrs[-1] < 0.01 and sched.total_steps == 40
 
 
 def test_one_cycle_peaks_after_warmup():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = StepSchedule(kind="one_cycle", epochs=4, warmup_epochs=1)(opt, steps_per_epoch=10)
-    lrs = []
-    for _ in range(40):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs, _ = lr_trace(StepSchedule(kind="one_cycle", epochs=4, warmup_epochs=1), 10)
     assert max(range(40), key=lrs.__getitem__) == 10 and lrs[10] == pytest.approx(1.0)
 
 
 def test_warmup_is_capped_at_half_the_schedule():
     assert StepSchedule(epochs=1, warmup_epochs=1).warmup == 0.5
     assert StepSchedule(epochs=10, warmup_epochs=2).warmup == 2
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = StepSchedule(epochs=1, warmup_epochs=1, start_factor=0.0)(opt, steps_per_epoch=10)
-    lrs = []
-    for _ in range(10):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs, _ = lr_trace(StepSchedule(epochs=1, warmup_epochs=1, start_factor=0.0), 10)
     # peak after 5 of the 10 steps, then the cosine decays again
     assert max(range(10), key=lrs.__getitem__) == 5 and lrs[-1] < lrs[5]
 
