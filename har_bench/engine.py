@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from har_bench import distributed
 from har_bench.augment import Augment
@@ -35,6 +35,7 @@ from har_bench.checkpoint import (
     training_state,
 )
 from har_bench.early_stopping import BestTracker
+from har_bench.ema import moving_average, recalibrate_batchnorm
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment
 from har_bench.metrics import latency_ms, macro_f1
@@ -193,10 +194,7 @@ class _Session:
             trainer.device.type, enabled=trainer.amp_dtype == torch.float16
         )
         state = TrainState(tracker=tracker, generator=torch.Generator().manual_seed(seed))
-        ema = None
-        if trainer.ema_decay is not None:
-            decay = get_ema_multi_avg_fn(trainer.ema_decay)
-            ema = AveragedModel(model, multi_avg_fn=decay, use_buffers=True)
+        ema = moving_average(model, trainer.ema_decay) if trainer.ema_decay is not None else None
         return cls(
             model=model,
             train_model=model,
@@ -429,6 +427,10 @@ class Trainer:
                     s.scheduler.step()
 
                 assert state.progress is not None
+                if s.ema is not None:  # part of making the weights: counted as training time
+                    t_bn = time.perf_counter()
+                    recalibrate_batchnorm(s.ema.module, X_train, self.eval_batch_size, s.prepare)
+                    state.progress.train_seconds += time.perf_counter() - t_bn
                 t_val = time.perf_counter()
                 val = self.evaluate(s.eval_model, X_val, y_val, s.prepare) if len(X_val) else None
                 row = state.progress.history_row(val, lr, time.perf_counter() - t_val)

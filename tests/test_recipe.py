@@ -140,6 +140,43 @@ def test_ema_weights_are_the_ones_validated_and_kept():
     assert trainer.evaluate(averaged, X, y)["macro_f1"] == best_row["val_macro_f1"]
 
 
+def test_ema_batchnorm_statistics_are_measured_on_the_averaged_weights():
+    from torch.optim.swa_utils import update_bn
+
+    from har_bench.ema import calibration_windows
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(600, 3, 16, generator=g), torch.randint(0, 3, (600,), generator=g)
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv1d(3, 8, 3), nn.BatchNorm1d(8), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(), nn.Linear(8, 3),
+        )  # fmt: skip
+
+    trainer = Trainer(max_epochs=2, batch_size=32, progress=False, device="cpu", ema_decay=0.9)
+    fit = trainer.fit(net(), X, y, X, y, optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.5))
+    kept = net()
+    kept.load_state_dict(fit.best_state)
+    measured = net()
+    measured.load_state_dict(fit.best_state)
+    update_bn(X[calibration_windows(len(X))].split(trainer.eval_batch_size), measured)
+    assert torch.allclose(kept[1].running_mean, measured[1].running_mean, atol=1e-6)
+    assert torch.allclose(kept[1].running_var, measured[1].running_var, atol=1e-5)
+    assert (
+        trainer.evaluate(kept, X, y)["macro_f1"] == fit.history[fit.best_epoch - 1]["val_macro_f1"]
+    )
+
+
+def test_calibration_windows_are_spread_and_capped():
+    from har_bench.ema import calibration_windows
+
+    idx = calibration_windows(10_000, limit=100)
+    assert len(idx) == 100 and idx[0] == 0 and idx[-1] == 9_999
+    assert calibration_windows(5).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_datasets_declare_their_xyz_triples():
     from har_bench.data.base import xyz_triples
 
