@@ -17,16 +17,24 @@ macro-F1, with params, FLOPs and training time, all read from the runs' own file
             runs: [outputs/results/uci_har_best]
           - label: SVM, 561 features (Anguita et al. 2013)
             published: {accuracy: 0.964}
+
+With ``archive: DIR`` (relative to the base folder) the command first copies the record files
+of every completed run it finds (``har_bench.rundir.RECORD_FILES``: metrics, history, config,
+split report, confusion matrix; no checkpoints) to ``DIR/<the run's path>``, then reads every
+row from ``DIR``. Committed with RESULTS.md, the archive keeps each figure traceable to its
+run's own files after ``outputs/`` is gone, and rows re-run later replace their old copies.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from har_bench import rundir
 from har_bench._fs import atomic_write_text
 from har_bench.compare import find_run_dirs, format_stat, load_run, mean_std
 
@@ -39,6 +47,29 @@ SHOWN = {
     "flops": ("count", 1e-6),
     "train_seconds": ("rate", 1.0),
 }
+
+
+def _run_rows(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for t in spec.get("tables", []) for r in t.get("rows", []) if r.get("runs")]
+
+
+def archive_runs(spec: Mapping[str, Any], base: Path, archive: Path) -> list[Path]:
+    """Copy the record of every completed run the spec's rows find under ``base`` to
+    ``archive``, at the run's path relative to ``base``; returns the copies made."""
+    copied = []
+    for row in _run_rows(spec):
+        for pattern in row["runs"]:
+            try:
+                found = find_run_dirs([base / pattern])
+            except FileNotFoundError:
+                continue  # not on this machine: the archive keeps its earlier copy
+            for run_dir in found:
+                rel = Path(os.path.relpath(run_dir, base.resolve()))
+                if rel.parts[:1] == ("..",) or load_run(run_dir).status != "completed":
+                    continue
+                rundir.copy_record(run_dir, archive / rel)
+                copied.append(archive / rel)
+    return copied
 
 
 def _row(label: str, spec: Mapping[str, Any], base: Path) -> list[str]:
@@ -113,6 +144,12 @@ def main(argv: Sequence[str]) -> int:
     if not isinstance(spec, dict) or not isinstance(spec.get("tables"), list):
         print(f"error: {args.spec}: expected a mapping with a 'tables' list", file=sys.stderr)
         return 2
-    atomic_write_text(args.out, render(spec, args.base))
+    base = args.base
+    if spec.get("archive"):
+        archive = args.base / str(spec["archive"])
+        copied = archive_runs(spec, args.base, archive)
+        print(f"archived {len(copied)} run record(s) in {archive}")
+        base = archive
+    atomic_write_text(args.out, render(spec, base))
     print(f"wrote {args.out}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,21 @@ ONNX_FILES = {
     "pruned": "model_pruned.onnx",
     "pruned_int8": "model_pruned_int8.onnx",
 }
+
+# What a run was and what it measured, without its checkpoints and logs: the part of a run
+# directory `har-bench results` keeps in the repository.
+RECORD_FILES = (
+    METRICS,
+    HISTORY,
+    MODEL_SUMMARY,
+    TIMINGS,
+    SPLIT_REPORT,
+    CONFUSION_CSV,
+    ENVIRONMENT,
+    SAVED_CONFIG,
+    SAVED_HYDRA_CONFIG,
+    SAVED_OVERRIDES,
+)
 
 STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
 # Keys of metrics.json that describe how an attempt ended; a resumed run drops them.
@@ -177,6 +193,16 @@ def release(run_dir: Path) -> None:
 
 
 # -- the saved config --------------------------------------------------------------------------
+
+
+def copy_record(run_dir: Path, dest: Path) -> None:
+    """Replace ``dest`` by a copy of the :data:`RECORD_FILES` of ``run_dir``."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for name in RECORD_FILES:
+        if (run_dir / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / name, dest / name)
 
 
 def is_run_dir(path: Path) -> bool:

@@ -44,3 +44,29 @@ def test_results_bad_spec_is_one_line(tmp_path, capsys):
     (tmp_path / "spec.yaml").write_text("just text")
     assert main(["results", str(tmp_path / "spec.yaml")]) == 2
     assert "expected a mapping with a 'tables' list" in capsys.readouterr().err
+
+
+def test_results_archive_keeps_rows_after_the_run_dirs_are_gone(tmp_path, capsys):
+    import shutil
+
+    for seed, acc in enumerate((0.90, 0.92)):
+        make_run(tmp_path / "outputs" / "best" / str(seed), seed=seed, acc=acc, f1=acc)
+    make_run(tmp_path / "outputs" / "best" / "2", seed=2, status="failed")
+    row = {"label": "best", "command": "har-bench", "runs": ["outputs/best"]}
+    spec = {"archive": "docs/runs", "tables": [{"title": "T", "rows": [row]}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "RESULTS.md"
+    args = ["results", str(tmp_path / "spec.yaml"), "--out", str(out), "--base", str(tmp_path)]
+
+    def best_cells() -> list[str]:
+        assert main(args) == 0, capsys.readouterr().err
+        return next(x for x in out.read_text().splitlines() if x.startswith("| best")).split(" | ")
+
+    assert best_cells()[1:3] == ["2", "91.00 ± 1.41"]  # the failed run is not archived
+    archived = tmp_path / "docs" / "runs" / "outputs" / "best" / "0"
+    assert (archived / "metrics.json").is_file() and (archived / ".hydra" / "config.yaml").is_file()
+    shutil.rmtree(tmp_path / "outputs")
+    assert best_cells()[1:3] == ["2", "91.00 ± 1.41"]
+    # A run made again replaces its archived copy; the others stay.
+    make_run(tmp_path / "outputs" / "best" / "1", seed=1, acc=0.96, f1=0.96)
+    assert best_cells()[1:3] == ["2", "93.00 ± 4.24"]
