@@ -91,6 +91,21 @@ def test_experiments_compose(compose_cfg, name):
     build_model(cfg, in_channels=3, num_classes=4)
 
 
+@pytest.mark.parametrize("name", config_options("ablation"))
+def test_each_ablation_changes_the_best_recipe(compose_cfg, name):
+    from omegaconf import OmegaConf
+
+    from har_bench.config import flatten
+
+    base = flatten(OmegaConf.to_container(compose_cfg("experiment=uci_har_best")))
+    cfg = compose_cfg("experiment=uci_har_best", f"+ablation={name}")
+    changed = flatten(OmegaConf.to_container(cfg))
+    assert {k for k in base if base[k] != changed.get(k)}, name
+    instantiate(cfg.trainer)
+    instantiate(cfg.scheduler)
+    instantiate(cfg.augment)
+
+
 def test_multirun_dirs_are_unique_per_job(compose_cfg):
     from omegaconf import OmegaConf
 
