@@ -612,17 +612,21 @@ def measure_latency(
 
 def log_epoch(row: dict[str, float], max_epochs: int, improved: bool) -> None:
     """The one log line per epoch (a star marks a new best)."""
+    if math.isnan(row["val_loss"]):  # no validation part (split.val_fraction=0, a refit)
+        val, star = "no validation", ""
+    else:
+        val = "val_loss {:.4f}  val_acc {:.4f}  val_f1 {:.4f}".format(
+            row["val_loss"], row["val_accuracy"], row["val_macro_f1"]
+        )
+        star = "  *" if improved else ""
     log.info(
-        "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
-        "val_f1 %.4f  %.1fs  %.0f samples/s%s",
+        "epoch %d/%d  train_loss %.4f  train_acc %.4f  %s  %.1fs  %.0f samples/s%s",
         row["epoch"],
         max_epochs,
         row["train_loss"],
         row["train_accuracy"],
-        row["val_loss"],
-        row["val_accuracy"],
-        row["val_macro_f1"],
+        val,
         row["epoch_seconds"],
         row["samples_per_second"],
-        "  *" if improved else "",
+        star,
     )

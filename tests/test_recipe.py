@@ -184,3 +184,15 @@ def test_datasets_declare_their_xyz_triples():
     assert xyz_triples(names) == [[0, 1, 2], [3, 4, 5]]
     assert xyz_triples(["accel_x", "accel_y", "dim_0"]) == []  # an incomplete sensor
     assert xyz_triples(["dim_0", "dim_1", "dim_2"]) == []
+
+
+def test_epochs_without_a_validation_part_say_so(caplog):
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(32, 3, 16, generator=g), torch.randint(0, 3, (32,), generator=g)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    trainer = Trainer(max_epochs=2, batch_size=16, progress=False, device="cpu")
+    with caplog.at_level("INFO", logger="har_bench.engine"):
+        fit = trainer.fit(model, X, y, X[:0], y[:0], lambda p: torch.optim.SGD(p, lr=0.1))
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 2 and all("no validation" in m and "nan" not in m for m in epochs)
+    assert fit.best_epoch == 2  # nothing to select on: the last epoch's weights
