@@ -158,8 +158,8 @@ def report(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     dist = _ensure_process_group()
     mine = {
         "best_val_metric": metrics.get("best_val_metric"),
-        "val_accuracy": metrics["val"]["accuracy"],
-        "val_macro_f1": metrics["val"]["macro_f1"],
+        "val_accuracy": (metrics["val"] or {}).get("accuracy"),
+        "val_macro_f1": (metrics["val"] or {}).get("macro_f1"),
         "test_accuracy": metrics["test"]["accuracy"],
         "test_macro_f1": metrics["test"]["macro_f1"],
     }

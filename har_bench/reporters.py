@@ -84,8 +84,8 @@ class TensorBoard(Reporter):
         metrics, summary = result.metrics, result.model_summary
         self.logger.log_confusion_matrix(result.confusion, result.class_names, result.best_epoch)
         figures = {
-            "val_accuracy": metrics["val"]["accuracy"],
-            "val_macro_f1": metrics["val"]["macro_f1"],
+            "val_accuracy": (metrics["val"] or {}).get("accuracy"),
+            "val_macro_f1": (metrics["val"] or {}).get("macro_f1"),
             "test_accuracy": metrics["test"]["accuracy"],
             "test_macro_f1": metrics["test"]["macro_f1"],
             "params": summary["params"],
@@ -123,7 +123,8 @@ class ConsoleSummary(Reporter):
             "macro_f1",
             "weighted_f1",
         ):
-            table.add_row(key, f"{metrics['val'][key]:.4f}", f"{metrics['test'][key]:.4f}")
+            val = f"{metrics['val'][key]:.4f}" if metrics["val"] else "-"
+            table.add_row(key, val, f"{metrics['test'][key]:.4f}")
         table.add_section()
         table.add_row("best epoch", str(metrics["best_epoch"]), "")
         table.add_row("params", f"{summary['params']:,}", "")

@@ -579,12 +579,16 @@ class Evaluation:
     test: dict[str, Any]
     test_seconds: float  # scoring the test part, for the inference throughput
 
-    def metrics(self, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def metrics(self, class_names: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """metrics.json's ``val`` and ``test``; ``val`` is null without a validation part
+        (``split.val_fraction=0``)."""
         return {
             name: {
                 "loss": res["loss"],
                 **classification_metrics(res["y_true"], res["y_pred"], class_names),
             }
+            if len(res["y_true"])
+            else None
             for name, res in (("val", self.val), ("test", self.test))
         }
 

@@ -282,3 +282,19 @@ def test_minirocket_goes_through_the_same_stages(compose_cfg, tmp_path):
     timings = json.loads((run_dir / "timings.json").read_text())
     assert timings["train_samples_per_second"] > 0 and timings["inference_latency_ms"]["p50"] > 0
     assert (run_dir / "confusion_matrix.csv").is_file() and hparams_sessions(run_dir) == 1
+
+
+def test_no_validation_part_trains_the_schedule_and_tests_its_last_weights(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "dataset=synthetic",
+        *SMALL_MODEL,
+        "trainer.max_epochs=2",
+        "efficiency.latency_repeats=2",
+        "split=group_kfold",
+        "split.val_fraction=0",
+    )
+    run_dir = tmp_path / "run"
+    metrics = run(cfg, run_dir)
+    assert metrics["status"] == "completed" and metrics["val"] is None
+    assert metrics["best_epoch"] == 2 and 0 <= metrics["test"]["accuracy"] <= 1
+    assert json.loads((run_dir / "split_report.json").read_text())["parts"]["val"]["windows"] == 0
