@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "har_bench.schedules",
         "har_bench.image_transforms",
         "har_bench.finetune",
+        "har_bench.ema",
     ),
     "config": ("har_bench.config",),
     "rundir": ("har_bench.rundir",),
