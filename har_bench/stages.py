@@ -257,6 +257,23 @@ def check_split_labels(data: HARData, split: Split, split_name: str | None = Non
         log.warning("validation labels %s never occur in the training part", names)
 
 
+def check_selection(training: Training, data: PreparedData) -> None:
+    """Early stopping and a refit select on the validation part: without one (a split with
+    ``val_fraction=0``) they are refused rather than silently doing nothing."""
+    if len(data.val.y):
+        return
+    for wanted, setting, off in (
+        (training.trainer.patience is not None, f"trainer.patience={training.trainer.patience}",
+         "trainer.patience=null"),
+        (training.refit, "trainer.refit=true", "trainer.refit=false"),
+    ):  # fmt: skip
+        if wanted:
+            raise UserError(
+                f"{setting} needs a validation part, but the split has none "
+                f"(split.val_fraction=0): set split.val_fraction=0.2 or {off}"
+            )
+
+
 # -- build model -------------------------------------------------------------------------------
 
 

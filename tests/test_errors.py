@@ -133,6 +133,14 @@ RUN_ERRORS = {
     ),
     "seed": ([*SMALL, "seed=abc"], ["seed='abc' is invalid: expected an integer >= 0"]),
     "unknown parameter": ([*SMALL, "+trainer.foo=1"], ["trainer.foo is not a parameter of"]),
+    "patience without validation": (
+        [*SMALL, "split.val_fraction=0", "trainer.patience=3"],
+        ["trainer.patience=3 needs a validation part", "split.val_fraction=0.2"],
+    ),
+    "refit without validation": (
+        [*SMALL, "split.val_fraction=0", "trainer.refit=true"],
+        ["trainer.refit=true needs a validation part", "trainer.refit=false"],
+    ),
     "split subjects": (
         [*SMALL, "split=subjects", "split.test_subjects=[99]"],
         ["split.test_subjects", "99"],
