@@ -584,6 +584,8 @@ def estimator_scorer(model: Any) -> Scorer:
     """Scores a model fitted outside the loop; it has no loss to report."""
 
     def score(part: Part) -> dict[str, Any]:
+        if len(part.y) == 0:  # no validation part: nothing to predict
+            return {"loss": float("nan"), "y_true": part.y.numpy(), "y_pred": part.y.numpy()}
         pred = model.decision_function(part.X.numpy()).argmax(1)
         return {"loss": float("nan"), "y_true": part.y.numpy(), "y_pred": pred}
 

@@ -75,7 +75,7 @@ def test_datasets_compose(compose_cfg, name):
 
 
 def test_synthetic_dataset_and_split_instantiate(compose_cfg):
-    cfg = compose_cfg("dataset=synthetic")
+    cfg = compose_cfg("dataset=synthetic", "split.val_fraction=0.2")
     data = instantiate(cfg.dataset)
     split = instantiate(cfg.split)(data)
     assert len(split.train) and len(split.val) and len(split.test)

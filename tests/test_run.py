@@ -52,6 +52,8 @@ def check_run_dir(run_dir: Path, epochs: int) -> dict:
     assert metrics["status"] == "completed"
     assert 1 <= metrics["best_epoch"] <= epochs
     for split in ("val", "test"):
+        if split == "val" and metrics["val"] is None:  # split.val_fraction=0
+            continue
         for key in (
             "accuracy",
             "balanced_accuracy",
@@ -85,8 +87,11 @@ def check_run_dir(run_dir: Path, epochs: int) -> dict:
     ):
         assert col in history
     best_row = history[history.epoch == metrics["best_epoch"]].iloc[0]
-    assert best_row.val_macro_f1 == pytest.approx(metrics["best_val_metric"])
-    assert best_row.val_macro_f1 == pytest.approx(metrics["val"]["macro_f1"], abs=1e-6)
+    if metrics["val"] is None:  # nothing validated: the last epoch is the one kept
+        assert metrics["best_epoch"] == metrics["epochs_trained"] and history.val_loss.isna().all()
+    else:
+        assert best_row.val_macro_f1 == pytest.approx(metrics["best_val_metric"])
+        assert best_row.val_macro_f1 == pytest.approx(metrics["val"]["macro_f1"], abs=1e-6)
 
     timings = json.loads((run_dir / "timings.json").read_text())
     assert len(timings["train_seconds_per_epoch"]) == len(history)
@@ -104,7 +109,11 @@ def check_run_dir(run_dir: Path, epochs: int) -> dict:
 
 def test_tiny_run_writes_every_artifact(compose_cfg, tmp_path):
     cfg = compose_cfg(
-        "dataset=synthetic", *SMALL_MODEL, "trainer.max_epochs=3", "efficiency.latency_repeats=3"
+        "dataset=synthetic",
+        *SMALL_MODEL,
+        "trainer.max_epochs=3",
+        "efficiency.latency_repeats=3",
+        "split.val_fraction=0.2",
     )
     run_dir = tmp_path / "run"
     metrics = run(cfg, run_dir)
@@ -248,6 +257,7 @@ def test_recipe_with_refit_tests_the_refit_model_and_never_sees_test_subjects(
         "trainer.label_smoothing=0.1",
         "trainer.refit=true",
         "trainer.patience=null",
+        "split.val_fraction=0.2",
     )
     run_dir = tmp_path / "run"
     metrics = run(cfg, run_dir)
@@ -290,7 +300,6 @@ def test_no_validation_part_trains_the_schedule_and_tests_its_last_weights(compo
         *SMALL_MODEL,
         "trainer.max_epochs=2",
         "efficiency.latency_repeats=2",
-        "split=group_kfold",
         "split.val_fraction=0",
     )
     run_dir = tmp_path / "run"
