@@ -22,6 +22,7 @@ ARGS = [
     "model=resnet18",
     "model.stem_width=8",
     "trainer.max_epochs=4",
+    "split.val_fraction=0.2",  # the best-epoch tracking resumes too
     "trainer.patience=null",
     "trainer.num_threads=1",
     "trainer.progress=false",
