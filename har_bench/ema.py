@@ -1,10 +1,9 @@
 """The moving average of the weights (``trainer.ema_decay``) and its BatchNorm statistics.
 
 Averaging the BatchNorm running statistics along with the weights gives statistics measured on
-other weights than the averaged ones. A deep network then normalises its activations with the
-wrong scale at every layer (ResNeXt-50 validated near chance for most of its schedule), so, as
-for stochastic weight averaging, the averaged model's statistics are measured again on
-training windows before each use.
+other weights than the averaged ones, and a deep network then normalises its activations with
+the wrong scale at every layer. As for stochastic weight averaging, the averaged model's
+statistics are measured again on training windows before each use.
 """
 
 from __future__ import annotations
