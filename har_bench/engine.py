@@ -427,7 +427,10 @@ class Trainer:
                     s.scheduler.step()
 
                 assert state.progress is not None
-                if s.ema is not None:  # part of making the weights: counted as training time
+                # Measured before each validation, or once at the end when nothing is
+                # validated (the statistics depend only on the averaged weights of that moment).
+                # Part of making the weights: counted as training time.
+                if s.ema is not None and (len(X_val) or epoch == self.max_epochs):
                     t_bn = time.perf_counter()
                     recalibrate_batchnorm(s.ema.module, X_train, self.eval_batch_size, s.prepare)
                     state.progress.train_seconds += time.perf_counter() - t_bn

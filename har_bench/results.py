@@ -65,7 +65,8 @@ def archive_runs(spec: Mapping[str, Any], base: Path, archive: Path) -> list[Pat
                 continue  # not on this machine: the archive keeps its earlier copy
             for run_dir in found:
                 rel = Path(os.path.relpath(run_dir, base.resolve()))
-                if rel.parts[:1] == ("..",) or load_run(run_dir).status != "completed":
+                status = rundir.read_status(run_dir).get("status")
+                if rel.parts[:1] == ("..",) or status != "completed":
                     continue
                 rundir.copy_record(run_dir, archive / rel)
                 copied.append(archive / rel)
