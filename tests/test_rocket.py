@@ -35,3 +35,39 @@ def test_minirocket_bad_settings_name_the_key():
     model = MiniRocket(3, 2)
     with pytest.raises(ValueError, match=r"takes windows \[N, 3, T\]"):
         model.fit(np.zeros((4, 2, 16), np.float32), np.array([0, 1, 0, 1]))
+
+
+def test_penalty_search_on_a_subset_is_ridge_cv_when_the_subset_is_everything():
+    from sklearn.linear_model import RidgeClassifierCV
+
+    from har_bench.models.rocket import ALPHAS, SubsampledRidgeClassifierCV
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((120, 10)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.standard_normal(120) > 0).astype(int)
+    full = SubsampledRidgeClassifierCV(max_windows=None).fit(X, y)
+    reference = RidgeClassifierCV(alphas=ALPHAS).fit(X, y)
+    assert full.alpha_ == reference.alpha_ and full.search_windows_ == 120
+    np.testing.assert_allclose(full.decision_function(X), reference.decision_function(X), rtol=1e-5)
+
+    sub = SubsampledRidgeClassifierCV(max_windows=40, random_state=0).fit(X, y)
+    again = SubsampledRidgeClassifierCV(max_windows=40, random_state=0).fit(X, y)
+    assert sub.search_windows_ == 40 and sub.alpha_ == again.alpha_
+    assert sub.alpha_ in ALPHAS
+    # The chosen penalty is fitted on every window, not only the searched ones.
+    refit = RidgeClassifierCV(alphas=[sub.alpha_]).fit(X, y)
+    np.testing.assert_allclose(sub.coef_, refit.coef_, rtol=1e-4, atol=1e-6)
+
+
+def test_minirocket_records_how_its_penalty_was_chosen(compose_cfg):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 2, 32)).astype(np.float32)
+    y = np.arange(30) % 2
+    cfg = compose_cfg("model=minirocket", "model.n_kernels=84", "model.alpha_search_windows=20")
+    model = instantiate(cfg.model, in_channels=2, num_classes=2).fit(X, y)
+    summary = model.summary()
+    assert summary["ridge_alpha_search_windows"] == 20 and summary["ridge_alpha"] > 0
+    from har_bench.models.rocket import MiniRocket
+
+    with pytest.raises(ValueError, match="model.alpha_search_windows=1 is invalid"):
+        MiniRocket(2, 2, alpha_search_windows=1)
