@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
@@ -60,7 +61,8 @@ class MiniRocket:
         in_channels / num_classes: the dataset's, as every model gets them (checked on fit).
         n_kernels: number of random convolution features (aeon's default 10,000).
         max_dilations_per_kernel: as in aeon.
-        n_jobs: threads for the transform (-1 = all cores).
+        n_jobs: threads for the transform; -1 = as many as torch uses (a parallel sweep's
+            launcher sets that to each job's share of the cores).
         alpha_search_windows: the ridge penalty is chosen by leave-one-out on at most this many
             training windows (null = all; see the module note).
         random_state: seed of the kernels' biases and dilations, and of that subset.
@@ -101,7 +103,7 @@ class MiniRocket:
             n_kernels=n_kernels,
             max_dilations_per_kernel=max_dilations_per_kernel,
             estimator=SubsampledRidgeClassifierCV(alpha_search_windows, random_state),
-            n_jobs=n_jobs,
+            n_jobs=torch.get_num_threads() if n_jobs == -1 else n_jobs,
             random_state=random_state,
         )
 
