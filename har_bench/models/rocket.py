@@ -4,8 +4,8 @@ Random dilated convolution features and a ridge classifier whose penalty is chos
 leave-one-out cross-validation on the training windows: nothing is selected on validation or
 test data. With more training windows than ``alpha_search_windows`` (WISDM has about 23,000 for
 10,000 features), the penalty is chosen on that many windows drawn at random and the ridge is
-then fitted on all of them: scikit-learn's leave-one-out goes through an SVD of the whole
-feature matrix once windows outnumber features, which takes hours on a small CPU. This wraps aeon's implementation (the optional extra ``har-bench[rocket]``); it is a
+then fitted on all of them: scikit-learn's leave-one-out is quick while windows do not outnumber
+features and takes hours on a small CPU once they do. This wraps aeon's implementation (the optional extra ``har-bench[rocket]``); it is a
 scikit-learn estimator, not a torch module, so the runner fits and predicts it directly instead
 of training it with the :class:`~har_bench.engine.Trainer`.
 """
@@ -30,7 +30,7 @@ class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
     With ``max_windows`` at least the number of windows it is exactly ``RidgeClassifierCV``.
     """
 
-    def __init__(self, max_windows: int | None = 10_000, random_state: int | None = None) -> None:
+    def __init__(self, max_windows: int | None = 8_000, random_state: int | None = None) -> None:
         self.max_windows = max_windows
         self.random_state = random_state
 
@@ -75,7 +75,7 @@ class MiniRocket:
         n_kernels: int = 10_000,
         max_dilations_per_kernel: int = 32,
         n_jobs: int = 1,
-        alpha_search_windows: int | None = 10_000,
+        alpha_search_windows: int | None = 8_000,
         random_state: int = 0,
     ) -> None:
         try:
