@@ -19,8 +19,9 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
-# aeon's own grid for the ridge penalty.
-ALPHAS = np.logspace(-3, 3, 10)
+# aeon's grid for the ridge penalty (10^-3 .. 10^3) extended by three of its steps upward: on
+# WISDM's 23,000 windows leave-one-out chose aeon's largest value on every fold.
+ALPHAS = np.logspace(-3, 5, 13)
 
 
 class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
