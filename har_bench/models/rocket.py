@@ -6,8 +6,9 @@ test data. With more training windows than ``alpha_search_windows`` (WISDM has a
 10,000 features), the penalty is chosen on that many windows drawn at random and the ridge is
 then fitted on all of them: scikit-learn's leave-one-out is quick while windows do not outnumber
 features and takes hours on a small CPU once they do. This wraps aeon's implementation (the
-optional extra ``har-bench[rocket]``); it is a scikit-learn estimator, not a torch module, so the runner fits and predicts it directly instead
-of training it with the :class:`~har_bench.engine.Trainer`.
+optional extra ``har-bench[rocket]``); it is a scikit-learn estimator, not a torch module, so the
+runner fits and predicts it directly instead of training it with the
+:class:`~har_bench.engine.Trainer`.
 """
 
 from __future__ import annotations
