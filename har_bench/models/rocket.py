@@ -23,6 +23,8 @@ from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 # aeon's grid for the ridge penalty (10^-3 .. 10^3) extended by three of its steps upward, so that
 # a choice of aeon's largest value (WISDM's, on every fold) is not a choice at the grid's edge.
 ALPHAS = np.logspace(-3, 5, 13)
+# Below MiniRocket's ~10,000 features, where scikit-learn's leave-one-out stays quick.
+ALPHA_SEARCH_WINDOWS = 8_000
 
 
 class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
@@ -32,7 +34,9 @@ class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
     With ``max_windows`` at least the number of windows it is exactly ``RidgeClassifierCV``.
     """
 
-    def __init__(self, max_windows: int | None = 8_000, random_state: int | None = None) -> None:
+    def __init__(
+        self, max_windows: int | None = ALPHA_SEARCH_WINDOWS, random_state: int | None = None
+    ) -> None:
         self.max_windows = max_windows
         self.random_state = random_state
 
@@ -77,7 +81,7 @@ class MiniRocket:
         n_kernels: int = 10_000,
         max_dilations_per_kernel: int = 32,
         n_jobs: int = 1,
-        alpha_search_windows: int | None = 8_000,
+        alpha_search_windows: int | None = ALPHA_SEARCH_WINDOWS,
         random_state: int = 0,
     ) -> None:
         try:
