@@ -240,7 +240,13 @@ def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
         if m and cause is not None and "not in struct" in str(cause):
             key = m[1]
             close = closest_key(key, args)
-            hint = f"; did you mean {close}?" if close else ""
+            if close == key:
+                # A sweeper's param named "a.b" is one key holding a dot, which no dotted
+                # override path reaches; the command line's own sweep replaces it.
+                param = key.removeprefix("hydra.sweeper.params.")
+                hint = f"; sweep that parameter as `-m {param}=...`, which wins over the preset's"
+            else:
+                hint = f"; did you mean {close}?" if close else ""
             return f"{key} is not a config key{hint} (har-bench --help lists every key)"
         if m and cause is not None:
             return f"cannot set {m[1]}: {str(cause).strip().splitlines()[0]}"

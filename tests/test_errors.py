@@ -65,6 +65,10 @@ def only_run_dir(tmp_path: Path) -> Path:
         ),
         (["model=resnet18", "model.stem_widht=8"], ["did you mean model.stem_width?"]),
         (["modle=resnet18"], ["modle is not a config key; did you mean model?"]),
+        (
+            ["experiment=cardinality_har", "hydra.sweeper.params.model.shape='32x4d'"],
+            ["sweep that parameter as `-m model.shape=...`"],
+        ),
         (["trainer.max_epochs='3"], ['cannot parse the override "trainer.max_epochs=\'3"']),
     ],
 )
