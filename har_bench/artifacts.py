@@ -99,6 +99,19 @@ def save_figure(fig: Any, path: Path) -> None:
         pyplot().close(fig)
 
 
+def processor_name() -> str:
+    """The CPU's model name (timings are only comparable on the same one): Linux's
+    /proc/cpuinfo, which the standard library does not read, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_info(device: str) -> dict[str, Any]:
     from importlib.metadata import version
 
@@ -111,7 +124,7 @@ def environment_info(device: str) -> dict[str, Any]:
         "har_bench": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": processor_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

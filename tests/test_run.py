@@ -102,7 +102,7 @@ def check_run_dir(run_dir: Path, epochs: int) -> dict:
     assert summary["params"] == summary["trainable_params"] > 0
     assert summary["flops_per_sample"] > 0 and summary["size_mb"] > 0
     env = json.loads((run_dir / "environment.json").read_text())
-    assert env["torch"] and env["device"] == timings["device"]
+    assert env["torch"] and env["device"] == timings["device"] and env["processor"]
     assert hparams_sessions(run_dir) == 1
     return metrics
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from har_bench import rundir
+from har_bench.artifacts import processor_name
 from har_bench.checkpoint import seed_everything
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
@@ -365,7 +366,7 @@ def machine(threads: int | None) -> dict[str, Any]:
 
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": processor_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
