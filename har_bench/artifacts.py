@@ -112,6 +112,19 @@ def processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_info() -> dict[str, Any]:
+    """The machine and torch build a timing was measured on."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": processor_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def environment_info(device: str) -> dict[str, Any]:
     from importlib.metadata import version
 
@@ -123,11 +136,7 @@ def environment_info(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "har_bench": __version__,
         "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": processor_name(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **host_info(),
         "cuda_available": torch.cuda.is_available(),
         "cuda_version": torch.version.cuda,
         "numpy": np.__version__,

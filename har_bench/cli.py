@@ -240,10 +240,10 @@ def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
         if m and cause is not None and "not in struct" in str(cause):
             key = m[1]
             close = closest_key(key, args)
-            if close == key:
+            param = (close or "").removeprefix("hydra.sweeper.params.")
+            if close and param != close and "." in param:
                 # A sweeper's param named "a.b" is one key holding a dot, which no dotted
                 # override path reaches; the command line's own sweep replaces it.
-                param = key.removeprefix("hydra.sweeper.params.")
                 hint = f"; sweep that parameter as `-m {param}=...`, which wins over the preset's"
             else:
                 hint = f"; did you mean {close}?" if close else ""

@@ -69,6 +69,10 @@ def only_run_dir(tmp_path: Path) -> Path:
             ["experiment=cardinality_har", "hydra.sweeper.params.model.shape='32x4d'"],
             ["sweep that parameter as `-m model.shape=...`"],
         ),
+        (
+            ["experiment=cardinality_har", "hydra.sweeper.params.model.shap='32x4d'"],
+            ["sweep that parameter as `-m model.shape=...`"],
+        ),
         (["trainer.max_epochs='3"], ['cannot parse the override "trainer.max_epochs=\'3"']),
     ],
 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from har_bench import rundir
-from har_bench.artifacts import processor_name
+from har_bench.artifacts import host_info
 from har_bench.checkpoint import seed_everything
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
@@ -362,14 +361,8 @@ def check_targets(summary: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def machine(threads: int | None) -> dict[str, Any]:
-    import os
-
     return {
-        "platform": platform.platform(),
-        "processor": processor_name(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **host_info(),
         "ort_threads": threads or torch.get_num_threads(),
         **onnx_model.versions(),
     }
