@@ -59,7 +59,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "resume": {"base", "config", "rundir"},
     "compare": {"base", "config", "rundir", "artifacts"},
     "sweep": {"base", "rundir", "compare"},
-    "deploy": {"base", "models", "data", "engine", "rundir", "stages", "components"},
+    "deploy": {"base", "models", "data", "engine", "rundir", "artifacts", "stages", "components"},
     "cli": {"base", "config", "rundir", "run", "resume", "compare", "sweep", "engine", "deploy"},
 }
 # Third-party packages only some layers may know.
