@@ -307,3 +307,18 @@ def test_no_validation_part_trains_the_schedule_and_tests_its_last_weights(compo
     assert metrics["status"] == "completed" and metrics["val"] is None
     assert metrics["best_epoch"] == 2 and 0 <= metrics["test"]["accuracy"] <= 1
     assert json.loads((run_dir / "split_report.json").read_text())["parts"]["val"]["windows"] == 0
+
+
+@pytest.mark.skipif(
+    "model name"
+    not in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""),
+    reason="no /proc/cpuinfo model name here",
+)
+def test_environment_names_the_cpu_model_not_the_architecture():
+    from har_bench.artifacts import environment_info
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(
+        v.strip() for k, _, v in (ln.partition(":") for ln in lines) if k.strip() == "model name"
+    )
+    assert environment_info("cpu")["processor"] == model
