@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 FINETUNE_KEYS = ("weights", "weights_sha256", "freeze", "unfreeze_after", "backbone_lr")
 
 
+def efficiency_count(cfg: DictConfig, key: str, minimum: int) -> int:
+    """``efficiency.<key>``, checked before training so a bad value does not end a trained run."""
+    value = cfg.efficiency.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"efficiency.{key}={value!r} is invalid: expected an integer >= {minimum}")
+    return value
+
+
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -56,8 +64,8 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
         make_split=lambda data: build(cfg, "split")(data),
         make_model=lambda in_channels, num_classes: build_model(cfg, in_channels, num_classes),
         choices=choices,
-        latency_repeats=int(cfg.efficiency.latency_repeats),
-        latency_warmup=int(cfg.efficiency.latency_warmup),
+        latency_repeats=efficiency_count(cfg, "latency_repeats", minimum=1),
+        latency_warmup=efficiency_count(cfg, "latency_warmup", minimum=0),
         resume=cfg.trainer.get("resume"),
         hparams=hparams_for_tensorboard(cfg, choices),
         weights=weights,

@@ -10,6 +10,8 @@ only, so that every module may import it.
 
 from __future__ import annotations
 
+import numbers
+
 
 class UserError(ValueError):
     """Bad input: the message names the bad value and what was expected.
@@ -26,3 +28,9 @@ BUILTIN_USER_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     PermissionError,
 )
+
+
+def is_number(value: object) -> bool:
+    """A real number and not a bool: what a numeric setting must be before it is compared
+    (an override such as ``key=abc`` arrives as a string)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from har_bench.errors import is_number
+
 KINDS = ("warmup_cosine", "one_cycle")
 
 
@@ -43,15 +45,14 @@ class StepSchedule:
             raise ValueError(
                 f"scheduler.epochs={self.epochs!r} is invalid: expected an integer >= 1"
             )
-        if isinstance(self.warmup_epochs, bool) or not self.warmup_epochs >= 0:
+        if not is_number(self.warmup_epochs) or not self.warmup_epochs >= 0:
             raise ValueError(
                 f"scheduler.warmup_epochs={self.warmup_epochs!r} is invalid: expected a number >= 0"
             )
         for name in ("start_factor", "min_factor"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(
-                    f"scheduler.{name}={getattr(self, name)!r} is invalid: expected 0..1"
-                )
+            value = getattr(self, name)
+            if not is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"scheduler.{name}={value!r} is invalid: expected 0..1")
 
     @property
     def warmup(self) -> float:

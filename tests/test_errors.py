@@ -140,6 +140,10 @@ RUN_ERRORS = {
         ["trainer.device='cuda' but CUDA is not available"],
     ),
     "seed": ([*SMALL, "seed=abc"], ["seed='abc' is invalid: expected an integer >= 0"]),
+    "latency warm-up": (
+        [*SMALL, "efficiency.latency_warmup=-1"],
+        ["efficiency.latency_warmup=-1 is invalid: expected an integer >= 0"],
+    ),
     "unknown parameter": ([*SMALL, "+trainer.foo=1"], ["trainer.foo is not a parameter of"]),
     "patience without validation": (
         [*SMALL, "split.val_fraction=0", "trainer.patience=3"],

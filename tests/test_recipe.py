@@ -121,6 +121,10 @@ def test_schedule_errors_name_the_key():
         StepSchedule(epochs=5, warmup_epochs=-1)
     with pytest.raises(ValueError, match="scheduler.kind='linear'"):
         StepSchedule(kind="linear")
+    with pytest.raises(ValueError, match="scheduler.warmup_epochs='abc' is invalid"):
+        StepSchedule(epochs=5, warmup_epochs="abc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scheduler.min_factor=True is invalid: expected 0..1"):
+        StepSchedule(epochs=5, min_factor=True)
 
 
 def test_ema_weights_are_the_ones_validated_and_kept():

@@ -22,7 +22,6 @@ from har_bench.data.base import HARData
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
-SPLIT_REPORT = "split_report.json"  # written into every run directory by har_bench.run
 MAX_LISTED_SUBJECTS = 1000
 
 
@@ -155,8 +154,9 @@ def subjects_split(
     test = _subject_list("test_subjects", test_subjects)
     if not test:
         raise ValueError("split.test_subjects is empty: list the subject ids to test on")
+    val = _subject_list("val_subjects", val_subjects)
     known = set(np.unique(data.subjects).tolist())
-    for key, ids in (("test_subjects", test), ("val_subjects", _subject_list("val", val_subjects))):
+    for key, ids in (("test_subjects", test), ("val_subjects", val)):
         unknown = sorted(set(ids) - known)
         if unknown:
             raise ValueError(
@@ -166,7 +166,6 @@ def subjects_split(
     val_fraction = _check_fraction("val_fraction", val_fraction)
     if val_subjects is None:
         return _from_test_subjects(data, test, val_fraction, seed, "subjects", {})
-    val = _subject_list("val_subjects", val_subjects)
     both = sorted(set(val) & set(test))
     if both:
         raise ValueError(f"split.val_subjects and split.test_subjects share subjects {both}")
@@ -428,7 +427,9 @@ def assert_clean(report: dict[str, Any]) -> None:
     if report.get("leakage_allowed"):
         log.warning("split %s leaks (allowed by split.allow_leakage): %s", report["split"], detail)
         return
-    raise ValueError(f"split {report['split']} leaks: {detail} (see split_report.json)")
+    raise ValueError(
+        f"split {report['split']} leaks: {detail} (the run directory's split report lists it)"
+    )
 
 
 def standardise(X: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
