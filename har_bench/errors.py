@@ -4,8 +4,9 @@ A user error is shown as one ``error:`` line (exit code 2, no traceback) and rec
 ``metrics.json`` as ``user_error: true``; anything else is a bug and keeps its traceback. Errors
 that har-bench raises about its own inputs derive from :class:`UserError`; the built-in types of
 :data:`BUILTIN_USER_ERRORS` are what models, loaders and torch raise for a bad value or a missing
-file, and :func:`har_bench.run.as_user_error` converts those at the edge. Standard library
-only, so that every module may import it.
+file, and :func:`har_bench.run.as_user_error` converts those at the edge (the subcommands that
+build no run catch ``UserError`` and those types themselves). Standard library only, so that
+every module may import it.
 """
 
 from __future__ import annotations

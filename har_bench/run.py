@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 from har_bench import rundir, stages
 from har_bench.checkpoint import seed_everything
 from har_bench.components import from_config
-from har_bench.data.download import DownloadError
 from har_bench.engine import DivergedError
 from har_bench.errors import BUILTIN_USER_ERRORS, UserError
 from har_bench.reporters import default_reporters
@@ -171,7 +170,6 @@ def as_user_error(e: BaseException) -> UserError | None:
     if isinstance(e, OmegaConfBaseException):
         # Interpolation and type errors: OmegaConf's first line names the key.
         return UserError(str(e).strip().splitlines()[0])
-    # A failed download is the network's or the URL's fault, not a bug.
-    if isinstance(e, (*BUILTIN_USER_ERRORS, DownloadError)):
+    if isinstance(e, BUILTIN_USER_ERRORS):
         return UserError(str(e))
     return None

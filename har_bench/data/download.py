@@ -18,17 +18,19 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from har_bench._fs import atomic_write_text, file_lock
+from har_bench.errors import UserError
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError):
     """A downloaded or cached file does not have the expected SHA-256."""
 
 
-class DownloadError(OSError):
-    """The URL could not be fetched (network error, HTTP error, truncated body)."""
+class DownloadError(UserError, OSError):
+    """The URL could not be fetched (network error, HTTP error, truncated body): the network's
+    or the URL's fault, not a bug, and still an OSError for callers that catch those."""
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
