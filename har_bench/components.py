@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # Keys of the model group that say how a network starts and is fine-tuned, not how it is
 # built: they go to the weights loader and the loop, not to the model's constructor.
 FINETUNE_KEYS = ("weights", "weights_sha256", "freeze", "unfreeze_after", "backbone_lr")
+# Keys of the trainer group that the runner acts on around the loop, not the loop itself.
+RUNNER_KEYS = ("resume", "refit")
 
 
 def efficiency_count(cfg: DictConfig, key: str, minimum: int) -> int:
@@ -43,7 +45,7 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"seed={seed!r} is invalid: expected an integer >= 0")
-    trainer = build(cfg, "trainer")
+    trainer = build(cfg, "trainer", exclude=RUNNER_KEYS)
     optimizer_factory = build(cfg, "optimizer")
     scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
     check_optimizer(optimizer_factory, scheduler_factory)
@@ -57,7 +59,7 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
             scheduler_factory,
             seed,
             augment=augment if augment is not None and augment.enabled else None,
-            refit=trainer.refit,
+            refit=bool(cfg.trainer.get("refit", False)),
             finetune=finetune,
         ),
         load_data=lambda: build(cfg, "dataset"),

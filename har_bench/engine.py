@@ -264,13 +264,9 @@ class Trainer:
         drop_last: drop the last short training batch.
         num_threads: torch intra-op threads, set when training starts; None = torch's default.
         progress: show a rich progress bar per epoch.
-        resume: the run directory to continue (``trainer.resume``), read by the CLI and the
-            runner, which hand :meth:`fit` the loaded checkpoint.
         label_smoothing: share of each target spread evenly over the classes.
         ema_decay: keep an exponential moving average of the weights with this decay per
             optimizer step; it is what is validated, kept as best and tested. None = off.
-        refit: read by the runner: after the epoch count is chosen on validation, train again
-            on train + validation for that many epochs and test that model.
     """
 
     max_epochs: int = 10
@@ -287,10 +283,8 @@ class Trainer:
     drop_last: bool = False
     num_threads: int | None = None
     progress: bool = True
-    resume: str | None = None
     label_smoothing: float = 0.0
     ema_decay: float | None = None
-    refit: bool = False
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -5,7 +5,7 @@ import torch
 from helpers import config_options
 from hydra.utils import instantiate
 
-from har_bench.components import build_model
+from har_bench.components import RUNNER_KEYS, build, build_model
 from har_bench.engine import Trainer
 from har_bench.schedules import StepSchedule
 
@@ -51,13 +51,27 @@ def test_schedulers_instantiate(compose_cfg, name):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     factory = instantiate(cfg.scheduler)
     # Per-step schedules also take the optimizer steps per epoch, which the trainer knows.
-    scheduler = factory(opt, 10) if isinstance(factory, StepSchedule) else factory(opt)
-    scheduler.step()
+    per_step = isinstance(factory, StepSchedule)
+    scheduler = factory(opt, 10) if per_step else factory(opt)
+    lrs = []
+    for _ in range(cfg.trainer.max_epochs * (10 if per_step else 1)):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    # Every schedule stays at or below the optimizer's lr and ends lower than its peak.
+    assert max(lrs) <= 0.1 + 1e-9 and lrs[-1] < max(lrs), lrs
+
+
+def build_trainer(cfg) -> Trainer:
+    trainer = build(cfg, "trainer", exclude=RUNNER_KEYS)
+    assert isinstance(trainer, Trainer)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    return trainer
 
 
 @pytest.mark.parametrize("name", config_options("trainer"))
 def test_trainers_instantiate(compose_cfg, name):
-    assert isinstance(instantiate(compose_cfg(f"trainer={name}").trainer), Trainer)
+    build_trainer(compose_cfg(f"trainer={name}"))
 
 
 @pytest.mark.parametrize("name", config_options("dataset"))
@@ -87,7 +101,7 @@ def test_synthetic_dataset_and_split_instantiate(compose_cfg):
 @pytest.mark.parametrize("name", config_options("experiment"))
 def test_experiments_compose(compose_cfg, name):
     cfg = compose_cfg(f"experiment={name}")
-    instantiate(cfg.trainer)
+    build_trainer(cfg)
     build_model(cfg, in_channels=3, num_classes=4)
 
 
@@ -101,7 +115,7 @@ def test_each_ablation_changes_the_best_recipe(compose_cfg, name):
     cfg = compose_cfg("experiment=uci_har_best", f"+ablation={name}")
     changed = flatten(OmegaConf.to_container(cfg))
     assert {k for k in base if base[k] != changed.get(k)}, name
-    instantiate(cfg.trainer)
+    build_trainer(cfg)
     instantiate(cfg.scheduler)
     instantiate(cfg.augment)
 
