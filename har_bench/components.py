@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from har_bench.errors import UserError
+from har_bench.errors import UserError, check_int
 from har_bench.finetune import FineTune
 from har_bench.pretrained import WeightsSource
 from har_bench.schedules import StepSchedule
@@ -33,18 +33,8 @@ FINETUNE_KEYS = ("weights", "weights_sha256", "freeze", "unfreeze_after", "backb
 RUNNER_KEYS = ("resume", "refit")
 
 
-def efficiency_count(cfg: DictConfig, key: str, minimum: int) -> int:
-    """``efficiency.<key>``, checked before training so a bad value does not end a trained run."""
-    value = cfg.efficiency.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"efficiency.{key}={value!r} is invalid: expected an integer >= {minimum}")
-    return value
-
-
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
-    seed = cfg.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserError(f"seed={seed!r} is invalid: expected an integer >= 0")
+    seed = check_int("seed", cfg.seed, 0)
     trainer = build(cfg, "trainer", exclude=RUNNER_KEYS)
     optimizer_factory = build(cfg, "optimizer")
     scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
@@ -66,8 +56,9 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
         make_split=lambda data: build(cfg, "split")(data),
         make_model=lambda in_channels, num_classes: build_model(cfg, in_channels, num_classes),
         choices=choices,
-        latency_repeats=efficiency_count(cfg, "latency_repeats", minimum=1),
-        latency_warmup=efficiency_count(cfg, "latency_warmup", minimum=0),
+        # Checked now: a bad value must not fail the run after it has trained.
+        latency_repeats=check_int("efficiency.latency_repeats", cfg.efficiency.latency_repeats),
+        latency_warmup=check_int("efficiency.latency_warmup", cfg.efficiency.latency_warmup, 0),
         resume=cfg.trainer.get("resume"),
         hparams=hparams_for_tensorboard(cfg, choices),
         weights=weights,

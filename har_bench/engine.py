@@ -36,6 +36,7 @@ from har_bench.checkpoint import (
 )
 from har_bench.early_stopping import BestTracker
 from har_bench.ema import moving_average, recalibrate_batchnorm
+from har_bench.errors import check_int, check_optional_int
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment
 from har_bench.metrics import latency_ms, macro_f1
@@ -90,15 +91,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         precision = "16-mixed" if device.type == "cuda" else "32"
     return {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
-
-
-def check_count(name: str, value: object, optional: bool = False) -> None:
-    """``trainer.<name>`` must be an integer >= 1 (or null when ``optional``)."""
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        expected = "null or an integer >= 1" if optional else "an integer >= 1"
-        raise ValueError(f"trainer.{name}={value!r} is invalid: expected {expected}")
 
 
 def progress_bar(enabled: bool) -> Any:
@@ -572,11 +564,15 @@ class Trainer:
 def check_settings(trainer: Trainer) -> None:
     """Every ``trainer.*`` setting, checked before any data is read."""
     for name in ("max_epochs", "batch_size", "accumulate_grad_batches"):
-        check_count(name, getattr(trainer, name))
-    for name in ("eval_batch_size", "limit_train_batches", "limit_eval_batches"):
-        check_count(name, getattr(trainer, name), optional=True)
-    check_count("num_threads", trainer.num_threads, optional=True)
-    check_count("patience", trainer.patience, optional=True)
+        check_int(f"trainer.{name}", getattr(trainer, name))
+    for name in (
+        "eval_batch_size",
+        "limit_train_batches",
+        "limit_eval_batches",
+        "num_threads",
+        "patience",
+    ):
+        check_optional_int(f"trainer.{name}", getattr(trainer, name))
     BestTracker(trainer.monitor)  # validates the name now, before any data is read
     for name, value, ok, expected in (
         ("grad_clip_norm", trainer.grad_clip_norm, lambda v: v > 0, "null or > 0"),

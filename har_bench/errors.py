@@ -35,3 +35,19 @@ def is_number(value: object) -> bool:
     """A real number and not a bool: what a numeric setting must be before it is compared
     (an override such as ``key=abc`` arrives as a string)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(key: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, else a UserError naming ``key=value`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UserError(f"{key}={value!r} is invalid: expected an integer >= {minimum}")
+    return int(value)
+
+
+def check_optional_int(key: str, value: object, minimum: int = 1) -> int | None:
+    """:func:`check_int` for a setting that may also be null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UserError(f"{key}={value!r} is invalid: expected null or an integer >= {minimum}")
+    return int(value)

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from har_bench.errors import check_optional_int
+
 FREEZE = ("none", "backbone", "all-but-last-stage")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -56,11 +58,7 @@ class FineTune:
             raise ValueError(
                 f"model.freeze={self.freeze!r} is invalid: expected one of {', '.join(FREEZE)}"
             )
-        n = self.unfreeze_after
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(
-                f"model.unfreeze_after={n!r} is invalid: expected null or an integer >= 1"
-            )
+        n = check_optional_int("model.unfreeze_after", self.unfreeze_after)
         if n is not None and self.freeze == "none":
             raise ValueError(
                 f"model.unfreeze_after={n} needs a frozen part: set model.freeze=backbone or "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from har_bench.errors import is_number
+from har_bench.errors import check_int, is_number
 
 KINDS = ("warmup_cosine", "one_cycle")
 
@@ -41,10 +41,7 @@ class StepSchedule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"scheduler.kind={self.kind!r} is invalid: expected one of {KINDS}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(
-                f"scheduler.epochs={self.epochs!r} is invalid: expected an integer >= 1"
-            )
+        check_int("scheduler.epochs", self.epochs)
         if not is_number(self.warmup_epochs) or not self.warmup_epochs >= 0:
             raise ValueError(
                 f"scheduler.warmup_epochs={self.warmup_epochs!r} is invalid: expected a number >= 0"

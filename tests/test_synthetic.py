@@ -65,18 +65,18 @@ def test_noise_makes_it_harder():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_subjects": 1}, "num_subjects must be >= 2, got 1"),
-        ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
-        ({"num_channels": 0}, "num_channels must be >= 1, got 0"),
-        ({"windows_per_subject": 0}, "windows_per_subject must be >= 1, got 0"),
-        ({"window": 2}, "window must be >= 8, got 2"),
-        ({"window": 64.0}, "window must be an integer, got 64.0"),
-        ({"num_classes": True}, "num_classes must be an integer, got True"),
+        ({"num_subjects": 1}, "dataset.num_subjects=1 is invalid: expected an integer >= 2"),
+        ({"num_classes": 1}, "dataset.num_classes=1 is invalid: expected an integer >= 2"),
+        ({"num_channels": 0}, "dataset.num_channels=0 is invalid: expected an integer >= 1"),
+        ({"windows_per_subject": 0}, "dataset.windows_per_subject=0 is invalid"),
+        ({"window": 2}, "dataset.window=2 is invalid: expected an integer >= 8"),
+        ({"window": 64.0}, "dataset.window=64.0 is invalid"),
+        ({"num_classes": True}, "dataset.num_classes=True is invalid"),
         ({"noise": -1}, "noise must be a finite number >= 0, got -1"),
         ({"test_fraction": 0}, r"test_fraction must be in \(0, 1\), got 0"),
         ({"test_fraction": 1.5}, r"test_fraction must be in \(0, 1\), got 1.5"),
         ({"num_subjects": 2, "test_fraction": 0.9}, "puts all 2 subjects in the test split"),
-        ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"seed": -1}, "dataset.seed=-1 is invalid: expected an integer >= 0"),
     ],
 )
 def test_invalid_arguments(kwargs, match):

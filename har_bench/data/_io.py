@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import json
 import lzma
-import numbers
 import os
 import warnings
 import zipfile
@@ -160,15 +159,6 @@ def check_choice(key: str, value: object, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ValueError(f"{key}={value!r} is invalid: expected one of {', '.join(choices)}")
     return str(value)
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    # bool is an int subclass; "num_classes=True" is always a config mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def dataset_root(

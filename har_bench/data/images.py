@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from har_bench.errors import check_optional_int
+
 from ._io import Layout, resolve_root
 from .base import HARData, image_spec
 
@@ -62,14 +64,6 @@ def channel_stats(X: np.ndarray, index: np.ndarray) -> tuple[list[float], list[f
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     std[std < 1e-8 * 255] = 255.0  # a constant channel stays constant, as in standardise()
     return (mean / 255).tolist(), (std / 255).tolist()
-
-
-def _check_limit(limit: object) -> int | None:
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"dataset.limit={limit!r} is invalid: expected an integer >= 1 or null")
-    return limit
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -119,7 +113,7 @@ def load_cifar10(
             None = 32, the stored size.
         crop_ratio, mean, std: see :class:`~har_bench.data.base.ImageSpec`.
     """
-    limit = _check_limit(limit)
+    limit = check_optional_int("dataset.limit", limit)
     spec = image_spec(32 if size is None else size, crop_ratio, mean, std)
     workdir = Path(data_dir).expanduser() / "cifar10"
     path, _ = resolve_root(root, workdir, url, sha256, progress, CIFAR10_LAYOUT)
@@ -193,7 +187,7 @@ def load_image_folder(
     """
     from PIL import Image, UnidentifiedImageError
 
-    limit = _check_limit(limit)
+    limit = check_optional_int("dataset.limit", limit)
     spec = image_spec(size, crop_ratio, mean, std)
     stored = None if store_size is None else image_spec(store_size).size
     pattern = re.compile(group_regex) if group_regex else None

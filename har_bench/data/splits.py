@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from har_bench.data._io import check_int
 from har_bench.data.base import HARData
+from har_bench.errors import check_int
 
 log = logging.getLogger(__name__)
 

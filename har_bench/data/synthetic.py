@@ -9,7 +9,8 @@ import numbers
 
 import numpy as np
 
-from ._io import check_int
+from har_bench.errors import check_int
+
 from .base import HARData
 
 # As in UCI-HAR, whose official split tests 9 of its 30 subjects.
@@ -34,12 +35,12 @@ def load_synthetic(
     harder than a random split), and Gaussian noise of std ``noise`` is added.
     The last ``ceil(test_fraction * num_subjects)`` subjects form the official test split.
     """
-    num_subjects = check_int("num_subjects", num_subjects, 2)
-    windows_per_subject = check_int("windows_per_subject", windows_per_subject, 1)
-    num_classes = check_int("num_classes", num_classes, 2)
-    num_channels = check_int("num_channels", num_channels, 1)
-    window = check_int("window", window, 8)
-    seed = check_int("seed", seed, 0)
+    num_subjects = check_int("dataset.num_subjects", num_subjects, 2)
+    windows_per_subject = check_int("dataset.windows_per_subject", windows_per_subject, 1)
+    num_classes = check_int("dataset.num_classes", num_classes, 2)
+    num_channels = check_int("dataset.num_channels", num_channels, 1)
+    window = check_int("dataset.window", window, 8)
+    seed = check_int("dataset.seed", seed, 0)
     if not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     if not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:

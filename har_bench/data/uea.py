@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from har_bench.errors import check_optional_int
+
 from ._io import Layout, check_choice, find_file, read_text, resolve_root
 from .base import HARData
 from .windowing import interpolate_nans
@@ -187,10 +189,7 @@ def load_uea(
     if not isinstance(name, str) or not name or "/" in name or name != name.strip():
         raise ValueError(f"dataset.name={name!r} is invalid: expected a UEA dataset name")
     mode = check_choice("dataset.variable_length", variable_length, MODES)
-    if length is not None and (
-        isinstance(length, bool) or not isinstance(length, int) or length < 1
-    ):
-        raise ValueError(f"dataset.length={length!r} is invalid: expected an integer >= 1 or null")
+    length = check_optional_int("dataset.length", length)
     workdir = Path(data_dir).expanduser() / "uea"
     # One URL template serves every dataset: the download is named after the dataset.
     folder, _ = resolve_root(

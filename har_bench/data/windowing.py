@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from har_bench.errors import check_int
+
 from .base import HARData
 
 # Labels below zero mark samples that belong to no class (e.g. PAMAP2's transient activity 0);
@@ -80,10 +82,7 @@ class Windows:
 def check_window(window: object, step: object, key: str = "dataset") -> tuple[int, int]:
     """Validate ``window``/``step`` config values (positive integers, step <= window is not
     required: step > window simply skips samples)."""
-    for name, value in (("window", window), ("step", step)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{key}.{name}={value!r} is invalid: expected an integer >= 1")
-    return int(window), int(step)  # type: ignore[arg-type]
+    return check_int(f"{key}.window", window), check_int(f"{key}.step", step)
 
 
 @dataclass(frozen=True)

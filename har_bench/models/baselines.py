@@ -16,13 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from har_bench.errors import check_int
 from har_bench.models.resnet import init_weights
-
-
-def _positive(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"model.{name}={value!r} is invalid: expected an integer >= 1")
-    return value
 
 
 def _probability(name: str, value: float) -> float:
@@ -48,10 +43,10 @@ class CNN(nn.Module):
         if not channels:
             raise ValueError("model.channels=[] is invalid: expected at least one conv layer")
         for c in channels:
-            _positive("channels", c)
-        _positive("kernel_size", kernel_size)
-        _positive("pool_size", pool_size)
-        _positive("hidden", hidden)
+            check_int("model.channels", c)
+        check_int("model.kernel_size", kernel_size)
+        check_int("model.pool_size", pool_size)
+        check_int("model.hidden", hidden)
         layers: list[nn.Module] = []
         cin = in_channels
         for cout in channels:
@@ -92,8 +87,8 @@ class LSTM(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _positive("hidden_size", hidden_size)
-        _positive("num_layers", num_layers)
+        check_int("model.hidden_size", hidden_size)
+        check_int("model.num_layers", num_layers)
         self.lstm = nn.LSTM(
             in_channels,
             hidden_size,
@@ -135,7 +130,7 @@ class DeepConvLSTM(nn.Module):
             ("hidden_size", hidden_size),
             ("lstm_layers", lstm_layers),
         ):
-            _positive(name, v)
+            check_int(f"model.{name}", v)
         self.shrink = conv_layers * (kernel_size - 1)  # time steps lost to valid convolutions
         convs: list[nn.Module] = []
         cin = 1

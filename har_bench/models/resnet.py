@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from har_bench.errors import check_int
+
 LAYOUTS = ("1d", "2d_sensor", "2d_image")
 BLOCKS = ("basic", "bottleneck")
 
@@ -386,9 +388,7 @@ def _validate(**kw: object) -> None:
     if kw["block"] not in BLOCKS:
         raise bad("block", f"one of {', '.join(BLOCKS)}")
     for name in ("in_channels", "num_classes", "cardinality", "base_width", "stem_width"):
-        v = kw[name]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise bad(name, "an integer >= 1")
+        check_int(f"model.{name}", kw[name])
     for name in ("kernel_size", "stem_kernel_size"):
         v = kw[name]
         if not isinstance(v, int) or v < 1 or v % 2 == 0:
