@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from har_bench.errors import UserError, check_int
+from har_bench.errors import BUILTIN_USER_ERRORS, UserError, check_int
 from har_bench.finetune import FineTune
 from har_bench.pretrained import WeightsSource
 from har_bench.schedules import StepSchedule
@@ -106,9 +106,9 @@ def build(cfg: DictConfig, group: str, exclude: Sequence[str] = (), **kwargs: An
     """``instantiate(cfg[group])``, with the constructor's own error instead of Hydra's wrapper;
     the keys in ``exclude`` are not passed to the constructor.
 
-    Hydra wraps a ValueError raised by a loader or model in an InstantiationException whose
-    text is a traceback summary; the user should see the original one-line message, tagged
-    with the config group it came from.
+    Hydra wraps a ValueError (or a missing file, ...) raised by a loader or model in an
+    InstantiationException whose text is a traceback summary; the user should see the original
+    one-line message, tagged with the config group it came from, as a :class:`UserError`.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -130,11 +130,11 @@ def build(cfg: DictConfig, group: str, exclude: Sequence[str] = (), **kwargs: An
             if key:
                 target = cfg[group].get("_target_", group)
                 raise UserError(f"{group}.{key} is not a parameter of {target}") from None
-        if isinstance(cause, ValueError | OSError):
+        if isinstance(cause, BUILTIN_USER_ERRORS):
             msg = str(cause)
             if not msg.startswith(f"{group}."):
                 msg = f"{group}: {msg}"
-            raise type(cause)(msg) from cause
+            raise UserError(msg) from cause
         raise
 
 
