@@ -70,9 +70,10 @@ def read_table(path: Path, ncols: int, dtype: DTypeLike = np.float64) -> np.ndar
     """A whitespace-separated table of exactly ``ncols`` columns, plain or compressed text.
 
     pandas' C parser reads compressed files directly and releases the GIL, so UCI-HAR's 18
-    signal files parse in parallel threads, faster than a serial np.loadtxt. It is lenient where we must not be (a short
-    row is padded with NaN), so a file it rejects, or whose NaNs are not all "nan" tokens of the
-    text (PAMAP2 has many), goes through a strict pass whose error names the line.
+    signal files parse in parallel threads, faster than a serial np.loadtxt. It is lenient where
+    we must not be (a short row is padded with NaN), so a file it rejects, or whose NaNs are not
+    all "nan" tokens of the text (PAMAP2 has many), goes through a strict pass whose error names
+    the line.
     """
     try:
         arr = pd.read_csv(path, sep=r"\s+", header=None, dtype=dtype, engine="c").to_numpy()

@@ -208,9 +208,7 @@ def finetune(model: nn.Module, run: FinishedRun, epochs: int) -> dict[str, Any]:
     with the run's optimizer, augmentation and label smoothing at a lower learning rate; the
     last epoch's weights are kept (nothing is selected on test windows)."""
     training = run.experiment.training
-    trainer = dataclasses.replace(
-        run.trainer, max_epochs=epochs, patience=None, ema_decay=None, refit=False
-    )
+    trainer = dataclasses.replace(run.trainer, max_epochs=epochs, patience=None, ema_decay=None)
     factory = training.optimizer_factory
     lr = None
     if isinstance(factory, functools.partial) and "lr" in factory.keywords:
