@@ -36,6 +36,9 @@ RUNNER_KEYS = ("resume", "refit")
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
     seed = check_int("seed", cfg.seed, 0)
     trainer = build(cfg, "trainer", exclude=RUNNER_KEYS)
+    refit = cfg.trainer.get("refit", False)
+    if not isinstance(refit, bool):
+        raise UserError(f"trainer.refit={refit!r} is invalid: expected true or false")
     optimizer_factory = build(cfg, "optimizer")
     scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
     check_optimizer(optimizer_factory, scheduler_factory)
@@ -49,7 +52,7 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
             scheduler_factory,
             seed,
             augment=augment if augment is not None and augment.enabled else None,
-            refit=bool(cfg.trainer.get("refit", False)),
+            refit=refit,
             finetune=finetune,
         ),
         load_data=lambda: build(cfg, "dataset"),

@@ -140,6 +140,10 @@ RUN_ERRORS = {
         ["trainer.device='cuda' but CUDA is not available"],
     ),
     "seed": ([*SMALL, "seed=abc"], ["seed='abc' is invalid: expected an integer >= 0"]),
+    "refit not a bool": (
+        [*SMALL, "trainer.refit=yes"],
+        ["trainer.refit='yes' is invalid: expected true or false"],
+    ),
     "latency warm-up": (
         [*SMALL, "efficiency.latency_warmup=-1"],
         ["efficiency.latency_warmup=-1 is invalid: expected an integer >= 0"],
