@@ -37,9 +37,14 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_int_at_least(value: object, minimum: int) -> bool:
+    """An integer (not a bool) >= ``minimum``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
 def check_int(key: str, value: object, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, else a UserError naming ``key=value`` and the range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_int_at_least(value, minimum):
         raise UserError(f"{key}={value!r} is invalid: expected an integer >= {minimum}")
     return int(value)
 
@@ -48,6 +53,6 @@ def check_optional_int(key: str, value: object, minimum: int = 1) -> int | None:
     """:func:`check_int` for a setting that may also be null."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_int_at_least(value, minimum):
         raise UserError(f"{key}={value!r} is invalid: expected null or an integer >= {minimum}")
     return int(value)
