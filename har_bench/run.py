@@ -20,7 +20,7 @@ from har_bench import rundir, stages
 from har_bench.checkpoint import seed_everything
 from har_bench.components import from_config
 from har_bench.engine import DivergedError
-from har_bench.errors import BUILTIN_USER_ERRORS, UserError
+from har_bench.errors import as_user_error
 from har_bench.reporters import default_reporters
 from har_bench.signals import Interrupted, stop_on_signals
 
@@ -148,28 +148,3 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
         # metrics.json last: its status "completed" means every other artifact is in place.
         rundir.write_json(run_dir / rundir.METRICS, result.metrics)
     return result.metrics
-
-
-def as_user_error(e: BaseException) -> UserError | None:
-    """``e`` as bad input (a bad value, a missing file, ...) with its one-line message, or None
-    for a bug.
-
-    The one classification of user errors: the CLI exits 2 on them and ``metrics.json``
-    records them (``user_error``) for the sweep summary.
-    """
-    from hydra.errors import InstantiationException
-    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-
-    if isinstance(e, InstantiationException) and e.__cause__ is not None:
-        e = e.__cause__
-    if isinstance(e, UserError):
-        return e
-    if isinstance(e, MissingMandatoryValue):
-        key = e.full_key or "a config value"
-        return UserError(f"{key} is required (it is ??? in the config): set it, e.g. {key}=...")
-    if isinstance(e, OmegaConfBaseException):
-        # Interpolation and type errors: OmegaConf's first line names the key.
-        return UserError(str(e).strip().splitlines()[0])
-    if isinstance(e, BUILTIN_USER_ERRORS):
-        return UserError(str(e))
-    return None

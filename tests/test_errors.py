@@ -266,3 +266,25 @@ def test_split_without_windows_or_with_unseen_test_labels():
             data, Split(train=np.array([0, 1]), val=np.array([]), test=np.array([2, 3]))
         )
     check_split_labels(data, Split(train=np.array([0, 1, 2]), val=np.array([]), test=np.array([3])))
+
+
+def test_as_user_error_classifies_bad_input_and_bugs():
+    from hydra.errors import InstantiationException
+    from omegaconf import OmegaConf
+
+    from har_bench.errors import UserError, as_user_error
+
+    mine = UserError("model.width=0 is invalid")
+    assert as_user_error(mine) is mine
+    assert str(as_user_error(FileNotFoundError("no such file: x.csv"))) == "no such file: x.csv"
+    from omegaconf.errors import InterpolationKeyError
+
+    with pytest.raises(InterpolationKeyError) as info:
+        OmegaConf.to_container(OmegaConf.create({"a": "${nowhere}"}), resolve=True)
+    converted = as_user_error(info.value)
+    assert converted is not None and "nowhere" in str(converted) and "\n" not in str(converted)
+    wrapped = InstantiationException("Error in call to target")
+    wrapped.__cause__ = ValueError("cardinality=3 does not divide 64")
+    assert str(as_user_error(wrapped)) == "cardinality=3 does not divide 64"
+    assert as_user_error(RuntimeError("shape mismatch")) is None
+    assert as_user_error(KeyError("x")) is None

@@ -147,6 +147,20 @@ def test_unfinished_run_dir_is_one_line(run_dir, stitched, tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_broken_saved_config_is_one_line(run_dir, stitched, tmp_path):
+    """OmegaConf's errors while the saved config is rebuilt are bad input, as in a run."""
+    import yaml
+
+    path, _ = stitched
+    copy = tmp_path / "edited"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export"))
+    config = yaml.safe_load((copy / rundir.SAVED_CONFIG).read_text())
+    config["dataset"] = "${nowhere}"
+    (copy / rundir.SAVED_CONFIG).write_text(yaml.safe_dump(config))
+    assert_one_line_error(*run_cli("predict", str(copy), "-i", str(path)), "nowhere")
+
+
 def test_wisdm_raw_needs_every_sensor_of_the_run(tmp_path):
     """The WISDM line format: a watch run given only the accelerometer file says what is
     missing (no sibling gyro file in this layout)."""

@@ -5,11 +5,10 @@ frequencies), with a subject-disjoint official split like UCI-HAR's."""
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from har_bench.errors import check_int
+from har_bench.errors import UserError, check_int, is_number
 
 from .base import HARData
 
@@ -41,14 +40,16 @@ def load_synthetic(
     num_channels = check_int("dataset.num_channels", num_channels, 1)
     window = check_int("dataset.window", window, 8)
     seed = check_int("dataset.seed", seed, 0)
-    if not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    if not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if not is_number(noise) or not math.isfinite(noise) or noise < 0:
+        raise UserError(f"dataset.noise={noise!r} is invalid: expected a finite number >= 0")
+    if not is_number(test_fraction) or not 0 < test_fraction < 1:
+        raise UserError(
+            f"dataset.test_fraction={test_fraction!r} is invalid: expected a number in (0, 1)"
+        )
     num_test = math.ceil(test_fraction * num_subjects)
     if num_test >= num_subjects:
-        raise ValueError(
-            f"test_fraction={test_fraction} puts all {num_subjects} subjects in the test "
+        raise UserError(
+            f"dataset.test_fraction={test_fraction} puts all {num_subjects} subjects in the test "
             f"split; lower it or add subjects"
         )
 

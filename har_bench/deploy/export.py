@@ -29,7 +29,7 @@ from har_bench.checkpoint import seed_everything
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
 from har_bench.deploy.timing import alternating_latency
-from har_bench.errors import BUILTIN_USER_ERRORS, UserError
+from har_bench.errors import UserError, as_user_error
 from har_bench.metrics import classification_metrics
 from har_bench.models.compress import (
     check_ratio,
@@ -488,8 +488,11 @@ def main(argv: Sequence[str]) -> int:
             threads=args.threads,
             log=lambda msg: print(msg, file=sys.stderr),
         )
-    except (UserError, *BUILTIN_USER_ERRORS) as e:  # bad input: one line, as for a run
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        user_error = as_user_error(e)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     print_report(report)
     print(f"wrote {rundir.export_dir(args.run_dir) / rundir.EXPORT_REPORT}")

@@ -46,7 +46,7 @@ from har_bench.deploy.loaded import (
     load_preprocessing,
     save_preprocessing,
 )
-from har_bench.errors import BUILTIN_USER_ERRORS, UserError
+from har_bench.errors import UserError, as_user_error
 
 # A recording whose rate is within this fraction of the run's is taken as the same rate (clock
 # jitter: WISDM's 20 Hz watch streams run at 20.2 Hz).
@@ -556,8 +556,11 @@ def main(argv: Sequence[str]) -> int:
             time_unit=args.time_unit,
             label_column=args.label_column,
         )
-    except (UserError, *BUILTIN_USER_ERRORS) as e:  # bad input: one line, as for a run
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        user_error = as_user_error(e)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     if args.output is None:
         table.to_csv(sys.stdout, index=False, float_format="%.6g")
