@@ -37,6 +37,7 @@ from typing import Any
 from har_bench import rundir
 from har_bench._fs import atomic_write_text
 from har_bench.compare import find_run_dirs, format_stat, load_run, mean_std
+from har_bench.errors import UserError, is_number
 
 COLUMNS = ("n", "test acc %", "test macro-F1 %", "params", "MFLOPs", "train s", "command")
 # metric name in har_bench.compare -> (how it is shown, scale)
@@ -47,6 +48,46 @@ SHOWN = {
     "flops": ("count", 1e-6),
     "train_seconds": ("rate", 1.0),
 }
+
+
+def check_spec(spec: object) -> None:
+    """A UserError naming the first entry of ``spec`` that :func:`render` cannot use."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("tables"), list):
+        raise UserError("expected a mapping with a 'tables' list")
+    for i, table in enumerate(spec["tables"]):
+        where = f"tables[{i}]"
+        if not isinstance(table, Mapping) or not isinstance(table.get("title"), str):
+            raise UserError(f"{where}: expected a mapping with a 'title' and a 'rows' list")
+        if not isinstance(table.get("rows"), list):
+            raise UserError(f"{where} ({table['title']}): expected a 'rows' list")
+        for j, row in enumerate(table["rows"]):
+            at = f"{where}.rows[{j}]"
+            if not isinstance(row, Mapping) or "label" not in row:
+                raise UserError(f"{at}: expected a mapping with a 'label'")
+            at = f"{at} ({row['label']})"
+            if "published" in row:
+                pub = row["published"]
+                if (
+                    not isinstance(pub, Mapping)
+                    or not pub
+                    or not all(
+                        k in ("accuracy", "macro_f1") and is_number(v) and 0 <= v <= 1
+                        for k, v in pub.items()
+                    )
+                ):
+                    raise UserError(
+                        f"{at}: published={pub!r} is invalid: expected accuracy and/or "
+                        "macro_f1 as fractions in [0, 1]"
+                    )
+            elif not (
+                isinstance(row.get("runs"), list)
+                and row["runs"]
+                and all(isinstance(r, str) for r in row["runs"])
+            ):
+                raise UserError(
+                    f"{at}: runs={row.get('runs')!r} is invalid: expected a list of run or sweep "
+                    "dir globs (or 'published' figures)"
+                )
 
 
 def _run_rows(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -83,6 +124,8 @@ def _row(label: str, spec: Mapping[str, Any], base: Path) -> list[str]:
         runs = [load_run(d) for d in find_run_dirs(patterns)]
     except FileNotFoundError:
         runs = []
+    if not runs:
+        print(f"note: {label}: no runs under {', '.join(spec['runs'])}", file=sys.stderr)
     done = [r for r in runs if r.status == "completed"]
     cells = [label, str(len(done)) + (f" of {len(runs)}" if len(runs) != len(done) else "")]
     for metric, (kind, scale) in SHOWN.items():
@@ -142,8 +185,10 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, yaml.YAMLError) as e:
         print(f"error: {args.spec}: {e}", file=sys.stderr)
         return 2
-    if not isinstance(spec, dict) or not isinstance(spec.get("tables"), list):
-        print(f"error: {args.spec}: expected a mapping with a 'tables' list", file=sys.stderr)
+    try:
+        check_spec(spec)
+    except UserError as e:
+        print(f"error: {args.spec}: {e}", file=sys.stderr)
         return 2
     base = args.base
     if spec.get("archive"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from test_compare import make_run
 
@@ -37,13 +38,31 @@ def test_results_markdown_from_runs_and_published_rows(tmp_path, capsys):
     assert best[2] == "97.00 ± 1.00" and best[3] == "96.00 ± 1.00"
     assert best[-1] == "`har-bench -m seed=0,1,2` |"
     assert lines["| not run yet"].split(" | ")[1] == "0"
+    assert "note: not run yet: no runs under runs/missing" in capsys.readouterr().err
     assert "96.40" in lines["| SVM *(published)*"]
 
 
-def test_results_bad_spec_is_one_line(tmp_path, capsys):
-    (tmp_path / "spec.yaml").write_text("just text")
-    assert main(["results", str(tmp_path / "spec.yaml")]) == 2
-    assert "expected a mapping with a 'tables' list" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("just text", "expected a mapping with a 'tables' list"),
+        ("tables: [{rows: []}]", "tables[0]: expected a mapping with a 'title'"),
+        ("tables: [{title: T, rows: [{runs: [a]}]}]", "tables[0].rows[0]: expected a mapping"),
+        ("tables: [{title: T, rows: [{label: x, runs: 3}]}]", "(x): runs=3 is invalid"),
+        ("tables: [{title: T, rows: [{label: x}]}]", "runs=None is invalid"),
+        (
+            "tables: [{title: T, rows: [{label: svm, published: {accuracy: 96.4}}]}]",
+            "published={'accuracy': 96.4} is invalid: expected accuracy and/or macro_f1",
+        ),
+    ],
+)
+def test_results_bad_spec_is_one_line(tmp_path, capsys, spec, needle):
+    (tmp_path / "spec.yaml").write_text(spec)
+    out = tmp_path / "RESULTS.md"
+    assert main(["results", str(tmp_path / "spec.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert not out.exists()
 
 
 def test_results_archive_keeps_rows_after_the_run_dirs_are_gone(tmp_path, capsys):
