@@ -78,9 +78,9 @@ def _train(cfg: object) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from har_bench.components import as_user_error
     from har_bench.config import hydra_choices
     from har_bench.engine import DivergedError
-    from har_bench.errors import as_user_error
     from har_bench.run import run
 
     hc = HydraConfig.get()

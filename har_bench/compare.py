@@ -26,6 +26,7 @@ from typing import Any
 from har_bench import rundir
 from har_bench._fs import atomic_write, atomic_write_text
 from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in
+from har_bench.errors import is_number
 
 # Runs that differ only by these are repeats of one configuration.
 REPLICATE_KEYS = ("seed", "split.fold")
@@ -456,10 +457,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def plot(
     comp: Comparison, metrics: Sequence[str], out_dir: Path, groups: Sequence[Group]
 ) -> list[Path]:
@@ -470,7 +467,7 @@ def plot(
     for key in comp.keys:
         others = [k for k in comp.keys if k != key]
         xs_all = [g.key[key] for g in groups]
-        numeric = all(_is_number(x) for x in xs_all)
+        numeric = all(is_number(x) for x in xs_all)
         categories = sorted({format_key(x) for x in xs_all}, key=lambda s: _cat_order(s, xs_all))
         ncols = min(3, len(metrics))
         nrows = -(-len(metrics) // ncols)

@@ -3,7 +3,8 @@
 Hydra's ``instantiate`` and OmegaConf stop here. The trainer, optimizer and scheduler are built
 (and tried on a dummy parameter) at once, so that a bad setting fails before any data is read;
 dataset, split and model become factories the stages call. A constructor's error reaches the
-user as its own one-line message, tagged with the config key it came from.
+user as its own one-line message, tagged with the config key it came from; :func:`as_user_error`
+is the one classification of bad input versus bugs, for a run and the subcommands.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from torch import nn
 
 from har_bench.errors import BUILTIN_USER_ERRORS, UserError, check_int
@@ -103,6 +105,30 @@ def _unexpected_keyword(error: BaseException) -> str | None:
     """The keyword a call rejected (``... got an unexpected keyword argument 'x'``), or None."""
     m = re.search(r"unexpected keyword argument '(\w+)'", str(error))
     return m[1] if m else None
+
+
+def as_user_error(e: BaseException) -> UserError | None:
+    """``e`` as bad input (a bad value, a missing file, ...) with its one-line message, or None
+    for a bug.
+
+    The one classification of user errors: the CLI exits 2 on them and ``metrics.json``
+    records them (``user_error``) for the sweep summary.
+    """
+    from hydra.errors import InstantiationException
+
+    if isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, MissingMandatoryValue):
+        key = e.full_key or "a config value"
+        return UserError(f"{key} is required (it is ??? in the config): set it, e.g. {key}=...")
+    if isinstance(e, OmegaConfBaseException):
+        # Interpolation and type errors: OmegaConf's first line names the key.
+        return UserError(str(e).strip().splitlines()[0])
+    if isinstance(e, BUILTIN_USER_ERRORS):
+        return UserError(str(e))
+    return None
 
 
 def build(cfg: DictConfig, group: str, exclude: Sequence[str] = (), **kwargs: Any) -> Any:

@@ -4,9 +4,9 @@ A user error is shown as one ``error:`` line (exit code 2, no traceback) and rec
 ``metrics.json`` as ``user_error: true``; anything else is a bug and keeps its traceback. Errors
 that har-bench raises about its own inputs derive from :class:`UserError`; the built-in types of
 :data:`BUILTIN_USER_ERRORS` are what models, loaders and torch raise for a bad value or a missing
-file, and :func:`as_user_error` converts those (and OmegaConf's errors about a config) at the
-edge: the run, the sweep and every subcommand. Standard library only at import time, so that
-every module may import it.
+file, and :func:`har_bench.components.as_user_error` converts those (and OmegaConf's errors
+about a config) at the edge: a run and the export/predict subcommands. Standard library only,
+so that every module may import it.
 """
 
 from __future__ import annotations
@@ -56,29 +56,3 @@ def check_optional_int(key: str, value: object, minimum: int = 1) -> int | None:
     if not is_int_at_least(value, minimum):
         raise UserError(f"{key}={value!r} is invalid: expected null or an integer >= {minimum}")
     return int(value)
-
-
-def as_user_error(e: BaseException) -> UserError | None:
-    """``e`` as bad input (a bad value, a missing file, ...) with its one-line message, or None
-    for a bug.
-
-    The one classification of user errors: the CLI exits 2 on them and ``metrics.json``
-    records them (``user_error``) for the sweep summary. Hydra and OmegaConf are imported here,
-    not at the top, so that this module stays importable from anywhere.
-    """
-    from hydra.errors import InstantiationException
-    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-
-    if isinstance(e, InstantiationException) and e.__cause__ is not None:
-        e = e.__cause__
-    if isinstance(e, UserError):
-        return e
-    if isinstance(e, MissingMandatoryValue):
-        key = e.full_key or "a config value"
-        return UserError(f"{key} is required (it is ??? in the config): set it, e.g. {key}=...")
-    if isinstance(e, OmegaConfBaseException):
-        # Interpolation and type errors: OmegaConf's first line names the key.
-        return UserError(str(e).strip().splitlines()[0])
-    if isinstance(e, BUILTIN_USER_ERRORS):
-        return UserError(str(e))
-    return None

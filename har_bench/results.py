@@ -50,44 +50,61 @@ SHOWN = {
 }
 
 
+def _invalid(key: str, value: object, expected: str) -> UserError:
+    return UserError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _check_notes(key: str, notes: object) -> None:
+    if notes is not None and not (
+        isinstance(notes, list) and all(isinstance(n, str) for n in notes)
+    ):
+        raise _invalid(key, notes, "a list of paragraphs (strings)")
+
+
 def check_spec(spec: object) -> None:
     """A UserError naming the first entry of ``spec`` that :func:`render` cannot use."""
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("tables"), list):
-        raise UserError("expected a mapping with a 'tables' list")
+    if not isinstance(spec, Mapping):
+        raise UserError(f"expected a mapping with a 'tables' list, got {type(spec).__name__}")
+    if not isinstance(spec.get("tables"), list):
+        raise _invalid("tables", spec.get("tables"), "a list of tables")
+    _check_notes("notes", spec.get("notes"))
     for i, table in enumerate(spec["tables"]):
         where = f"tables[{i}]"
-        if not isinstance(table, Mapping) or not isinstance(table.get("title"), str):
-            raise UserError(f"{where}: expected a mapping with a 'title' and a 'rows' list")
+        if not isinstance(table, Mapping):
+            raise _invalid(where, table, "a mapping with a 'title' and a 'rows' list")
+        if not isinstance(table.get("title"), str):
+            raise _invalid(f"{where}.title", table.get("title"), "a string")
         if not isinstance(table.get("rows"), list):
-            raise UserError(f"{where} ({table['title']}): expected a 'rows' list")
+            raise _invalid(f"{where}.rows", table.get("rows"), "a list of rows")
+        _check_notes(f"{where}.notes", table.get("notes"))
         for j, row in enumerate(table["rows"]):
             at = f"{where}.rows[{j}]"
             if not isinstance(row, Mapping) or "label" not in row:
-                raise UserError(f"{at}: expected a mapping with a 'label'")
-            at = f"{at} ({row['label']})"
+                raise _invalid(at, row, "a mapping with a 'label'")
+            if ("published" in row) == ("runs" in row):
+                raise UserError(
+                    f"{at} ({row['label']}): expected either 'runs' (run or sweep dir globs) "
+                    "or 'published' figures, not both or neither"
+                )
             if "published" in row:
                 pub = row["published"]
-                if (
-                    not isinstance(pub, Mapping)
-                    or not pub
-                    or not all(
+                if not (
+                    isinstance(pub, Mapping)
+                    and pub
+                    and all(
                         k in ("accuracy", "macro_f1") and is_number(v) and 0 <= v <= 1
                         for k, v in pub.items()
                     )
                 ):
-                    raise UserError(
-                        f"{at}: published={pub!r} is invalid: expected accuracy and/or "
-                        "macro_f1 as fractions in [0, 1]"
+                    raise _invalid(
+                        f"{at}.published", pub, "accuracy and/or macro_f1 as fractions in [0, 1]"
                     )
             elif not (
-                isinstance(row.get("runs"), list)
+                isinstance(row["runs"], list)
                 and row["runs"]
                 and all(isinstance(r, str) for r in row["runs"])
             ):
-                raise UserError(
-                    f"{at}: runs={row.get('runs')!r} is invalid: expected a list of run or sweep "
-                    "dir globs (or 'published' figures)"
-                )
+                raise _invalid(f"{at}.runs", row["runs"], "a list of run or sweep dir globs")
 
 
 def _run_rows(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:

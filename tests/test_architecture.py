@@ -60,7 +60,18 @@ MAY_IMPORT: dict[str, set[str]] = {
     "compare": {"base", "config", "rundir", "artifacts"},
     "sweep": {"base", "rundir", "compare"},
     "deploy": {"base", "models", "data", "engine", "rundir", "artifacts", "stages", "components"},
-    "cli": {"base", "config", "rundir", "run", "resume", "compare", "sweep", "engine", "deploy"},
+    "cli": {
+        "base",
+        "config",
+        "rundir",
+        "components",
+        "run",
+        "resume",
+        "compare",
+        "sweep",
+        "engine",
+        "deploy",
+    },
 }
 # Third-party packages only some layers may know.
 HYDRA_LAYERS = {"config", "components", "run", "resume", "sweep", "cli"}

@@ -158,7 +158,9 @@ def test_broken_saved_config_is_one_line(run_dir, stitched, tmp_path):
     config = yaml.safe_load((copy / rundir.SAVED_CONFIG).read_text())
     config["dataset"] = "${nowhere}"
     (copy / rundir.SAVED_CONFIG).write_text(yaml.safe_dump(config))
-    assert_one_line_error(*run_cli("predict", str(copy), "-i", str(path)), "nowhere")
+    code, err = run_cli("predict", str(copy), "-i", str(path))
+    assert_one_line_error(code, err, "nowhere")
+    assert err.count("\n") == 1, err  # OmegaConf's full_key/object_type lines are not shown
 
 
 def test_wisdm_raw_needs_every_sensor_of_the_run(tmp_path):

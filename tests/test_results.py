@@ -45,11 +45,18 @@ def test_results_markdown_from_runs_and_published_rows(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [
-        ("just text", "expected a mapping with a 'tables' list"),
-        ("tables: [{rows: []}]", "tables[0]: expected a mapping with a 'title'"),
-        ("tables: [{title: T, rows: [{runs: [a]}]}]", "tables[0].rows[0]: expected a mapping"),
-        ("tables: [{title: T, rows: [{label: x, runs: 3}]}]", "(x): runs=3 is invalid"),
-        ("tables: [{title: T, rows: [{label: x}]}]", "runs=None is invalid"),
+        ("just text", "expected a mapping with a 'tables' list, got str"),
+        ("tables: 3", "tables=3 is invalid: expected a list of tables"),
+        ("tables: [{rows: []}]", "tables[0].title=None is invalid: expected a string"),
+        ("tables: [{title: T, rows: x}]", "tables[0].rows='x' is invalid: expected a list"),
+        ("{notes: text, tables: []}", "notes='text' is invalid: expected a list of paragraphs"),
+        ("tables: [{title: T, rows: [{runs: [a]}]}]", "tables[0].rows[0]={'runs': ['a']} is"),
+        ("tables: [{title: T, rows: [{label: x, runs: 3}]}]", "rows[0].runs=3 is invalid"),
+        ("tables: [{title: T, rows: [{label: x}]}]", "(x): expected either 'runs'"),
+        (
+            "tables: [{title: T, rows: [{label: x, runs: [a], published: {accuracy: 0.9}}]}]",
+            "not both or neither",
+        ),
         (
             "tables: [{title: T, rows: [{label: svm, published: {accuracy: 96.4}}]}]",
             "published={'accuracy': 96.4} is invalid: expected accuracy and/or macro_f1",

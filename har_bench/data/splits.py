@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from har_bench.data.base import HARData
-from har_bench.errors import check_int
+from har_bench.errors import check_int, is_number
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Split:
 
 
 def _check_fraction(name: str, value: object, *, upper_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_number(value):
         raise ValueError(f"split.{name}={value!r} is invalid: expected a number in [0, 1)")
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"split.{name}={value!r} is invalid: expected 0 <= f < 1")

@@ -26,10 +26,11 @@ from torch import nn
 from har_bench import rundir
 from har_bench.artifacts import host_info
 from har_bench.checkpoint import seed_everything
+from har_bench.components import as_user_error
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
 from har_bench.deploy.timing import alternating_latency
-from har_bench.errors import UserError, as_user_error
+from har_bench.errors import UserError
 from har_bench.metrics import classification_metrics
 from har_bench.models.compress import (
     check_ratio,

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from har_bench import rundir
+from har_bench.components import as_user_error
 from har_bench.data.recordings import TIME_UNITS
 from har_bench.data.windowing import Recording, window_recordings
 from har_bench.data.wisdm import (
@@ -46,7 +47,7 @@ from har_bench.deploy.loaded import (
     load_preprocessing,
     save_preprocessing,
 )
-from har_bench.errors import UserError, as_user_error
+from har_bench.errors import UserError
 
 # A recording whose rate is within this fraction of the run's is taken as the same rate (clock
 # jitter: WISDM's 20 Hz watch streams run at 20.2 Hz).
