@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from har_bench.data.base import xyz_triples
 from har_bench.data.images import load_cifar10, load_image_folder
 from har_bench.data.recordings import load_recordings
 from har_bench.data.splits import group_kfold_split, official_split, split_report
@@ -95,7 +96,10 @@ def write_uci_features(base, n_train=8, n_test=4):
     (ds / "activity_labels.txt").write_text(
         "1 WALKING\n2 WALKING_UPSTAIRS\n3 WALKING_DOWNSTAIRS\n4 SITTING\n5 STANDING\n6 LAYING\n"
     )
-    (ds / "features.txt").write_text("".join(f"{i} f{i}-mean()\n" for i in range(1, 562)))
+    # Per-axis names as in the real features.txt (tBodyAcc-mean()-X, ...).
+    (ds / "features.txt").write_text(
+        "".join(f"{i} f{(i - 1) // 3}-mean()-{'XYZ'[(i - 1) % 3]}\n" for i in range(1, 562))
+    )
     X = {}
     for split, n, subj in (("train", n_train, 1), ("test", n_test, 2)):
         X[split] = rng.uniform(-1, 1, (n, 561)).astype(np.float32)
@@ -108,7 +112,9 @@ def write_uci_features(base, n_train=8, n_test=4):
 def test_uci_har_561_features(tmp_path):
     ds, X = write_uci_features(tmp_path)
     data = load_uci_har(ds, tmp_path / "d", features=True)
-    assert data.X.shape == (12, 561, 1) and data.channel_names[0] == "f1-mean()"
+    assert data.X.shape == (12, 561, 1) and data.channel_names[0] == "f0-mean()-X"
+    # Statistics per axis are not a vector: no rotation group, though the names look like one.
+    assert xyz_triples(data.channel_names) and data.channel_groups == []
     np.testing.assert_allclose(data.X[:8, :, 0], X["train"], rtol=1e-6)
     assert data.official_split.tolist() == ["train"] * 8 + ["test"] * 4
     assert data.y[:7].tolist() == [0, 1, 2, 3, 4, 5, 0]

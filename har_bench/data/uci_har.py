@@ -252,6 +252,9 @@ def _load_features(ds: Path, archive: Path | None) -> HARData:
         subjects=np.concatenate(subjects),
         class_names=class_names,
         channel_names=feature_names,
+        # The -X/-Y/-Z names are statistics per axis (std, energy, ...), not a vector that a
+        # rotation may mix: no channel group.
+        channel_groups=[],
         official_split=np.repeat(np.array(["train", "test"]), [n_train, n - n_train]),
         sampling_rate_hz=None,
         info=info,
