@@ -24,6 +24,10 @@ ARGS = [
     "trainer.max_epochs=4",
     "split.val_fraction=0.2",  # the best-epoch tracking resumes too
     "trainer.patience=null",
+    # The recipe's random state (augmentation, mixup/cutmix, EMA) must resume exactly too.
+    "augment.time_warp=0.2",
+    "augment.mixup=0.2",
+    "augment.cutmix=0.2",
     "trainer.num_threads=1",
     "trainer.progress=false",
     "efficiency.latency_repeats=2",
