@@ -168,14 +168,6 @@ def prepare_data(
         len(split.test),
         time.perf_counter() - t0,
     )
-    if 0 < len(split.val) < SMALL_VALIDATION:
-        log.warning(
-            "the validation part has only %d windows: its accuracy moves in steps of %.3f, so "
-            "a best epoch picked on it is mostly noise; prefer a fixed schedule "
-            "(trainer.patience=null) with trainer.refit=true",
-            len(split.val),
-            1 / len(split.val),
-        )
     y_t = torch.from_numpy(data.y.astype(np.int64))
     if data.image is not None:
         prepare = image_input(data, split, pretrained)
@@ -259,8 +251,20 @@ def check_split_labels(data: HARData, split: Split, split_name: str | None = Non
 
 def check_selection(training: Training, data: PreparedData) -> None:
     """Early stopping and a refit select on the validation part: without one (a split with
-    ``val_fraction=0``) they are refused rather than silently doing nothing."""
-    if len(data.val.y):
+    ``val_fraction=0``) they are refused rather than silently doing nothing. A best epoch picked
+    on a handful of validation windows is warned about."""
+    n_val = len(data.val.y)
+    # A fixed schedule refit on train + validation picks nothing on the validation part.
+    selects = training.trainer.patience is not None or not training.refit
+    if 0 < n_val < SMALL_VALIDATION and selects:
+        log.warning(
+            "the validation part has only %d windows: its accuracy moves in steps of %.3f, so "
+            "a best epoch picked on it is mostly noise; prefer a fixed schedule "
+            "(trainer.patience=null) with trainer.refit=true",
+            n_val,
+            1 / n_val,
+        )
+    if n_val:
         return
     for wanted, setting, off in (
         (training.trainer.patience is not None, f"trainer.patience={training.trainer.patience}",

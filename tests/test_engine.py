@@ -112,6 +112,19 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
         torch.testing.assert_close(v, fit.best_state[k])
 
 
+@pytest.mark.parametrize("max_epochs", [2, 3])
+def test_early_stopping_is_announced_only_when_it_cuts_the_schedule(max_epochs, caplog):
+    torch.manual_seed(0)
+    X, y = torch.randn(32, 3, 32), torch.randint(0, 4, (32,))
+    trainer = make_trainer(max_epochs=max_epochs, batch_size=16, patience=1, monitor="val_loss")
+    # lr 0: the validation loss never improves after the first epoch, so epoch 2 stops.
+    with caplog.at_level("INFO", logger="har_bench.engine"):
+        fit = trainer.fit(NoBN(), X, y, X, y, lambda p: torch.optim.SGD(p, lr=0.0))
+    assert len(fit.history) == 2 and fit.best_epoch == 1
+    announced = any("early stopping" in r.getMessage() for r in caplog.records)
+    assert announced == (max_epochs == 3)
+
+
 def test_limit_batches_and_batches_are_indices():
     trainer = make_trainer(batch_size=10, limit_train_batches=3)
     batches = trainer.train_batches(95, torch.Generator().manual_seed(0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from har_bench.augment import TRANSFORMS, Augment, random_rotations
 from har_bench.engine import Trainer
 from har_bench.schedules import StepSchedule
+from har_bench.stages import check_selection
 
 GROUPS = [[0, 1, 2], [3, 4, 5]]
 
@@ -202,3 +204,23 @@ def test_epochs_without_a_validation_part_say_so(caplog):
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(epochs) == 2 and all("no validation" in m and "nan" not in m for m in epochs)
     assert fit.best_epoch == 2  # nothing to select on: the last epoch's weights
+
+
+@pytest.mark.parametrize(
+    ("n_val", "patience", "refit", "warned"),
+    [
+        (8, 5, False, True),  # early stopping on 8 windows
+        (8, None, False, True),  # the best epoch on 8 windows is tested
+        (8, None, True, False),  # a fixed schedule refit on train + val selects nothing
+        (50, 5, False, False),  # enough windows
+    ],
+)
+def test_small_validation_is_warned_about_only_when_it_selects(
+    n_val, patience, refit, warned, caplog
+):
+    training = SimpleNamespace(trainer=SimpleNamespace(patience=patience), refit=refit)
+    data = SimpleNamespace(val=SimpleNamespace(y=torch.zeros(n_val)))
+    with caplog.at_level("WARNING", logger="har_bench.stages"):
+        check_selection(training, data)  # type: ignore[arg-type]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"only {n_val} windows" in m for m in messages) == warned

@@ -2,10 +2,10 @@
 
 Random dilated convolution features and a ridge classifier whose penalty is chosen by
 leave-one-out cross-validation on the training windows: nothing is selected on validation or
-test data. With more training windows than ``alpha_search_windows`` (WISDM has about 23,000 for
-10,000 features), the penalty is chosen on that many windows drawn at random and the ridge is
-then fitted on all of them: scikit-learn's leave-one-out is quick while windows do not outnumber
-features and takes hours on a small CPU once they do. This wraps aeon's implementation (the
+test data. With more training windows than ``alpha_search_windows`` (below MiniRocket's ~10,000
+features), the penalty is chosen on that many windows drawn at random and the ridge is then
+fitted on all of them: scikit-learn's leave-one-out is quick while windows do not outnumber
+features and far slower once they do. This wraps aeon's implementation (the
 optional extra ``har-bench[rocket]``); it is a scikit-learn estimator, not a torch module, so the
 runner fits and predicts it directly instead of training it with the
 :class:`~har_bench.engine.Trainer`.
@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
 # aeon's grid for the ridge penalty (10^-3 .. 10^3) extended by three of its steps upward, so that
-# a choice of aeon's largest value (WISDM's, on every fold) is not a choice at the grid's edge.
+# a choice of aeon's largest value is not a choice at the grid's edge.
 ALPHAS = np.logspace(-3, 5, 13)
 # Below MiniRocket's ~10,000 features, where scikit-learn's leave-one-out stays quick.
 ALPHA_SEARCH_WINDOWS = 8_000
