@@ -102,8 +102,8 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
     data = stages.prepare_data(
         experiment.load_data, experiment.make_split, choices.split, run_dir, weights
     )
-    stages.check_selection(training, data)
     built = stages.build_model(experiment.make_model, data, choices.model, run_dir, weights)
+    stages.check_selection(training, data, built.trained_by_loop)
     resumed_history = resume["history"] if resume is not None else None
     with default_reporters(run_dir, experiment.hparams, resumed_history) as reporters:
         refitted, score_test = None, None

@@ -249,13 +249,14 @@ def check_split_labels(data: HARData, split: Split, split_name: str | None = Non
         log.warning("validation labels %s never occur in the training part", names)
 
 
-def check_selection(training: Training, data: PreparedData) -> None:
+def check_selection(training: Training, data: PreparedData, trained_by_loop: bool = True) -> None:
     """Early stopping and a refit select on the validation part: without one (a split with
     ``val_fraction=0``) they are refused rather than silently doing nothing. A best epoch picked
-    on a handful of validation windows is warned about."""
+    on a handful of validation windows is warned about (a model fitted outside the training
+    loop picks none)."""
     n_val = len(data.val.y)
     # A fixed schedule refit on train + validation picks nothing on the validation part.
-    selects = training.trainer.patience is not None or not training.refit
+    selects = trained_by_loop and (training.trainer.patience is not None or not training.refit)
     if 0 < n_val < SMALL_VALIDATION and selects:
         log.warning(
             "the validation part has only %d windows: its accuracy moves in steps of %.3f, so "

@@ -12,7 +12,7 @@ from torch import nn
 from har_bench.augment import TRANSFORMS, Augment, random_rotations
 from har_bench.engine import Trainer
 from har_bench.schedules import StepSchedule
-from har_bench.stages import check_selection
+from har_bench.stages import SMALL_VALIDATION, check_selection
 
 GROUPS = [[0, 1, 2], [3, 4, 5]]
 
@@ -207,20 +207,23 @@ def test_epochs_without_a_validation_part_say_so(caplog):
 
 
 @pytest.mark.parametrize(
-    ("n_val", "patience", "refit", "warned"),
+    ("n_val", "patience", "refit", "by_loop", "warned"),
     [
-        (8, 5, False, True),  # early stopping on 8 windows
-        (8, None, False, True),  # the best epoch on 8 windows is tested
-        (8, None, True, False),  # a fixed schedule refit on train + val selects nothing
-        (50, 5, False, False),  # enough windows
+        (8, 5, False, True, True),  # early stopping on 8 windows
+        (8, 5, True, True, True),  # early stopping picks the refit's epoch count on 8 windows
+        (8, None, False, True, True),  # the best epoch on 8 windows is tested
+        (8, None, True, True, False),  # a fixed schedule refit on train + val selects nothing
+        (8, None, False, False, False),  # a fitted estimator (MiniRocket) picks no epoch
+        (SMALL_VALIDATION - 1, 5, False, True, True),
+        (SMALL_VALIDATION, 5, False, True, False),  # enough windows
     ],
 )
 def test_small_validation_is_warned_about_only_when_it_selects(
-    n_val, patience, refit, warned, caplog
+    n_val, patience, refit, by_loop, warned, caplog
 ):
     training = SimpleNamespace(trainer=SimpleNamespace(patience=patience), refit=refit)
     data = SimpleNamespace(val=SimpleNamespace(y=torch.zeros(n_val)))
     with caplog.at_level("WARNING", logger="har_bench.stages"):
-        check_selection(training, data)  # type: ignore[arg-type]
+        check_selection(training, data, by_loop)  # type: ignore[arg-type]
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"only {n_val} windows" in m for m in messages) == warned
