@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from torch import nn
 
-from har_bench.errors import BUILTIN_USER_ERRORS, UserError, check_int
+from har_bench.errors import BUILTIN_USER_ERRORS, UserError, check_int, check_optional_int
 from har_bench.finetune import FineTune
 from har_bench.pretrained import WeightsSource
 from har_bench.schedules import StepSchedule
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # built: they go to the weights loader and the loop, not to the model's constructor.
 FINETUNE_KEYS = ("weights", "weights_sha256", "freeze", "unfreeze_after", "backbone_lr")
 # Keys of the trainer group that the runner acts on around the loop, not the loop itself.
-RUNNER_KEYS = ("resume", "refit")
+RUNNER_KEYS = ("resume", "refit", "max_steps")
 
 
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
@@ -41,6 +41,7 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
     refit = cfg.trainer.get("refit", False)
     if not isinstance(refit, bool):
         raise UserError(f"trainer.refit={refit!r} is invalid: expected true or false")
+    max_steps = check_optional_int("trainer.max_steps", cfg.trainer.get("max_steps"))
     optimizer_factory = build(cfg, "optimizer")
     scheduler_factory = build(cfg, "scheduler") if cfg.get("scheduler") else None
     check_optimizer(optimizer_factory, scheduler_factory)
@@ -56,6 +57,7 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
             augment=augment if augment is not None and augment.enabled else None,
             refit=refit,
             finetune=finetune,
+            max_steps=max_steps,
         ),
         load_data=lambda: build(cfg, "dataset"),
         make_split=lambda data: build(cfg, "split")(data),

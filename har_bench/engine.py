@@ -176,9 +176,7 @@ class _Session:
         tracker = BestTracker(trainer.monitor, trainer.patience)
         step_scheduler = isinstance(scheduler_factory, StepSchedule)
         if isinstance(scheduler_factory, StepSchedule):
-            batches = len(trainer.train_batches(n_train, torch.Generator()))
-            steps = math.ceil(batches / trainer.accumulate_grad_batches)
-            scheduler = scheduler_factory(optimizer, steps)
+            scheduler = scheduler_factory(optimizer, trainer.steps_per_epoch(n_train))
             tracker.patience_after = math.ceil(scheduler_factory.warmup)
         else:
             scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
@@ -306,6 +304,12 @@ class Trainer:
         if self.limit_train_batches is not None:
             batches = batches[: self.limit_train_batches]
         return batches
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Optimizer steps in one epoch over ``n`` training windows (this process's share under
+        torchrun)."""
+        batches = len(self.train_batches(n, torch.Generator()))
+        return math.ceil(batches / self.accumulate_grad_batches)
 
     @torch.inference_mode()
     def predict(self, model: nn.Module, X: torch.Tensor, prepare: Prepare = None) -> torch.Tensor:

@@ -104,6 +104,9 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
     )
     built = stages.build_model(experiment.make_model, data, choices.model, run_dir, weights)
     stages.check_selection(training, data, built.trained_by_loop)
+    step_budget = None
+    if built.trained_by_loop:
+        training, step_budget = stages.apply_step_budget(training, len(data.train))
     resumed_history = resume["history"] if resume is not None else None
     with default_reporters(run_dir, experiment.hparams, resumed_history) as reporters:
         refitted, score_test = None, None
@@ -142,6 +145,7 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
             resume,
             refitted,
             stages.finetune_record(training, built, fitted),
+            step_budget,
         )
         reporters.on_end(result)
         # metrics.json last: its status "completed" means every other artifact is in place.

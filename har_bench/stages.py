@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,15 @@ class Training:
     refit: bool = False
     # model.freeze / unfreeze_after / backbone_lr; None = every parameter trains at optimizer.lr.
     finetune: FineTune | None = None
+    # trainer.max_steps: cap on optimizer steps, applied by :func:`apply_step_budget`.
+    max_steps: int | None = None
+
+    @property
+    def selects_on_validation(self) -> bool:
+        """Whether the validation part picks anything: early stopping's epoch, or the best
+        epoch's weights when they are the ones tested. A fixed schedule refit on train +
+        validation picks nothing there."""
+        return self.trainer.patience is not None or not self.refit
 
 
 @dataclass(frozen=True)
@@ -249,15 +259,13 @@ def check_split_labels(data: HARData, split: Split, split_name: str | None = Non
         log.warning("validation labels %s never occur in the training part", names)
 
 
-def check_selection(training: Training, data: PreparedData, trained_by_loop: bool = True) -> None:
+def check_selection(training: Training, data: PreparedData, trained_by_loop: bool) -> None:
     """Early stopping and a refit select on the validation part: without one (a split with
     ``val_fraction=0``) they are refused rather than silently doing nothing. A best epoch picked
     on a handful of validation windows is warned about (a model fitted outside the training
     loop picks none)."""
     n_val = len(data.val.y)
-    # A fixed schedule refit on train + validation picks nothing on the validation part.
-    selects = trained_by_loop and (training.trainer.patience is not None or not training.refit)
-    if 0 < n_val < SMALL_VALIDATION and selects:
+    if 0 < n_val < SMALL_VALIDATION and trained_by_loop and training.selects_on_validation:
         log.warning(
             "the validation part has only %d windows: its accuracy moves in steps of %.3f, so "
             "a best epoch picked on it is mostly noise; prefer a fixed schedule "
@@ -452,6 +460,47 @@ def bind_augment(training: Training, data: PreparedData) -> Augment | ImageAugme
     )
 
 
+def apply_step_budget(training: Training, n_train: int) -> tuple[Training, dict[str, Any] | None]:
+    """``training`` with at most ``max_steps`` optimizer steps over ``n_train`` windows, and
+    metrics.json's ``step_budget`` record (None without a budget).
+
+    The epoch count becomes min(trainer.max_epochs, ceil(max_steps / steps per epoch)): a recipe
+    written for tens of cases keeps its epochs there and does not turn into tens of thousands
+    of steps on thousands of cases. A shortened schedule keeps its shape (the warm-up its share
+    of it); a refit trains the same number of epochs on train + validation.
+    """
+    if training.max_steps is None:
+        return training, None
+    trainer = training.trainer
+    per_epoch = trainer.steps_per_epoch(n_train)
+    epochs = min(trainer.max_epochs, math.ceil(training.max_steps / per_epoch))
+    record = {
+        "max_steps": training.max_steps,
+        "steps_per_epoch": per_epoch,
+        "max_epochs": trainer.max_epochs,
+        "epochs": epochs,
+    }
+    if epochs == trainer.max_epochs:
+        return training, record
+    log.info(
+        "trainer.max_steps=%d at %d steps per epoch: %d of trainer.max_epochs=%d epochs",
+        training.max_steps,
+        per_epoch,
+        epochs,
+        trainer.max_epochs,
+    )
+    schedule = rescaled_schedule(training.scheduler_factory, epochs)
+    if isinstance(schedule, StepSchedule):
+        warmup = schedule.warmup_epochs * epochs / trainer.max_epochs
+        schedule = dataclasses.replace(schedule, warmup_epochs=warmup)
+    budgeted = dataclasses.replace(
+        training,
+        trainer=dataclasses.replace(trainer, max_epochs=epochs),
+        scheduler_factory=schedule,
+    )
+    return budgeted, record
+
+
 @dataclass
 class Refitted:
     """The second phase of ``trainer.refit``: the model trained on train + validation."""
@@ -488,8 +537,8 @@ def refit(
     epoch (their moving average with ``trainer.ema_decay``) are the ones tested. Its
     checkpoints are in ``checkpoints/refit/``, so an interrupted refit resumes there.
     """
-    # Early stopping chose the epoch count; a fixed schedule (no patience) is its own choice.
-    fixed = training.trainer.patience is None
+    # Early stopping chose the epoch count; a fixed schedule is its own choice.
+    fixed = not training.selects_on_validation
     epochs = training.trainer.max_epochs if fixed else max(selected.best_epoch, 1)
     trainer = dataclasses.replace(training.trainer, max_epochs=epochs, patience=None)
     X = torch.cat([data.train.X, data.val.X])
@@ -712,6 +761,7 @@ def collect_result(
     resume: Mapping[str, Any] | None,
     refitted: Refitted | None = None,
     finetune: dict[str, Any] | None = None,
+    step_budget: dict[str, Any] | None = None,
 ) -> RunResult:
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -729,6 +779,8 @@ def collect_result(
         "dataset": choices.dataset,
         "run_dir": str(run_dir),
     }
+    if step_budget is not None:
+        metrics["step_budget"] = step_budget
     if refitted is not None:
         metrics["refit"] = refitted.info
     if finetune is not None:

@@ -12,7 +12,7 @@ from torch import nn
 from har_bench.augment import TRANSFORMS, Augment, random_rotations
 from har_bench.engine import Trainer
 from har_bench.schedules import StepSchedule
-from har_bench.stages import SMALL_VALIDATION, check_selection
+from har_bench.stages import SMALL_VALIDATION, Training, apply_step_budget, check_selection
 
 GROUPS = [[0, 1, 2], [3, 4, 5]]
 
@@ -221,9 +221,58 @@ def test_epochs_without_a_validation_part_say_so(caplog):
 def test_small_validation_is_warned_about_only_when_it_selects(
     n_val, patience, refit, by_loop, warned, caplog
 ):
-    training = SimpleNamespace(trainer=SimpleNamespace(patience=patience), refit=refit)
+    trainer = Trainer(patience=patience, progress=False, device="cpu")
+    training = Training(trainer, torch.optim.SGD, None, seed=0, refit=refit)
     data = SimpleNamespace(val=SimpleNamespace(y=torch.zeros(n_val)))
     with caplog.at_level("WARNING", logger="har_bench.stages"):
         check_selection(training, data, by_loop)  # type: ignore[arg-type]
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"only {n_val} windows" in m for m in messages) == warned
+
+
+def budget_training(max_steps: int | None, accumulate: int = 1) -> Training:
+    trainer = Trainer(
+        max_epochs=10,
+        batch_size=16,
+        accumulate_grad_batches=accumulate,
+        progress=False,
+        device="cpu",
+    )
+    schedule = StepSchedule(epochs=10, warmup_epochs=2)
+    return Training(trainer, torch.optim.SGD, schedule, seed=0, max_steps=max_steps)
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "accumulate", "per_epoch", "epochs"),
+    [
+        (20, 1, 7, 3),  # 100 windows in batches of 16: 7 steps an epoch, 3 epochs reach 20
+        (21, 1, 7, 3),
+        (22, 1, 7, 4),
+        (20, 2, 4, 5),  # two batches per step: 4 steps an epoch
+        (70, 1, 7, 10),  # the budget is not reached: the configured schedule
+        (1000, 1, 7, 10),
+    ],
+)
+def test_step_budget_sets_the_epochs_and_shortens_the_schedule(
+    max_steps, accumulate, per_epoch, epochs
+):
+    training = budget_training(max_steps, accumulate)
+    budgeted, record = apply_step_budget(training, 100)
+    assert record == {
+        "max_steps": max_steps,
+        "steps_per_epoch": per_epoch,
+        "max_epochs": 10,
+        "epochs": epochs,
+    }
+    assert budgeted.trainer.max_epochs == epochs
+    schedule = budgeted.scheduler_factory
+    assert schedule.epochs == epochs
+    # The warm-up keeps its share (a fifth) of the schedule.
+    assert schedule.warmup_epochs == pytest.approx(2 * epochs / 10)
+    lr_schedule = schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), per_epoch)
+    assert lr_schedule.total_steps == epochs * per_epoch
+
+
+def test_no_step_budget_changes_nothing():
+    training = budget_training(None)
+    assert apply_step_budget(training, 100) == (training, None)

@@ -275,6 +275,34 @@ def test_recipe_with_refit_tests_the_refit_model_and_never_sees_test_subjects(
     assert (run_dir / "checkpoints" / "refit" / "last.pt").is_file()
 
 
+def test_step_budget_sets_the_epochs_of_both_phases(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "dataset=synthetic",
+        *SMALL_MODEL,
+        "trainer.max_epochs=6",
+        "trainer.batch_size=32",
+        "trainer.max_steps=15",
+        "trainer.refit=true",
+        "split.val_fraction=0.2",
+        "efficiency.latency_repeats=2",
+    )
+    run_dir = tmp_path / "run"
+    metrics = run(cfg, run_dir)
+    train_windows = json.loads((run_dir / "split_report.json").read_text())["parts"]["train"]
+    per_epoch = -(-train_windows["windows"] // 32)
+    epochs = -(-15 // per_epoch)
+    assert epochs < 6  # the budget binds
+    assert metrics["step_budget"] == {
+        "max_steps": 15,
+        "steps_per_epoch": per_epoch,
+        "max_epochs": 6,
+        "epochs": epochs,
+    }
+    assert metrics["epochs_trained"] == epochs and metrics["refit"]["epochs"] == epochs
+    history = pd.read_csv(run_dir / "history.csv")
+    assert len(history) == epochs and history["lr"].iloc[-1] < history["lr"].max()
+
+
 def test_minirocket_goes_through_the_same_stages(compose_cfg, tmp_path):
     pytest.importorskip("aeon", reason="model=minirocket needs the [rocket] extra")
     cfg = compose_cfg(
