@@ -203,7 +203,11 @@ def restore_training(
     if scheduler is not None:
         # load_state_dict would silently bring back the old horizon, so a schedule resumed with
         # more epochs would climb back up from its end: refuse instead.
-        horizons = {"T_max": "trainer.max_epochs", "total_steps": "epochs x steps per epoch"}
+        horizons = {
+            "T_max": "trainer.max_epochs",
+            "total_steps": "epochs x steps per epoch",
+            "warmup_steps": "the warm-up",
+        }
         for key, meaning in horizons.items():
             old, new = saved.get(key), getattr(scheduler, key, None)
             if old is not None and new is not None and old != new:

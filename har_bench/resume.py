@@ -201,7 +201,8 @@ def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if key_in(key, IGNORED):
             continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+        # A key added to the configs later (with a null default) is absent from older runs.
+        if a.get(key) != b.get(key):
             out.append(f"{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}")
     return out
 

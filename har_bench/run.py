@@ -107,6 +107,7 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
     step_budget = None
     if built.trained_by_loop:
         training, step_budget = stages.apply_step_budget(training, len(data.train))
+        trainer = training.trainer
     resumed_history = resume["history"] if resume is not None else None
     with default_reporters(run_dir, experiment.hparams, resumed_history) as reporters:
         refitted, score_test = None, None

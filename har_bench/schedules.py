@@ -72,8 +72,10 @@ class StepSchedule:
             )
         else:
             scheduler = LambdaLR(optimizer, self._warmup_cosine(total, warmup))
-        # Read by a resume to refuse a schedule stretched mid-run.
+        # Saved with the scheduler's state and read by a resume, to refuse a schedule stretched
+        # or reshaped mid-run (its lr_lambda is not saved).
         scheduler.total_steps = total  # type: ignore[attr-defined]
+        scheduler.warmup_steps = warmup  # type: ignore[attr-defined]
         return scheduler
 
     def _warmup_cosine(self, total: int, warmup: int):  # noqa: ANN202 - a lr_lambda

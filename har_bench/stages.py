@@ -71,7 +71,7 @@ class Training:
     refit: bool = False
     # model.freeze / unfreeze_after / backbone_lr; None = every parameter trains at optimizer.lr.
     finetune: FineTune | None = None
-    # trainer.max_steps: cap on optimizer steps, applied by :func:`apply_step_budget`.
+    # trainer.max_steps: a budget of optimizer steps, applied by :func:`apply_step_budget`.
     max_steps: int | None = None
 
     @property
@@ -461,13 +461,15 @@ def bind_augment(training: Training, data: PreparedData) -> Augment | ImageAugme
 
 
 def apply_step_budget(training: Training, n_train: int) -> tuple[Training, dict[str, Any] | None]:
-    """``training`` with at most ``max_steps`` optimizer steps over ``n_train`` windows, and
+    """``training`` with about ``max_steps`` optimizer steps over ``n_train`` windows, and
     metrics.json's ``step_budget`` record (None without a budget).
 
-    The epoch count becomes min(trainer.max_epochs, ceil(max_steps / steps per epoch)): a recipe
-    written for tens of cases keeps its epochs there and does not turn into tens of thousands
-    of steps on thousands of cases. A shortened schedule keeps its shape (the warm-up its share
-    of it); a refit trains the same number of epochs on train + validation.
+    The epoch count becomes min(trainer.max_epochs, ceil(max_steps / steps per epoch)), whole
+    epochs, so up to one epoch more than the budget: a recipe written for tens of cases keeps
+    its epochs there and does not turn into tens of thousands of steps on thousands of cases.
+    A shortened step schedule keeps its shape (the warm-up its share of it), a cosine its
+    horizon; a refit trains the same number of epochs on train + validation, so more steps.
+    Steps are per process under torchrun (each takes a share of the windows).
     """
     if training.max_steps is None:
         return training, None
@@ -489,10 +491,26 @@ def apply_step_budget(training: Training, n_train: int) -> tuple[Training, dict[
         epochs,
         trainer.max_epochs,
     )
-    schedule = rescaled_schedule(training.scheduler_factory, epochs)
-    if isinstance(schedule, StepSchedule):
-        warmup = schedule.warmup_epochs * epochs / trainer.max_epochs
+    factory = training.scheduler_factory
+    schedule = rescaled_schedule(factory, epochs)
+    if isinstance(factory, StepSchedule):
+        warmup = factory.warmup_epochs * epochs / factory.epochs
         schedule = dataclasses.replace(schedule, warmup_epochs=warmup)
+    elif schedule is factory and factory is not None:
+        log.warning(
+            "the scheduler counts epochs and is not shortened by trainer.max_steps: it runs "
+            "%d of its epochs; scheduler=warmup_cosine, one_cycle or cosine follow the budget",
+            epochs,
+        )
+    finetune = training.finetune
+    if finetune is not None and (finetune.unfreeze_after or 0) >= epochs:
+        log.warning(
+            "model.unfreeze_after=%s is not reached in the %d epochs of trainer.max_steps=%d: "
+            "the frozen part stays frozen",
+            finetune.unfreeze_after,
+            epochs,
+            training.max_steps,
+        )
     budgeted = dataclasses.replace(
         training,
         trainer=dataclasses.replace(trainer, max_epochs=epochs),

@@ -261,3 +261,19 @@ def test_resume_refuses_a_run_saved_without_ema(tmp_path):
     fit(trainer(max_epochs=1), tmp_path)
     with pytest.raises(ValueError, match="saved without ema"):
         fit(trainer(max_epochs=2, ema_decay=0.9), tmp_path, resume=load_resume_state(tmp_path))
+
+
+def test_resume_refuses_a_reshaped_warmup(tmp_path):
+    # A step budget keeps the steps but rescales the warm-up when trainer.max_epochs changes:
+    # the horizon alone would not tell.
+    def schedule(warmup: float) -> StepSchedule:
+        return StepSchedule(epochs=2, warmup_epochs=warmup)
+
+    fit(trainer(max_epochs=1), tmp_path, scheduler_factory=schedule(1.0))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        fit(
+            trainer(max_epochs=2),
+            tmp_path,
+            resume=load_resume_state(tmp_path),
+            scheduler_factory=schedule(0.5),
+        )

@@ -222,3 +222,11 @@ def test_a_run_pointed_at_a_busy_dir_leaves_its_saved_config_alone(main, tmp_pat
         assert_one_line_error(code, err, "is in use by another har-bench process")
     # .hydra/config.yaml (what a resume compares against) included: byte for byte.
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_key_added_later_with_a_null_default_does_not_block_a_resume():
+    saved = {"trainer": {"max_epochs": 2}}
+    assert resume.config_differences(saved, {"trainer": {"max_epochs": 2, "max_steps": None}}) == []
+    assert resume.config_differences(saved, {"trainer": {"max_epochs": 2, "max_steps": 9}}) == [
+        "trainer.max_steps: <absent> -> 9"
+    ]
