@@ -23,6 +23,9 @@ of every completed run it finds (``har_bench.rundir.RECORD_FILES``: metrics, his
 split report, confusion matrix; no checkpoints) to ``DIR/<the run's path>``, then reads every
 row from ``DIR``. Committed with RESULTS.md, the archive keeps each figure traceable to its
 run's own files after ``outputs/`` is gone, and rows re-run later replace their old copies.
+Nothing in a run directory is ever removed or overwritten: an archive that would put a copy
+on, inside or around a run (``archive: .``) is refused, as is replacing a folder that holds
+more than record files; each copy is made beside its destination and renamed into place.
 """
 
 from __future__ import annotations
@@ -113,8 +116,11 @@ def _run_rows(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def archive_runs(spec: Mapping[str, Any], base: Path, archive: Path) -> list[Path]:
     """Copy the record of every completed run the spec's rows find under ``base`` to
-    ``archive``, at the run's path relative to ``base``; returns the copies made."""
-    copied = []
+    ``archive``, at the run's path relative to ``base``; returns the copies made.
+
+    Refused (UserError) before anything is copied when a copy would land on, inside or around
+    any run the spec finds (``archive: .`` would copy each run onto itself)."""
+    pairs: dict[Path, Path] = {}
     for row in _run_rows(spec):
         for pattern in row["runs"]:
             try:
@@ -126,9 +132,18 @@ def archive_runs(spec: Mapping[str, Any], base: Path, archive: Path) -> list[Pat
                 status = rundir.read_status(run_dir).get("status")
                 if rel.parts[:1] == ("..",) or status != "completed":
                     continue
-                rundir.copy_record(run_dir, archive / rel)
-                copied.append(archive / rel)
-    return copied
+                pairs[run_dir] = archive / rel
+    for dest in pairs.values():
+        for run_dir in pairs:
+            if rundir.overlaps(run_dir, dest):
+                raise UserError(
+                    f"archive={spec['archive']!r} would copy a run's record to {dest}, onto or "
+                    f"around the run {run_dir}: choose an archive folder outside every run "
+                    "directory (e.g. docs/runs)"
+                )
+    for run_dir, dest in pairs.items():
+        rundir.copy_record(run_dir, dest)
+    return list(pairs.values())
 
 
 def _row(label: str, spec: Mapping[str, Any], base: Path) -> list[str]:
@@ -181,6 +196,15 @@ def render(spec: Mapping[str, Any], base: Path) -> str:
     return "\n".join(lines)
 
 
+def yaml_error(path: Path, error: Exception) -> str:
+    """PyYAML's several-line message as one: the file, line and column, and what is wrong."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    context = getattr(error, "context", None)
+    return f"{where}: invalid YAML: " + (f"{context}, {problem}" if context else problem)
+
+
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="har-bench results",
@@ -198,19 +222,22 @@ def main(argv: Sequence[str]) -> int:
     import yaml
 
     try:
-        spec = yaml.safe_load(args.spec.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        print(f"error: {args.spec}: {e}", file=sys.stderr)
-        return 2
-    try:
+        spec = yaml.safe_load(args.spec.read_text(encoding="utf-8"))
         check_spec(spec)
-    except UserError as e:
+    except yaml.YAMLError as e:
+        print(f"error: {yaml_error(args.spec, e)}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError, UserError) as e:
         print(f"error: {args.spec}: {e}", file=sys.stderr)
         return 2
     base = args.base
     if spec.get("archive"):
         archive = args.base / str(spec["archive"])
-        copied = archive_runs(spec, args.base, archive)
+        try:
+            copied = archive_runs(spec, args.base, archive)
+        except (OSError, UserError) as e:
+            print(f"error: {args.spec}: {e}", file=sys.stderr)
+            return 2
         print(f"archived {len(copied)} run record(s) in {archive}")
         base = archive
     atomic_write_text(args.out, render(spec, base))

@@ -12,6 +12,8 @@ and the sweep summary read run dirs in a fraction of a second.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shlex
 import shutil
 import time
@@ -195,14 +197,78 @@ def release(run_dir: Path) -> None:
 # -- the saved config --------------------------------------------------------------------------
 
 
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are the same folder or one holds the other (links resolved)."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def copy_record(run_dir: Path, dest: Path) -> None:
-    """Replace ``dest`` by a copy of the :data:`RECORD_FILES` of ``run_dir``."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    for name in RECORD_FILES:
-        if (run_dir / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run_dir / name, dest / name)
+    """Replace ``dest`` by a copy of the :data:`RECORD_FILES` of ``run_dir``.
+
+    The copy is made in a new folder beside ``dest`` and renamed into place, so ``dest`` holds
+    the old copy or the new one, never a mix. Refused with a UserError, before anything is
+    written, when ``dest`` is, holds or lies inside ``run_dir``, when ``dest`` holds anything
+    but record files (it would be a run, not an earlier copy), or when a record file is a
+    symbolic link (the archive would get whatever it points to).
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    if overlaps(run_dir, dest):
+        raise UserError(
+            f"cannot copy the record of {run_dir} to {dest}: the copy would overwrite the run "
+            "itself; choose a destination outside the run directory"
+        )
+    names = [name for name in RECORD_FILES if _record_file(run_dir, name)]
+    if dest.is_symlink() or dest.exists():
+        _check_is_record_copy(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+    old = tmp.with_suffix(".old")
+    tmp.mkdir()
+    try:
+        for name in names:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / name, tmp / name, follow_symlinks=False)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    except BaseException:
+        if old.exists() and not dest.exists():
+            os.replace(old, dest)  # the earlier copy goes back where it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # The earlier copy, checked above to hold record files only.
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _record_file(run_dir: Path, name: str) -> bool:
+    """Whether the run has record file ``name``; a UserError when it is a symbolic link or lies
+    behind one (``.hydra -> elsewhere``)."""
+    path = run_dir / name
+    linked = [p for p in (path, path.parent) if p.is_symlink()]
+    if linked:
+        raise UserError(
+            f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}): refusing to copy "
+            "what it points to as the run's record"
+        )
+    return path.is_file()
+
+
+def _check_is_record_copy(dest: Path) -> None:
+    """A UserError unless ``dest`` is a folder of record files (an earlier copy, safe to
+    replace), checked without following links."""
+    allowed = set(RECORD_FILES) | {HYDRA_DIR}
+    if dest.is_symlink() or not dest.is_dir():
+        raise UserError(f"{dest} is not a folder of an earlier record copy: refusing to replace it")
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for entry in [*dirnames, *filenames]:
+            path = Path(dirpath) / entry
+            rel = path.relative_to(dest).as_posix()
+            if rel not in allowed or path.is_symlink():
+                raise UserError(
+                    f"{dest} holds {rel}, which is not part of a run's record (it looks like a "
+                    "run directory, not an earlier copy): refusing to replace it"
+                )
 
 
 def is_run_dir(path: Path) -> bool:

@@ -96,3 +96,92 @@ def test_results_archive_keeps_rows_after_the_run_dirs_are_gone(tmp_path, capsys
     # A run made again replaces its archived copy; the others stay.
     make_run(tmp_path / "outputs" / "best" / "1", seed=1, acc=0.96, f1=0.96)
     assert best_cells()[1:3] == ["2", "93.00 ± 4.24"]
+
+
+def _archive_spec(tmp_path, archive: str, runs: str = "outputs/best") -> list[str]:
+    row = {"label": "best", "command": "har-bench", "runs": [runs]}
+    spec = {"archive": archive, "tables": [{"title": "T", "rows": [row]}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "RESULTS.md"
+    return ["results", str(tmp_path / "spec.yaml"), "--out", str(out), "--base", str(tmp_path)]
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("archive", "runs"),
+    [
+        (".", "outputs/best"),  # each copy would be the run itself
+        ("outputs/best/0/copies", "outputs/best"),  # inside a run
+        (".", "outputs/best/0"),
+        ("..", "outputs/best"),  # the copies land on another folder's runs
+    ],
+)
+def test_results_archive_never_touches_a_run(tmp_path, capsys, archive, runs):
+    """An archive on, inside or around the runs, or onto other runs, is refused before
+    anything is written; every run, checkpoints included, stays byte for byte."""
+    base = tmp_path / "base"
+    for seed in (0, 1):
+        run = make_run(base / "outputs" / "best" / str(seed), seed=seed)
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "best.pt").write_bytes(b"weights")
+    other = make_run(tmp_path / "outputs" / "best" / "0", seed=7)  # where ".." copies would go
+    (other / "train.log").write_text("log")
+    args = _archive_spec(tmp_path, archive, runs)
+    args[-1] = str(base)
+    before = _tree(tmp_path)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "refusing to replace" in err or "outside every run" in err, err
+    assert _tree(tmp_path) == before  # nothing removed, nothing changed, nothing added
+
+
+def test_results_archive_copy_is_atomic_and_skips_linked_records(tmp_path, capsys, monkeypatch):
+    """A copy that fails half-way leaves the earlier copy as it was and no temporary folder;
+    a record file that is a symbolic link is refused rather than its target copied."""
+    import shutil
+
+    from har_bench import rundir
+
+    run = make_run(tmp_path / "outputs" / "best" / "0", acc=0.9, f1=0.9)
+    args = _archive_spec(tmp_path, "docs/runs")
+    assert main(args) == 0, capsys.readouterr().err
+    archived = tmp_path / "docs" / "runs" / "outputs" / "best" / "0"
+    earlier = _tree(archived)
+    (run / "history.csv").write_text("epoch\n1\n")
+    real_copy = shutil.copy2
+
+    def failing_copy(src, dst, **kwargs):
+        if str(src).endswith("history.csv"):
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(rundir.shutil, "copy2", failing_copy)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "No space left" in err and err.count("\n") == 1, err
+    assert _tree(archived) == earlier
+    assert sorted(p.name for p in archived.parent.iterdir()) == ["0"]
+    monkeypatch.undo()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a record")
+    (run / "history.csv").unlink()
+    (run / "history.csv").symlink_to(secret)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "symbolic link" in err and err.count("\n") == 1, err
+    assert not (archived / "history.csv").exists()
+
+
+def test_results_yaml_error_is_one_line_with_line_and_column(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("title: T\ntables:\n  - title: UCI\n    rows: [a, b\n")
+    assert main(["results", str(spec), "--out", str(tmp_path / "RESULTS.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {spec}:5:1: invalid YAML"), err
