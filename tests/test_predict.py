@@ -199,3 +199,35 @@ def test_wisdm_raw_needs_every_sensor_of_the_run(tmp_path):
     phone.write_text(accel.read_text())
     with pytest.raises(RecordingError, match="phone recording"):
         read_recording([phone], prep)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "needles"),
+    [
+        (
+            "failed",
+            "ValueError: dataset.window=0 is invalid\nsecond line",
+            ["the run failed: ValueError: dataset.window=0 is invalid", "error.txt"],
+        ),
+        (
+            "diverged",
+            "training diverged: loss=nan at epoch 0, optimizer step 3; try a lower optimizer.lr",
+            ["the run diverged: training diverged: loss=nan", "lower optimizer.lr"],
+        ),
+        ("interrupted", "interrupted by SIGTERM", ["interrupted by SIGTERM", "run it again"]),
+    ],
+    ids=["failed", "diverged", "interrupted"],
+)
+@pytest.mark.parametrize("verb", ["predict", "export"])
+def test_failed_run_says_how_it_ended(tmp_path, verb, status, error, needles):
+    """Export and predict on a run that ended without a model say how it ended and why, not
+    that it is still to complete."""
+    from test_compare import make_run
+
+    run = make_run(tmp_path / "run", status=status)
+    rundir.write_status(run, status, error=error)
+    rundir.write_error(run, "Traceback ...\n")
+    args = ["-i", str(tmp_path / "rec.csv")] if verb == "predict" else []
+    code, err = run_cli(verb, str(run), *args)
+    line = assert_one_line_error(code, err, f"{run} has no finished model", *needles)
+    assert "wait for" not in line
