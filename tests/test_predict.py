@@ -15,7 +15,7 @@ from cli_helpers import assert_one_line_error
 from deploy_helpers import trained_run
 
 from har_bench import cli, rundir
-from har_bench.deploy.loaded import FinishedRun
+from har_bench.deploy.loaded import FinishedRun, Preprocessing
 from har_bench.deploy.predict import predict, smooth
 
 RATE = 50.0  # the synthetic dataset's sampling rate
@@ -231,3 +231,126 @@ def test_failed_run_says_how_it_ended(tmp_path, verb, status, error, needles):
     code, err = run_cli(verb, str(run), *args)
     line = assert_one_line_error(code, err, f"{run} has no finished model", *needles)
     assert "wait for" not in line
+
+
+def _prep(channels: list[str], rate: float = RATE) -> Preprocessing:
+    from har_bench.deploy.loaded import Preprocessing
+
+    return Preprocessing(
+        dataset="synthetic",
+        channel_names=channels,
+        class_names=["a", "b"],
+        mean=[0.0] * len(channels),
+        std=[1.0] * len(channels),
+        window=4,
+        step=2,
+        step_source="dataset.step",
+        sampling_rate_hz=rate,
+        resample_hz=None,
+        max_gap_s=1.0,
+        input_shape=[len(channels), 4],
+        dataset_config={"device": "watch", "align_tolerance_ms": 25},
+    )
+
+
+def _recording(tmp_path, time: list[float]) -> Path:
+    path = tmp_path / "rec.csv"
+    n = len(time)
+    pd.DataFrame({"time": time, "ch0": np.arange(n), "ch1": np.ones(n)}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("time", "needle"),
+    [
+        # Every row twice: the rate would still read 50 Hz, each window holding half its time.
+        (np.repeat(np.arange(10) / RATE, 2), "the time stamp of row 2 (0.0) repeats that of row 1"),
+        ([0.0, 0.02, 0.06, 0.04, 0.08], "the time stamp of row 4 (0.04) is earlier than"),
+        ([0.0, 0.02, float("nan"), 0.06, 0.08], "row 3 has no time stamp"),
+    ],
+    ids=["duplicated", "backwards", "nan"],
+)
+def test_broken_time_column_is_refused_with_its_row(tmp_path, time, needle):
+    from har_bench.deploy.predict import RecordingError, read_recording
+
+    path = _recording(tmp_path, list(time))
+    prep = _prep(["ch0", "ch1"])
+    with pytest.raises(RecordingError) as e:
+        read_recording([path], prep)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    if np.isnan(time).any():
+        with pytest.raises(RecordingError, match="row 3 has no time stamp"):
+            read_recording([path], prep, sort_time=True)  # no order can place it
+        return
+    assert "--sort-time" in str(e.value)
+    stream = read_recording([path], prep, sort_time=True)  # the explicit way on
+    assert list(stream.raw_time) == sorted(set(time))  # in order, first of each time stamp
+    assert stream.rate_hz == pytest.approx(RATE)
+
+
+def test_wisdm_time_stamp_on_two_lines_is_refused(tmp_path):
+    from har_bench.deploy.predict import RecordingError, read_recording
+
+    accel = tmp_path / "data_1600_accel_watch.txt"
+    lines = [f"1600,A,{i * 50_000_000},1.0,2.0,3.0;\n" for i in range(10)]
+    accel.write_text("".join(lines[:5] + lines[4:]))  # line 5 twice, out of order is sorted
+    prep = _prep(["accel_x", "accel_y", "accel_z"], rate=20.0)
+    with pytest.raises(RecordingError, match=r"\(200000000\) repeats"):
+        read_recording([accel], prep)
+    assert read_recording([accel], prep, sort_time=True).rate_hz == pytest.approx(20.0)
+
+
+def test_output_onto_input_run_or_folder_is_one_line(tmp_path):
+    """Checked before the run is read: the input, a run dir's files, a folder and a device
+    (writing /dev/full as root would otherwise replace the device node) are refused."""
+    from test_compare import make_run
+
+    run = make_run(tmp_path / "run")
+    other = make_run(tmp_path / "sweep" / "0")
+    rec = _recording(tmp_path, [0.0, 0.02])
+    before = rec.read_bytes()
+    cases = [
+        (rec, "is the input recording"),
+        (run / rundir.METRICS, f"inside the run directory {run}"),
+        (run / "export" / "pred.csv", f"inside the run directory {run}"),
+        (other / rundir.HISTORY, "inside the run directory"),
+        (tmp_path, "is a folder"),
+    ]
+    if Path("/dev/full").exists():
+        cases.append((Path("/dev/full"), "is not a regular file"))
+    link = tmp_path / "link.csv"
+    link.symlink_to(rec)
+    cases.append((link, "is the input recording"))
+    for output, needle in cases:
+        assert_one_line_error(
+            *run_cli("predict", str(run), "-i", str(rec), "-o", str(output)), needle
+        )
+    assert rec.read_bytes() == before
+    assert json.loads((run / rundir.METRICS).read_text())["status"] == "completed"
+    assert not (run / "export").exists()
+
+
+def test_write_table_is_atomic(tmp_path, monkeypatch):
+    from har_bench.deploy.predict import write_table
+
+    out = tmp_path / "pred.csv"
+    out.write_text("earlier predictions\n")
+
+    def full_disk(self, path, **kwargs):
+        Path(path).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_table(pd.DataFrame({"a": [1]}), out)
+    assert out.read_text() == "earlier predictions\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"]
+
+
+@pytest.mark.slow
+def test_unwritable_output_is_one_line(run_dir, stitched, tmp_path):
+    path, _ = stitched
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    code, err = run_cli("predict", str(run_dir), "-i", str(path), "-o", str(blocker / "p.csv"))
+    assert_one_line_error(code, err, f"cannot write --output {blocker / 'p.csv'}")

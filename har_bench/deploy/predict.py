@@ -15,6 +15,15 @@ A recording sampled at another rate than the run's windows is refused (the model
 stretched or squeezed motion) unless ``--resample`` asks to resample it to the run's rate
 with the data layer's anti-aliased interpolation. A label column (``--label-column``, or the
 WISDM activity codes) adds the true label per window and the agreement.
+
+The time stamps must increase from row to row: a missing one, a repeated one (duplicated rows
+would halve the rate estimate and every window's duration) or one earlier than the row before
+is refused with the row (counted from 1 after the header), unless ``--sort-time`` asks to sort
+the samples by time and keep the first of each repeated time stamp. WISDM raw files are always
+sorted by time stamp, as the dataset loader does; their repeated time stamps are refused alike.
+
+``--output`` is written atomically (a temporary file renamed into place); it may not be an input
+recording, a folder or a device, nor lie inside a run directory (the run's own records).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +40,7 @@ import pandas as pd
 import torch
 
 from har_bench import rundir
+from har_bench._fs import atomic_write
 from har_bench.components import as_user_error
 from har_bench.data.recordings import TIME_UNITS
 from har_bench.data.windowing import Recording, window_recordings
@@ -102,22 +112,62 @@ def read_recording(
     time_column: str = "time",
     time_unit: str = "s",
     label_column: str | None = "label",
+    sort_time: bool = False,
 ) -> Stream:
     for path in paths:
         if not Path(path).is_file():
             raise RecordingError(f"--input {path}: no such file")
     if all(is_wisdm_raw(Path(p)) for p in paths):
-        return read_wisdm(paths, prep)
+        return read_wisdm(paths, prep, sort_time)
     if len(paths) != 1:
         raise RecordingError(
             "several --input files are read only in the WISDM raw format (one per sensor); "
             "give one CSV/Parquet file with every channel"
         )
-    return read_table(Path(paths[0]), prep, time_column, time_unit, label_column)
+    return read_table(Path(paths[0]), prep, time_column, time_unit, label_column, sort_time)
+
+
+def time_order(
+    time: np.ndarray, source: str, sort_time: bool, row: Callable[[int], str]
+) -> np.ndarray:
+    """The indices of the samples in increasing time; a RecordingError naming the first
+    sample (``row(i)``) whose time stamp is missing, repeated or earlier than the one before,
+    unless ``sort_time``: then sorted, keeping the first sample of each time stamp."""
+    t = np.asarray(time, dtype=np.float64)
+    missing = np.flatnonzero(~np.isfinite(t))
+    if len(missing):
+        raise RecordingError(f"{source}: {row(missing[0])} has no time stamp (empty or NaN)")
+    if sort_time:
+        order = np.argsort(t, kind="stable")
+        first = np.concatenate([[True], np.diff(t[order]) > 0])
+        return order[first]
+    back = np.flatnonzero(np.diff(t) <= 0)
+    if len(back):
+        i = int(back[0])
+        how = "repeats" if t[i + 1] == t[i] else "is earlier than"
+        raise RecordingError(
+            f"{source}: the time stamp of {row(i + 1)} ({time[i + 1]}) {how} that of {row(i)} "
+            f"({time[i]}): expected increasing time stamps (pass --sort-time to sort the "
+            "samples and keep the first of each time stamp)"
+        )
+    return np.arange(len(t))
+
+
+def _data_row(i: int) -> str:
+    return f"row {i + 1}"
+
+
+def _a_line(i: int) -> str:
+    return "a line"  # a WISDM file is sorted before it is checked: its rows are not its lines
 
 
 def read_table(
-    path: Path, prep: Preprocessing, time_column: str, time_unit: str, label_column: str | None
+    path: Path,
+    prep: Preprocessing,
+    time_column: str,
+    time_unit: str,
+    label_column: str | None,
+    sort_time: bool = False,
 ) -> Stream:
     name = path.name.lower()
     if not name.endswith(TABLE_SUFFIXES):
@@ -150,7 +200,6 @@ def read_table(
             f"{path} has no time column {time_column!r} (name it with --time-column; its unit "
             f"with --time-unit {'/'.join(TIME_UNITS)})"
         )
-    df = df.sort_values(tcol, kind="stable")
     raw_time = df[tcol].to_numpy()
     try:
         time_s = raw_time.astype(np.float64) * TIME_UNITS[time_unit]
@@ -159,7 +208,9 @@ def read_table(
     signal = df[[column(c) for c in prep.channel_names]].to_numpy(dtype=np.float32)
     if not np.isfinite(signal).all():
         row = int(np.flatnonzero(~np.isfinite(signal).all(axis=1))[0])
-        raise RecordingError(f"{path}: row {row} has an empty or non-numeric channel value")
+        raise RecordingError(f"{path}: {_data_row(row)} has an empty or non-numeric channel value")
+    order = time_order(raw_time, str(path), sort_time, _data_row)
+    df, raw_time, time_s, signal = df.iloc[order], raw_time[order], time_s[order], signal[order]
     lcol = column(label_column) if label_column else None
     labels = df[lcol].astype(str).to_numpy() if lcol is not None else None
     return Stream(str(path), time_s, raw_time, signal, labels)
@@ -185,7 +236,7 @@ def sibling_files(path: Path, sensors: Sequence[str]) -> dict[str, Path]:
     return found
 
 
-def read_wisdm(paths: Sequence[Path], prep: Preprocessing) -> Stream:
+def read_wisdm(paths: Sequence[Path], prep: Preprocessing, sort_time: bool = False) -> Stream:
     sensors = sensors_of(prep.channel_names)
     unknown = [s for s in sensors if s not in SENSORS]
     if unknown:
@@ -234,7 +285,9 @@ def read_wisdm(paths: Sequence[Path], prep: Preprocessing) -> Stream:
                 f"{files[sensor]} holds {len(subjects)} subjects; predict reads one recording: "
                 "keep one subject's lines"
             )
+        # Sorted as the dataset loader sorts; a time stamp on two lines is still refused.
         order = np.argsort(parsed.ts, kind="stable")
+        order = order[time_order(parsed.ts[order], str(files[sensor]), sort_time, _a_line)]
         ts, xyz, act = parsed.ts[order], parsed.xyz[order], parsed.activity[order]
         if base is None:
             base = (ts, act)
@@ -392,12 +445,13 @@ def predict(
     time_column: str = "time",
     time_unit: str = "s",
     label_column: str | None = "label",
+    sort_time: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
     """One row per window (start, predicted class, probabilities) and a summary."""
     run = FinishedRun(run_dir)
     prep = preprocessing_for(run)
     onnx_file = onnx_path(run, onnx) if onnx is not None else None
-    stream = read_recording(inputs, prep, time_column, time_unit, label_column)
+    stream = read_recording(inputs, prep, time_column, time_unit, label_column, sort_time)
     windows = cut_windows(stream, prep, resample=resample, step=step)
     logits = logits_for(run, prep, windows.X, onnx_file)
     z = logits - logits.max(1, keepdims=True)
@@ -441,12 +495,35 @@ def predict(
     return table, summary
 
 
+def check_output(output: Path, run_dir: Path, inputs: Sequence[Path]) -> None:
+    """A UserError when predictions written to ``output`` would replace an input recording, a
+    folder or a device, or land in a run directory's own files."""
+    target = Path(output).resolve()
+    if any(Path(p).resolve() == target for p in inputs):
+        raise UserError(
+            f"--output {output} is the input recording: refusing to overwrite it; write the "
+            "predictions to another file"
+        )
+    runs = [run_dir, *(f for f in target.parents if rundir.is_run_dir(f))]
+    inside = [r for r in runs if target.is_relative_to(Path(r).resolve())]
+    if inside:
+        raise UserError(
+            f"--output {output} is inside the run directory {inside[0]}, which holds the run's "
+            "own records: write the predictions outside it"
+        )
+    if target.exists() and not target.is_file():
+        kind = "a folder" if target.is_dir() else "not a regular file"
+        raise UserError(
+            f"--output {output} is {kind}: expected the path of a .csv or .parquet file (or no "
+            "--output for CSV on stdout)"
+        )
+
+
 def write_table(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".parquet", ".pq"):
-        table.to_parquet(path, index=False)
+        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
     else:
-        table.to_csv(path, index=False, float_format="%.6g")
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def print_summary(table: pd.DataFrame, summary: dict, output: Path | None, tail: int = 8) -> None:
@@ -536,6 +613,12 @@ def parser() -> argparse.ArgumentParser:
         default="label",
         help="a column of true labels, if present (adds 'true' and the agreement)",
     )
+    p.add_argument(
+        "--sort-time",
+        action="store_true",
+        help="sort the samples by time stamp and keep the first of each repeated time stamp "
+        "(else a recording out of time order or with a repeated time stamp is refused)",
+    )
     return p
 
 
@@ -546,6 +629,8 @@ def main(argv: Sequence[str]) -> int:
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name}={value} is invalid: expected an integer >= 1")
+        if args.output is not None:
+            check_output(args.output, args.run_dir, args.input)
         table, summary = predict(
             args.run_dir,
             args.input,
@@ -556,6 +641,7 @@ def main(argv: Sequence[str]) -> int:
             time_column=args.time_column,
             time_unit=args.time_unit,
             label_column=args.label_column,
+            sort_time=args.sort_time,
         )
     except Exception as e:
         user_error = as_user_error(e)
@@ -566,6 +652,10 @@ def main(argv: Sequence[str]) -> int:
     if args.output is None:
         table.to_csv(sys.stdout, index=False, float_format="%.6g")
         return 0
-    write_table(table, args.output)
+    try:
+        write_table(table, args.output)
+    except (OSError, ImportError) as e:  # full disk, no permission, no pyarrow for Parquet
+        print(f"error: cannot write --output {args.output}: {e}", file=sys.stderr)
+        return 2
     print_summary(table, summary, args.output)
     return 0
