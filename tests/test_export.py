@@ -135,7 +135,11 @@ def test_cli_errors_are_one_line(exported, tmp_path):
     copy = tmp_path / "unfinished"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export"))
     rundir.write_status(copy, "interrupted")
-    assert_one_line_error(*run_cli("export", str(copy)), "no finished model", "status: interrupted")
+    assert_one_line_error(
+        *run_cli("export", str(copy)),
+        "no finished model",
+        "the run was interrupted; resume it: har-bench trainer.resume=",
+    )
     assert_one_line_error(
         *run_cli("export", str(run_dir), "--finetune-epochs", "2"), "--prune RATIO too"
     )
