@@ -11,7 +11,9 @@ so that every module may import it.
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Mapping
 
 
 class UserError(ValueError):
@@ -56,3 +58,24 @@ def check_optional_int(key: str, value: object, minimum: int = 1) -> int | None:
     if not is_int_at_least(value, minimum):
         raise UserError(f"{key}={value!r} is invalid: expected null or an integer >= {minimum}")
     return int(value)
+
+
+def check_float(key: str, value: object) -> float:
+    """``value`` as a finite float (not a bool), else a UserError naming ``key=value``: NaN or
+    inf in a setting only shows up later, as a diverged run or an endless loop."""
+    if not is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
+        raise UserError(f"{key}={value!r} is invalid: expected a finite number")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_finite_settings(settings: object, prefix: str = "") -> None:
+    """Every float in a nested dict/list of settings finite, else :func:`check_float`'s error
+    for the first one, named by its dotted key (``optimizer.lr``, ``dataset.mean[1]``)."""
+    if isinstance(settings, Mapping):
+        for k, v in settings.items():
+            check_finite_settings(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(settings, list | tuple):
+        for i, v in enumerate(settings):
+            check_finite_settings(v, f"{prefix}[{i}]")
+    elif isinstance(settings, float):
+        check_float(prefix, settings)

@@ -93,3 +93,32 @@ def test_cifar_pickle_payload_never_runs_from_the_archive_through_the_cli(
     )
     assert not marker.exists()
     assert_one_line_error(code, err, "data_batch_1", "refusing")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("optimizer.lr=inf", "optimizer.lr=inf"),
+        ("optimizer.weight_decay=nan", "optimizer.weight_decay=nan"),
+        ("trainer.grad_clip_norm=-inf", "trainer.grad_clip_norm=-inf"),
+        ("trainer.label_smoothing=nan", "trainer.label_smoothing=nan"),
+    ],
+)
+def test_non_finite_settings_are_refused_before_anything_runs(
+    tmp_path, monkeypatch, capsys, override, needle
+):
+    main = in_process_cli(tmp_path, monkeypatch, capsys)
+    code, err = main(*SMALL, override, "hydra.run.dir=run")
+    line = assert_one_line_error(code, err, needle, "finite")
+    assert "diverged" not in line
+
+
+def test_check_finite_settings_names_nested_keys():
+    from har_bench.errors import check_finite_settings
+
+    check_finite_settings({"a": {"b": 1.5, "c": [1, 2.0, "x"], "d": None, "e": True}})
+    with pytest.raises(UserError, match=r"dataset\.mean\[1\]=nan is invalid"):
+        check_finite_settings({"dataset": {"mean": [0.5, float("nan"), 0.5]}})
