@@ -88,9 +88,7 @@ def test_cifar_pickle_payload_never_runs_from_the_archive_through_the_cli(
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     main = in_process_cli(tmp_path, monkeypatch, capsys)
-    code, err = main(
-        *SMALL, "dataset=cifar10", f"dataset.root={archive}", "model.layout=2d_image"
-    )
+    code, err = main(*SMALL, "dataset=cifar10", f"dataset.root={archive}", "model.layout=2d_image")
     assert not marker.exists()
     assert_one_line_error(code, err, "data_batch_1", "refusing")
 

@@ -160,7 +160,9 @@ def load_cifar10(
             raise FileNotFoundError(f"CIFAR-10 file not found: {n!r} in {path}")
     meta = _unpickle(path / "batches.meta")
     if not isinstance(meta.get(b"label_names"), list):
-        raise UserError(f"{path / 'batches.meta'}: CIFAR-10 batches.meta without a label_names list")
+        raise UserError(
+            f"{path / 'batches.meta'}: CIFAR-10 batches.meta without a label_names list"
+        )
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
     # One batch in memory at a time, copied into its place: the peak stays near the result.
     parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
