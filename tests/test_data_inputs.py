@@ -270,3 +270,48 @@ def test_hardata_refuses_non_finite_windows_from_any_source():
     X[2, 1, 5] = np.inf
     with pytest.raises(UserError, match=r"dataset toy: window 2, channel 'b' .* \(inf\)"):
         HARData("toy", X, np.zeros(3, np.int64), np.arange(3), ["k"], ["a", "b"])
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+@pytest.fixture
+def eight_gb(monkeypatch):
+    """The machine's available memory pinned, so that what fits does not depend on the host."""
+    monkeypatch.setattr("har_bench.errors.available_memory", lambda: 8 * 1024**3)
+
+
+def test_available_memory_is_read_from_the_system():
+    from har_bench.errors import available_memory, format_bytes
+
+    available = available_memory()
+    assert available is None or available > 0
+    assert format_bytes(512) == "512 B" and format_bytes(3 * 1024**3) == "3.0 GB"
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["model=resnext50", "model.cardinality=100000"], ["parameters", "8.0 GB is available"]),
+        (["dataset.window=1000000000"], ["600 windows of 3 channels x 1000000000", "TB"]),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_before_allocating(
+    tmp_path, monkeypatch, capsys, eight_gb, overrides, needles
+):
+    main = in_process_cli(tmp_path, monkeypatch, capsys)
+    small = [a for a in SMALL if not a.startswith("model")] + ["model=resnet18"]
+    code, err = main(*small, *overrides, "hydra.run.dir=run")
+    assert_one_line_error(code, err, "needs about", *needles)
+    assert '"user_error": true' in (tmp_path / "run" / "metrics.json").read_text()
+
+
+def test_windows_that_cannot_fit_are_refused_for_every_windowed_loader(tmp_path, monkeypatch):
+    f = recordings_csv(tmp_path / "rec.csv")
+    kw = dict(channels=["acc_x", "acc_y"], window=20, step=10)
+    assert len(load_recordings(f, **kw).y)
+    monkeypatch.setattr("har_bench.errors.available_memory", lambda: 1000)
+    with pytest.raises(UserError, match=r"windows of 2 channels x 20 samples needs about .* raise"):
+        load_recordings(f, **kw)
+    monkeypatch.setattr("har_bench.errors.available_memory", lambda: None)  # unknown: no check
+    assert len(load_recordings(f, **kw).y)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import UserError, check_optional_int
+from har_bench.errors import UserError, check_memory, check_optional_int
 
 from ._io import Layout, resolve_root
 from .base import HARData, image_spec
@@ -290,6 +290,11 @@ def load_image_folder(
         else:
             h, w = spec.size
             stored = (round(h / spec.crop_ratio), round(w / spec.crop_ratio))
+    check_memory(
+        f"{len(paths):,} images of 3 x {stored[0]} x {stored[1]}",
+        3.0 * len(paths) * stored[0] * stored[1],
+        "lower dataset.store_size (or dataset.size)",
+    )
     X = np.empty((len(paths), 3, *stored), dtype=np.uint8)
     for i, p in enumerate(paths):
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import UserError, check_optional_int
+from har_bench.errors import UserError, check_memory, check_optional_int
 
 from ._io import Layout, check_choice, find_file, read_text, resolve_root
 from .base import HARData
@@ -225,6 +225,13 @@ def load_uea(
     train_lengths = [len(d) for case in parts["train"].series for d in case]
     target = int(length) if length is not None else max(train_lengths)
 
+    n_cases = sum(len(p.labels) for p in parts.values())
+    # The float64 cases and the float32 array they become.
+    check_memory(
+        f"UEA {name}: {n_cases:,} cases of {len(parts['train'].series[0])} x {target}",
+        12.0 * n_cases * len(parts["train"].series[0]) * target,
+        "lower dataset.length",
+    )
     xs, ys, missing = [], [], 0
     for p in parts.values():
         for case, label in zip(p.series, p.labels, strict=True):

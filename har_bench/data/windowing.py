@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from har_bench.errors import check_int
+from har_bench.errors import check_int, check_memory
 
 from .base import HARData
 
@@ -307,6 +307,12 @@ def window_recordings(
             starts.append(offset + step * np.arange(k, dtype=np.int64))
     rate = target_rate_hz or sampling_rate_hz
     rate = float(rate) if rate else None
+    n = sum(len(v) for v in xs)
+    check_memory(
+        f"{n:,} windows of {num_channels} channels x {window} samples",
+        4.0 * n * (num_channels or 0) * window,
+        "lower dataset.window or raise dataset.step",
+    )
     if not xs:
         return Windows(
             X=np.empty((0, num_channels or 0, window), dtype=np.float32),
