@@ -20,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from torch import nn
 
-from har_bench.errors import BUILTIN_USER_ERRORS, UserError, check_int, check_optional_int
+from har_bench.errors import (
+    BUILTIN_USER_ERRORS,
+    UserError,
+    check_finite_settings,
+    check_int,
+    check_optional_int,
+)
 from har_bench.finetune import FineTune
 from har_bench.pretrained import WeightsSource
 from har_bench.schedules import StepSchedule
@@ -36,6 +42,7 @@ RUNNER_KEYS = ("resume", "refit", "max_steps")
 
 
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
+    check_finite_settings(settings(cfg))
     seed = check_int("seed", cfg.seed, 0)
     trainer = build(cfg, "trainer", exclude=RUNNER_KEYS)
     refit = cfg.trainer.get("refit", False)
@@ -70,6 +77,15 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
         hparams=hparams_for_tensorboard(cfg, choices),
         weights=weights,
     )
+
+
+def settings(cfg: DictConfig) -> Any:
+    """The config as plain values, interpolations resolved where they resolve; one that does
+    not is left to fail where its group is built, with that group's message."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def build_model(cfg: DictConfig, in_channels: int, num_classes: int) -> Any:

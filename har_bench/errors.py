@@ -11,7 +11,10 @@ so that every module may import it.
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
+from collections.abc import Mapping
 
 
 class UserError(ValueError):
@@ -56,3 +59,74 @@ def check_optional_int(key: str, value: object, minimum: int = 1) -> int | None:
     if not is_int_at_least(value, minimum):
         raise UserError(f"{key}={value!r} is invalid: expected null or an integer >= {minimum}")
     return int(value)
+
+
+def check_float(key: str, value: object) -> float:
+    """``value`` as a finite float (not a bool), else a UserError naming ``key=value``: NaN or
+    inf in a setting only shows up later, as a diverged run or an endless loop."""
+    if not is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
+        raise UserError(f"{key}={value!r} is invalid: expected a finite number")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_finite_settings(settings: object, prefix: str = "") -> None:
+    """Every float in a nested dict/list of settings finite, else :func:`check_float`'s error
+    for the first one, named by its dotted key (``optimizer.lr``, ``dataset.mean[1]``)."""
+    if isinstance(settings, Mapping):
+        for k, v in settings.items():
+            check_finite_settings(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(settings, list | tuple):
+        for i, v in enumerate(settings):
+            check_finite_settings(v, f"{prefix}[{i}]")
+    elif isinstance(settings, float):
+        check_float(prefix, settings)
+
+
+def available_memory() -> int | None:
+    """Bytes a new allocation can take without swapping: ``MemAvailable`` of /proc/meminfo,
+    lowered to a cgroup (v2) memory limit's headroom when a container sets one; elsewhere the
+    free physical pages; None where the platform does not say."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def format_bytes(n: float) -> str:
+    units = ("B", "KB", "MB", "GB", "TB")
+    i = 0
+    while abs(n) >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+def check_memory(what: str, nbytes: float, hint: str) -> None:
+    """A UserError when ``what`` (about ``nbytes``) cannot fit in the memory available now,
+    before it is allocated: a MemoryError half-way, or swapping for hours, says less."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise UserError(
+            f"{what} needs about {format_bytes(nbytes)} of memory, but {format_bytes(available)} "
+            f"is available; {hint}"
+        )

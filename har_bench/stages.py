@@ -32,7 +32,7 @@ from har_bench.data.base import HARData
 from har_bench.data.images import channel_stats
 from har_bench.data.splits import Split, assert_clean, split_report, standardise
 from har_bench.engine import FitResult, Trainer, measure_latency
-from har_bench.errors import UserError
+from har_bench.errors import UserError, check_memory
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment, ImageInput
 from har_bench.metrics import classification_metrics, confusion_counts, latency_ms
@@ -330,12 +330,35 @@ def build_model(
     return BuiltModel(model, summary)
 
 
+# Bytes per parameter while training: the float32 weight, its gradient and an optimizer's two
+# moments (Adam's). Activations and the weights' moving average come on top.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def check_model_fits(make_model: Callable[[int, int], Any], in_channels: int, classes: int) -> None:
+    """Refuse a network whose training state cannot fit in the memory available, counted on
+    the meta device (no memory allocated, no random number drawn) before it is built."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = make_model(in_channels, classes)
+    except Exception:  # noqa: BLE001  (built for real next: its error is the one to show)
+        return
+    if isinstance(model, nn.Module):
+        n = sum(p.numel() for p in model.parameters())
+        check_memory(
+            f"the model ({n:,} parameters, with gradients and optimizer state)",
+            TRAINING_BYTES_PER_PARAMETER * n,
+            "choose a smaller model (e.g. a lower model.cardinality, width or depth)",
+        )
+
+
 def new_model(
     make_model: Callable[[int, int], nn.Module],
     data: PreparedData,
     weights: WeightsSource | None,
 ) -> tuple[Any, dict[str, Any] | None]:
     """A model for ``data`` from ``make_model``, with ``weights`` loaded (and what they were)."""
+    check_model_fits(make_model, data.data.num_channels, data.data.num_classes)
     model = make_model(data.data.num_channels, data.data.num_classes)
     if (
         data.prepare is not None

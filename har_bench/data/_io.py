@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import math
 import os
 import warnings
 import zipfile
@@ -21,6 +22,7 @@ import pandas as pd
 from numpy.typing import DTypeLike
 
 from har_bench._fs import atomic_write
+from har_bench.errors import UserError
 
 from .archives import extract_archive
 from .download import download, filename_from_url
@@ -66,44 +68,69 @@ def strip_compression(name: str) -> str:
     return name
 
 
-def read_table(path: Path, ncols: int, dtype: DTypeLike = np.float64) -> np.ndarray:
+def read_table(
+    path: Path, ncols: int, dtype: DTypeLike = np.float64, allow_nan: bool = False
+) -> np.ndarray:
     """A whitespace-separated table of exactly ``ncols`` columns, plain or compressed text.
+
+    Every value must be finite: a ``nan`` or ``inf`` sample would only show up as a diverged
+    run. ``allow_nan`` admits NaN (a recording's gaps, which the loader fills) but not inf.
 
     pandas' C parser reads compressed files directly and releases the GIL, so UCI-HAR's 18
     signal files parse in parallel threads, faster than a serial np.loadtxt. It is lenient where
-    we must not be (a short row is padded with NaN), so a file it rejects, or whose NaNs are not
-    all "nan" tokens of the text (PAMAP2 has many), goes through a strict pass whose error names
-    the line.
+    we must not be (a short row is padded with NaN), so a file it rejects, or with a value that
+    is not finite (unless each NaN is a "nan" token of the text, as PAMAP2 has many, and NaN is
+    allowed), goes through a strict pass whose error names the line.
     """
     try:
-        arr = pd.read_csv(path, sep=r"\s+", header=None, dtype=dtype, engine="c").to_numpy()
+        with np.errstate(over="ignore"):  # a float32 overflow becomes inf, refused below
+            arr = pd.read_csv(path, sep=r"\s+", header=None, dtype=dtype, engine="c").to_numpy()
     except (ValueError, OSError, EOFError, lzma.LZMAError):  # ParserError is a ValueError
-        return _read_table_strict(path, ncols, dtype)
+        return _read_table_strict(path, ncols, dtype, allow_nan)
     if arr.ndim != 2 or arr.shape[1] != ncols:
-        return _read_table_strict(path, ncols, dtype)
-    if arr.dtype.kind == "f" and np.isnan(arr).any() and _count_tokens(path) != arr.size:
-        return _read_table_strict(path, ncols, dtype)
+        return _read_table_strict(path, ncols, dtype, allow_nan)
+    if (
+        arr.dtype.kind == "f"
+        and not np.isfinite(arr).all()
+        and (not allow_nan or np.isinf(arr).any() or _count_tokens(path) != arr.size)
+    ):
+        return _read_table_strict(path, ncols, dtype, allow_nan)
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _read_table_strict(path: Path, ncols: int, dtype: DTypeLike) -> np.ndarray:
+def _read_table_strict(path: Path, ncols: int, dtype: DTypeLike, allow_nan: bool) -> np.ndarray:
     convert = int if np.dtype(dtype).kind in "iu" else float
     kind = "an integer" if convert is int else "a number"
     rows: list[list] = []
+    linenos: list[int] = []
     for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue  # pandas skips blank lines too
         if len(tokens) != ncols:
-            raise ValueError(f"{path}, line {lineno}: expected {ncols} values, found {len(tokens)}")
+            raise UserError(f"{path}, line {lineno}: expected {ncols} values, found {len(tokens)}")
         try:
-            rows.append([convert(t) for t in tokens])
+            row = [convert(t) for t in tokens]
         except ValueError:
             bad = next(t for t in tokens if not _converts(convert, t))
-            raise ValueError(f"{path}, line {lineno}: {bad!r} is not {kind}") from None
+            raise UserError(f"{path}, line {lineno}: {bad!r} is not {kind}") from None
+        if convert is float:
+            for token, value in zip(tokens, row, strict=True):
+                if not math.isfinite(value) and not (allow_nan and math.isnan(value)):
+                    raise UserError(
+                        f"{path}, line {lineno}: {token!r} is not a finite number"
+                        + ("" if allow_nan else " (a missing sample?)")
+                    )
+        rows.append(row)
+        linenos.append(lineno)
     if not rows:
-        raise ValueError(f"{path}: no data rows")
-    return np.asarray(rows, dtype=dtype).reshape(len(rows), ncols)
+        raise UserError(f"{path}: no data rows")
+    with np.errstate(over="ignore"):
+        arr = np.asarray(rows, dtype=dtype).reshape(len(rows), ncols)
+    if arr.dtype.kind == "f" and np.isinf(arr).any():  # a finite value beyond float32's range
+        lineno = linenos[int(np.flatnonzero(np.isinf(arr).any(axis=1))[0])]
+        raise UserError(f"{path}, line {lineno}: a value is out of range for {arr.dtype}")
+    return arr
 
 
 def _converts(convert: type, token: str) -> bool:
@@ -158,7 +185,7 @@ def save_cache(path: Path, arrays: dict[str, np.ndarray]) -> bool:
 def check_choice(key: str, value: object, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise ValueError(f"{key}={value!r} is invalid: expected one of {', '.join(choices)}")
+        raise UserError(f"{key}={value!r} is invalid: expected one of {', '.join(choices)}")
     return str(value)
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from har_bench.errors import UserError
+
 
 @dataclass(frozen=True)
 class ImageSpec:
@@ -126,6 +128,14 @@ class HARData:
         if len(self.channel_names) != self.X.shape[1]:
             raise ValueError(
                 f"{len(self.channel_names)} channel names for {self.X.shape[1]} channels"
+            )
+        # Every loader names the file and line of a non-finite sample; this catches what reaches
+        # the contract another way (a stale cache, a Python caller's arrays).
+        if self.X.dtype.kind == "f" and not np.isfinite(self.X).all():
+            i, c = np.argwhere(~np.isfinite(self.X))[0][:2]
+            raise UserError(
+                f"dataset {self.name}: window {i}, channel {self.channel_names[c]!r} holds a "
+                f"non-finite value ({self.X[i, c][~np.isfinite(self.X[i, c])][0]})"
             )
         if n and (self.y.min() < 0 or self.y.max() >= len(self.class_names)):
             raise ValueError(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import check_optional_int
+from har_bench.errors import UserError, check_memory, check_optional_int
 
 from ._io import Layout, resolve_root
 from .base import HARData, image_spec
@@ -69,12 +69,47 @@ def channel_stats(X: np.ndarray, index: np.ndarray) -> tuple[list[float], list[f
 # --------------------------------------------------------------------------- CIFAR-10
 
 
+# Every global a CIFAR-10 python batch may name: NumPy's array reconstruction (numpy.core in
+# the official Python 2 pickles, numpy._core when NumPy 2 re-pickled them; _frombuffer for
+# protocol 5) and the codec Python 3 uses for bytes at protocol 2. Anything else (os.system,
+# builtins.eval, ...) would run code while loading a data file.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Rebuilds only what a CIFAR-10 batch holds (dicts, lists, bytes/str, numbers, NumPy
+    arrays); any other global is refused before it is looked up, so nothing in the file runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it references {module}.{name}, which a CIFAR-10 batch never holds; "
+                f"refusing to load it"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({e})") from e
+            d = CifarUnpickler(f, encoding="bytes").load()
+    # What a damaged pickle raises besides UnpicklingError (pickle's documentation).
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError) as e:  # fmt: skip
+        raise UserError(f"{path}: not a CIFAR-10 python batch ({e})") from e
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a CIFAR-10 python batch (a {type(d).__name__}, not a dict)")
+    return d
 
 
 def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -83,10 +118,12 @@ def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
     except KeyError as e:
-        raise ValueError(f"{path}: CIFAR-10 batch without {e.args[0]!r}") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError(
-            f"{path}: expected data [n, 3072] and n labels, got {data.shape} / {len(labels)}"
+        raise UserError(f"{path}: CIFAR-10 batch without {e.args[0]!r}") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise UserError(f"{path}: CIFAR-10 batch data or labels are not numbers ({e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
+        raise UserError(
+            f"{path}: expected data [n, 3072] and n labels, got {data.shape} / {labels.shape}"
         )
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -122,6 +159,10 @@ def load_cifar10(
         if not (path / n).is_file():
             raise FileNotFoundError(f"CIFAR-10 file not found: {n!r} in {path}")
     meta = _unpickle(path / "batches.meta")
+    if not isinstance(meta.get(b"label_names"), list):
+        raise UserError(
+            f"{path / 'batches.meta'}: CIFAR-10 batches.meta without a label_names list"
+        )
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
     # One batch in memory at a time, copied into its place: the peak stays near the result.
     parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
@@ -249,6 +290,11 @@ def load_image_folder(
         else:
             h, w = spec.size
             stored = (round(h / spec.crop_ratio), round(w / spec.crop_ratio))
+    check_memory(
+        f"{len(paths):,} images of 3 x {stored[0]} x {stored[1]}",
+        3.0 * len(paths) * stored[0] * stored[1],
+        "lower dataset.store_size (or dataset.size)",
+    )
     X = np.empty((len(paths), 3, *stored), dtype=np.uint8)
     for i, p in enumerate(paths):
         try:

@@ -64,7 +64,7 @@ ACTIVITIES = {
 }
 # The 12 activities of the data-collection protocol (the Protocol/ folder).
 PROTOCOL_ACTIVITIES = [1, 2, 3, 4, 5, 6, 7, 12, 13, 16, 17, 24]
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: inf refused at parse time
 _HINT = (
     "dataset.root must be the PAMAP2_Dataset folder (with Protocol/), a folder containing it, "
     "or the official zip (or null to download it)"
@@ -136,7 +136,7 @@ def load_pamap2(
         signals, times, acts, subjects = [], [], [], []
         nan_filled = 0
         for p in files:
-            raw = read_table(p, N_COLUMNS)  # float64, NaN kept: dropped packets
+            raw = read_table(p, N_COLUMNS, allow_nan=True)  # NaN kept: dropped packets
             digits = "".join(ch for ch in p.name.split(".")[0] if ch.isdigit())
             sig = raw[:, columns].copy()
             nan_filled += interpolate_nans(sig)

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from har_bench.errors import UserError
+
 from ._io import check_choice
 from .base import HARData
-from .windowing import Recording, WindowSpec
+from .windowing import NAN_POLICIES, Recording, WindowSpec, apply_nan_policy
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 SUFFIXES = (".csv", ".csv.gz", ".csv.xz", ".parquet", ".pq")
@@ -45,6 +47,17 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
             f"{path} has no column(s) {missing}; its columns are {list(df.columns)[:20]}"
         )
     return df
+
+
+def _where(path: Path, row: int) -> str:
+    """A data row's place for the user: its line in a CSV (after the header), else its row."""
+    if path.name.lower().endswith((".parquet", ".pq")):
+        return f"{path}, row {row + 1}"
+    return f"{path}, line {row + 2}"
+
+
+def _shown(value: object) -> str:
+    return "empty" if pd.isna(value) else str(value)
 
 
 def _files(path: Path) -> list[Path]:
@@ -75,6 +88,7 @@ def load_recordings(
     step: int = 64,
     resample_hz: float | None = None,
     max_gap_s: float | None = 1.0,
+    nan_policy: str = "error",
 ) -> HARData:
     """Window the samples of one file or of every CSV/Parquet file in a folder.
 
@@ -89,9 +103,13 @@ def load_recordings(
             distinct labels. Rows whose label is not listed are dropped.
         sampling_rate_hz: needed without a time column; with one, estimated from the median
             spacing when not given.
+        nan_policy: an empty, ``nan`` or ``inf`` channel value: ``error`` names its file and
+            line; ``drop``: no window covers that row; ``interpolate``: filled linearly within
+            its recording.
     """
     spec = WindowSpec.check(window, step, resample_hz, max_gap_s if time_column else None)
     check_choice("dataset.time_unit", time_unit, TIME_UNITS)
+    check_choice("dataset.nan_policy", nan_policy, NAN_POLICIES)
     channels = [str(c) for c in channels or []]
     if not channels:
         raise ValueError("dataset.channels is empty: name the sensor columns to use")
@@ -102,15 +120,24 @@ def load_recordings(
     needed = [subject_column, label_column, *channels]
     needed += [c for c in (time_column, recording_column, split_column) if c]
     frames = []
-    for i, f in enumerate(_files(Path(path).expanduser())):
+    files = _files(Path(path).expanduser())
+    for i, f in enumerate(files):
         df = _read(f, needed)[needed].copy()
         df["_file"] = i
+        df["_row"] = np.arange(len(df))
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
-    if df[channels].isna().any().any():
-        bad = df[channels].isna().any(axis=1).to_numpy().argmax()
-        raise ValueError(
-            f"dataset.path: row {bad} has an empty channel value (interpolate or drop it first)"
+    try:
+        signal = df[channels].to_numpy(dtype=np.float64)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"dataset.channels {channels} must be numeric columns ({e})") from None
+    finite = np.isfinite(signal)
+    if nan_policy == "error" and not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        raise UserError(
+            f"{_where(files[df['_file'].iat[r]], int(df['_row'].iat[r]))}: column "
+            f"{channels[c]!r} is {_shown(df[channels[c]].iat[r])}, not a finite number; fix the "
+            f"file, or set dataset.nan_policy=drop (no window covers that row) or interpolate"
         )
     try:
         subjects = df[subject_column].to_numpy().astype(np.int64)
@@ -136,7 +163,6 @@ def load_recordings(
             d = np.diff(time_s)
             d = d[d > 0]
             sampling_rate_hz = float(1.0 / np.median(d)) if len(d) else None
-    signal = df[channels].to_numpy(dtype=np.float32)
     recs = [
         Recording(
             signal[a:b],
@@ -146,6 +172,11 @@ def load_recordings(
         )
         for a, b in zip(starts, stops, strict=True)
     ]
+    non_finite = 0
+    if nan_policy != "error":
+        for i, rec in enumerate(recs):
+            recs[i], k = apply_nan_policy(rec, nan_policy)
+            non_finite += k
     w = spec.cut(recs, sampling_rate_hz)
     official = None
     if split_column:
@@ -173,5 +204,7 @@ def load_recordings(
             "recordings": len(recs),
             "rows": len(df),
             "rows_with_unlisted_label": int(np.count_nonzero(labels < 0)),
+            "nan_policy": nan_policy,
+            "rows_non_finite": non_finite,
         },
     )

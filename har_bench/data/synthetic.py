@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from har_bench.errors import UserError, check_int, is_number
+from har_bench.errors import UserError, check_int, check_memory, is_number
 
 from .base import HARData
 
@@ -53,6 +53,13 @@ def load_synthetic(
             f"split; lower it or add subjects"
         )
 
+    n = num_subjects * windows_per_subject
+    # Built in float64: the signal and the noise side by side.
+    check_memory(
+        f"{n:,} windows of {num_channels} channels x {window} samples",
+        16.0 * n * num_channels * window,
+        "lower dataset.window, num_channels, num_subjects or windows_per_subject",
+    )
     rng = np.random.default_rng(seed)
     # Class prototypes. Frequencies of different classes overlap in range, so a single
     # channel rarely identifies the class; the combination across channels does.
@@ -63,7 +70,6 @@ def load_synthetic(
     gain = rng.normal(1.0, 0.2, size=num_subjects).clip(0.5, 1.5)
     offset = rng.normal(0.0, 0.5, size=(num_subjects, num_channels))
 
-    n = num_subjects * windows_per_subject
     subjects = np.repeat(np.arange(1, num_subjects + 1, dtype=np.int64), windows_per_subject)
     # Balanced labels within each subject, in random order.
     y = np.concatenate(

@@ -41,7 +41,7 @@ CHANNEL_NAMES = [
 WINDOW = 128
 SAMPLING_RATE_HZ = 50.0
 # Bump when parsing changes so stale caches written by older code are not reused.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: non-finite samples refused at parse time
 _HINT = (
     "dataset.root must be the 'UCI HAR Dataset' folder, a folder containing it, or the "
     "official zip (or null to download it)"

@@ -3,8 +3,8 @@
 ``<Name>_TRAIN.ts`` and ``<Name>_TEST.ts`` (Bagnall et al., arXiv:1811.00075): header tags
 (``@problemName``, ``@univariate``, ``@dimensions``, ``@equalLength``, ``@seriesLength``,
 ``@classLabel true <labels>``, ``@missing``, ``@timeStamps``), then after ``@data`` one case per
-line: the dimensions separated by ``:``, values by ``,``, the class label last; ``?`` marks a
-missing value.
+line: the dimensions separated by ``:``, values by ``,``, the class label last; ``?`` (or
+``NaN``) marks a missing value, filled by linear interpolation; ``inf`` is refused.
 
 The archive's TRAIN/TEST files are the official split. The archive records no subjects, so
 **every case gets its own subject id** (train cases 0..n_train-1, test cases after them):
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import check_optional_int
+from har_bench.errors import UserError, check_memory, check_optional_int
 
 from ._io import Layout, check_choice, find_file, read_text, resolve_root
 from .base import HARData
@@ -105,7 +105,14 @@ def parse_ts(path: Path) -> TsFile:
                 raise ValueError(
                     f"{path}, line {lineno}, dimension {d}: {bad!r} is not a number"
                 ) from None
-            case.append(np.asarray(values, dtype=np.float64))
+            arr = np.asarray(values, dtype=np.float64)
+            if np.isinf(arr).any():
+                # NaN is a missing value (as "?"), filled later; inf is a broken sample.
+                bad = text.split(",")[int(np.flatnonzero(np.isinf(arr))[0])].strip()
+                raise UserError(
+                    f"{path}, line {lineno}, dimension {d}: {bad!r} is not a finite number"
+                )
+            case.append(arr)
         if series and len(case) != len(series[0]):
             raise ValueError(
                 f"{path}, line {lineno}: {len(case)} dimensions, earlier cases have "
@@ -218,6 +225,13 @@ def load_uea(
     train_lengths = [len(d) for case in parts["train"].series for d in case]
     target = int(length) if length is not None else max(train_lengths)
 
+    n_cases = sum(len(p.labels) for p in parts.values())
+    # The float64 cases and the float32 array they become.
+    check_memory(
+        f"UEA {name}: {n_cases:,} cases of {len(parts['train'].series[0])} x {target}",
+        12.0 * n_cases * len(parts["train"].series[0]) * target,
+        "lower dataset.length",
+    )
     xs, ys, missing = [], [], 0
     for p in parts.values():
         for case, label in zip(p.series, p.labels, strict=True):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from har_bench.errors import check_int
+from har_bench.errors import check_int, check_memory
 
 from .base import HARData
 
@@ -146,6 +146,35 @@ def interpolate_nans(x: np.ndarray) -> int:
         filled += k
         col[nan] = np.interp(idx[nan], idx[~nan], col[~nan]) if k < len(col) else 0.0
     return filled
+
+
+# dataset.nan_policy of the loaders of recordings with gaps: a non-finite sample (an empty
+# cell, nan, inf) is refused naming its file and line, or no window covers it, or it is filled
+# by linear interpolation within its recording.
+NAN_POLICIES = ("error", "drop", "interpolate")
+
+
+def apply_nan_policy(rec: Recording, policy: str) -> tuple[Recording, int]:
+    """``rec`` with its non-finite samples (rows with any non-finite channel) made unlabelled
+    (``drop``: windows never cover them, so none spans the gap) or interpolated
+    (``interpolate``); returns the new recording and how many samples were touched.
+    ``error`` is the loader's to raise, naming the file and line."""
+    signal = np.asarray(rec.signal)
+    bad = ~np.isfinite(signal).all(axis=1)
+    k = int(bad.sum())
+    if not k:
+        return rec, 0
+    signal = signal.astype(np.float64 if signal.dtype == np.float64 else np.float32)
+    if policy == "drop":
+        labels = np.broadcast_to(np.asarray(rec.labels, dtype=np.int64), bad.shape).copy()
+        labels[bad] = UNLABELLED
+        signal[bad] = 0.0
+        return Recording(signal, labels, rec.subject, rec.time_s), k
+    if policy == "interpolate":
+        signal[~np.isfinite(signal)] = np.nan
+        interpolate_nans(signal)
+        return Recording(signal, rec.labels, rec.subject, rec.time_s), k
+    raise ValueError(f"nan policy {policy!r}: expected drop or interpolate")
 
 
 def _moving_average(signal: np.ndarray, width: int) -> np.ndarray:
@@ -278,6 +307,12 @@ def window_recordings(
             starts.append(offset + step * np.arange(k, dtype=np.int64))
     rate = target_rate_hz or sampling_rate_hz
     rate = float(rate) if rate else None
+    n = sum(len(v) for v in xs)
+    check_memory(
+        f"{n:,} windows of {num_channels} channels x {window} samples",
+        4.0 * n * (num_channels or 0) * window,
+        "lower dataset.window or raise dataset.step",
+    )
     if not xs:
         return Windows(
             X=np.empty((0, num_channels or 0, window), dtype=np.float32),

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from har_bench.errors import UserError
+
 from ._io import (
     Layout,
     cache_key,
@@ -41,7 +43,7 @@ from ._io import (
     save_cache,
 )
 from .base import HARData
-from .windowing import Recording, WindowSpec, channel_names
+from .windowing import NAN_POLICIES, Recording, WindowSpec, apply_nan_policy, channel_names
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ ACTIVITIES_2019 = {
 }
 ACTIVITIES_V11 = ["Walking", "Jogging", "Upstairs", "Downstairs", "Sitting", "Standing"]
 _FILE_RE = re.compile(r"^data_(\d+)_(accel|gyro)_(phone|watch)\.txt(\.gz|\.xz|\.bz2)?$")
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: nan/inf samples kept as NaN rows for dataset.nan_policy
 _HINT_2019 = (
     "dataset.root must be the 'wisdm-dataset' folder (with raw/), its raw/ folder, a folder "
     "containing wisdm-dataset/, or the official zip (or null to download it)"
@@ -107,9 +109,12 @@ class Parsed:
     xyz: np.ndarray  # [n, 3] float32
     malformed: int = 0
     examples: list[str] = field(default_factory=list)  # "file:line: text" of the first few
+    # Records whose x/y/z are nan or inf, kept as NaN rows (keep_non_finite only).
+    non_finite: int = 0
+    non_finite_first: str = ""  # "<file>, line <n>: '<record>'" of the first
 
 
-def _parse_slow(text: str, path: Path) -> Parsed:
+def _parse_slow(text: str, path: Path, keep_non_finite: bool = False) -> Parsed:
     """Record by record: a line may hold several ';'-terminated records or broken ones."""
     subj: list[int] = []
     act: list[str] = []
@@ -117,6 +122,7 @@ def _parse_slow(text: str, path: Path) -> Parsed:
     xyz: list[tuple[float, float, float]] = []
     malformed = 0
     examples: list[str] = []
+    non_finite, non_finite_first = 0, ""
     for lineno, line in enumerate(text.splitlines(), start=1):
         for record in line.split(";"):
             record = record.strip()
@@ -127,9 +133,13 @@ def _parse_slow(text: str, path: Path) -> Parsed:
                 if len(fields) != 6 or not fields[1]:
                     raise ValueError
                 values = (float(fields[3]), float(fields[4]), float(fields[5]))
-                if not all(np.isfinite(values)):
-                    raise ValueError
                 row = (int(fields[0]), fields[1], int(fields[2]))
+                if not all(np.isfinite(values)):
+                    if not keep_non_finite:
+                        raise ValueError
+                    non_finite += 1
+                    non_finite_first = non_finite_first or f"{path}, line {lineno}: {record!r}"
+                    values = (np.nan, np.nan, np.nan)
             except ValueError:
                 malformed += 1
                 if len(examples) < 5:
@@ -146,11 +156,15 @@ def _parse_slow(text: str, path: Path) -> Parsed:
         xyz=np.asarray(xyz, dtype=np.float32).reshape(-1, 3),
         malformed=malformed,
         examples=examples,
+        non_finite=non_finite,
+        non_finite_first=non_finite_first,
     )
 
 
-def parse_wisdm_file(path: Path) -> Parsed:
-    """Parse one raw WISDM file; malformed records are skipped and counted.
+def parse_wisdm_file(path: Path, keep_non_finite: bool = False) -> Parsed:
+    """Parse one raw WISDM file; malformed records are skipped and counted. A record whose
+    x/y/z are ``nan``/``inf`` is malformed too, or with ``keep_non_finite`` a NaN row that is
+    counted with the place of the first, for the loader's ``dataset.nan_policy``.
 
     The C parser handles the clean 2019 files (millions of lines) in well under a second;
     any sign of trouble (wrong field count, empty or non-numeric values) re-parses the file
@@ -175,7 +189,7 @@ def parse_wisdm_file(path: Path) -> Parsed:
         ):
             raise ValueError("needs the careful parser")
     except (ValueError, pd.errors.ParserError):
-        return _parse_slow(text, path)
+        return _parse_slow(text, path, keep_non_finite)
     return Parsed(
         subject=df["subject"].to_numpy(np.int64),
         activity=df["activity"].to_numpy(dtype=object),
@@ -274,12 +288,13 @@ def _streams_2019(
         parsed = dict(
             zip(
                 [(s, sensor) for s, sensor, _ in jobs],
-                pool.map(lambda j: parse_wisdm_file(j[2]), jobs),
+                pool.map(lambda j: parse_wisdm_file(j[2], keep_non_finite=True), jobs),
                 strict=True,
             )
         )
     malformed = {str(complete[s][sensor].name): p.malformed for (s, sensor), p in parsed.items()}
     examples = [e for p in parsed.values() for e in p.examples][:10]
+    non_finite_first = [p.non_finite_first for p in parsed.values() if p.non_finite]
 
     signals, times, labels, subj, rec = [], [], [], [], []
     unknown: set[str] = set()
@@ -337,12 +352,14 @@ def _streams_2019(
         "records_with_other_subject_id": wrong_subject,
         "unknown_activity_codes": sorted(unknown),
         "samples_dropped_unaligned": int(dropped_unaligned),
+        "non_finite_records": int(sum(p.non_finite for p in parsed.values())),
+        "non_finite_first": non_finite_first[0] if non_finite_first else "",
     }
     return arrays, notes
 
 
 def _streams_v11(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    p = parse_wisdm_file(path)
+    p = parse_wisdm_file(path, keep_non_finite=True)
     index = {name: i for i, name in enumerate(ACTIVITIES_V11)}
     lab = np.array([index.get(str(a), -1) for a in p.activity], dtype=np.int64)
     unknown = sorted({str(a) for a, v in zip(p.activity, lab, strict=True) if v < 0})
@@ -366,6 +383,8 @@ def _streams_v11(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         "malformed_records": p.malformed,
         "malformed_examples": p.examples,
         "unknown_activity_codes": unknown,
+        "non_finite_records": p.non_finite,
+        "non_finite_first": p.non_finite_first,
     }
     return arrays, notes
 
@@ -389,6 +408,7 @@ def load_wisdm(
     sha256: str | None = None,
     cache: bool = True,
     progress: bool = True,
+    nan_policy: str = "error",
 ) -> HARData:
     """Load WISDM raw streams and cut them into windows (X: [N, 3 per sensor, window]).
 
@@ -405,8 +425,11 @@ def load_wisdm(
         align_tolerance_ms: 2019 with two sensors: largest timestamp distance for a gyro
             sample to be paired with an accelerometer sample; unpaired samples are dropped.
         activities: keep only these activity codes (2019: letters A-S) or names (v1.1).
+        nan_policy: a ``nan``/``inf`` sample: ``error`` names its file and line; ``drop``: no
+            window covers it; ``interpolate``: filled linearly within its recording.
     """
     version = check_choice("dataset.version", str(version), VERSIONS)
+    check_choice("dataset.nan_policy", nan_policy, NAN_POLICIES)
     spec = WindowSpec.check(window, step, resample_hz, max_gap_s)
     sensors = [str(s) for s in sensors]
     if version == "2019":
@@ -447,6 +470,12 @@ def load_wisdm(
         if cache_path is not None and not save_cache(cache_path, arrays):
             cache_path = None
     notes = json.loads(str(arrays["notes"]))
+    if notes.get("non_finite_records") and nan_policy == "error":
+        raise UserError(
+            f"{notes['non_finite_first']}: a sample is not a finite number "
+            f"({notes['non_finite_records']} such records); fix the file, or set "
+            f"dataset.nan_policy=drop (no window covers them) or interpolate"
+        )
     if notes.get("malformed_records"):
         log.warning(
             "WISDM: skipped %d malformed records (e.g. %s)",
@@ -490,6 +519,8 @@ def load_wisdm(
         )
         for a, b in zip(starts, stops, strict=True)
     ]
+    if notes.get("non_finite_records"):
+        recordings = [apply_nan_policy(r, nan_policy)[0] for r in recordings]
     w = spec.cut(recordings, SAMPLING_RATE_HZ)
     info = {
         "source": str(ds),
@@ -498,6 +529,7 @@ def load_wisdm(
         "cache_hit": cache_hit,
         "recordings": len(recordings),
         "samples": int(len(label)),
+        "nan_policy": nan_policy,
         **notes,
     }
     if version == "2019":
