@@ -226,14 +226,21 @@ class LogFileHandler(logging.FileHandler):
         return open_append_no_follow(self.baseFilename, self.encoding, self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.failed:
-            super().emit(record)
+        if self.failed:
+            return
+        try:
+            super().emit(record)  # opening (on the first record) is outside logging's try
+        except OSError as e:
+            self._give_up(e)
 
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
-        if not isinstance(error, OSError):
+        if isinstance(error, OSError):
+            self._give_up(error)
+        else:
             super().handleError(record)
-            return
+
+    def _give_up(self, error: OSError) -> None:
         self.failed = True
         stream, self.stream = self.stream, None
         if stream is not None:
