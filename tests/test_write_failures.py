@@ -12,7 +12,6 @@ import errno
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +20,6 @@ import torch
 from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 
 from har_bench import _fs
-from har_bench.errors import UserError
 from har_bench.checkpoint import (
     BEST_CHECKPOINT,
     BEST_PENDING,
@@ -30,6 +28,7 @@ from har_bench.checkpoint import (
     load_resume_state,
     save_checkpoint,
 )
+from har_bench.errors import UserError
 
 linux_only = pytest.mark.skipif(
     not Path("/proc/self/fd").is_dir(), reason="finds the file being written in /proc/self/fd"
@@ -50,7 +49,7 @@ def full_disk(monkeypatch, name: str, nth: int = 1, stays_full: bool = False) ->
         written = Path(os.readlink(f"/proc/self/fd/{fd}")).name
         if written.startswith(f".{name}."):
             seen[0] += 1
-        if seen[0] == nth and written.startswith(f".{name}.") or (stays_full and failed):
+        if (seen[0] == nth and written.startswith(f".{name}.")) or (stays_full and failed):
             failed.append(written)
             raise ENOSPC
         real_fsync(fd)
@@ -92,9 +91,7 @@ def test_a_refused_write_names_the_file_not_its_temp_and_leaves_nothing(tmp_path
     with pytest.raises(OSError) as caught:
         _fs.atomic_write(target, fill_the_disk)
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
-    assert _fs.storage_failure(caught.value) == (
-        f"cannot write {target}: No space left on device"
-    )
+    assert _fs.storage_failure(caught.value) == (f"cannot write {target}: No space left on device")
     assert list(target.parent.iterdir()) == []
 
 
@@ -311,3 +308,14 @@ def test_a_sweep_job_dir_with_a_link_out_is_refused(main, tmp_path):
     assert "Traceback" not in err
     assert f"{sweep_dir / '0' / 'train.log'} leads through a symbolic link" in err
     assert victim.read_text() == "precious\n"
+
+
+def test_a_full_disk_while_hydra_saves_the_config_gives_one_line(main, tmp_path, monkeypatch):
+    import hydra.core.utils
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run/.hydra"))
+
+    monkeypatch.setattr(hydra.core.utils, "_save_config", full)
+    code, err = main(*SMALL, f"hydra.run.dir={tmp_path / 'run'}")
+    assert_write_failure(code, err, f"cannot write {tmp_path / 'run/.hydra'}: No space left")
