@@ -77,9 +77,18 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
 
     def write(tmp: Path) -> None:
         # Through a Python file: given a path, torch reports a full disk as a RuntimeError
-        # ("unexpected pos ..."); this way it is the OSError (ENOSPC) it is.
+        # ("unexpected pos ..."); this way the OSError (ENOSPC) is raised in Python, and is
+        # what gets reported, even when closing the archive then fails the same way.
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:
+                cause = e.__context__
+                while cause is not None and not isinstance(cause, OSError):
+                    cause = cause.__context__
+                if cause is None:
+                    raise
+                raise cause from e
 
     atomic_write(path, write)
 

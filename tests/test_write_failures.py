@@ -105,17 +105,21 @@ def test_only_what_the_machine_refuses_is_a_storage_failure():
     assert _fs.storage_failure(ValueError("no")) is None
 
 
-def test_a_full_disk_during_torch_save_is_an_oserror(tmp_path, monkeypatch):
-    """torch reports a failed write to a path as a RuntimeError; checkpoints must report the
-    OSError it is (here the n-th write to the temp file fails, as on a full disk)."""
+@pytest.mark.parametrize("nth", [1, 3])
+def test_a_full_disk_during_torch_save_is_an_oserror(tmp_path, monkeypatch, nth):
+    """torch reports a failed write as a RuntimeError ("unexpected pos"); checkpoints must
+    report the OSError it is (here the n-th write to the temp file fails, as on a full disk)."""
     real_open = open
 
     class Full:
         def __init__(self, f):
-            self.f = f
+            self.f, self.writes = f, 0
 
         def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.writes += 1
+            if self.writes == nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
 
         def __getattr__(self, name):
             return getattr(self.f, name)
