@@ -6,6 +6,7 @@ Standard library only, so data loaders and the CLI can use it without heavy impo
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import logging
@@ -15,8 +16,30 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
+
+from har_bench.errors import UserError
 
 log = logging.getLogger(__name__)
+
+# What the machine, not har-bench or its input, refuses: a full disk, a quota, a read-only or
+# failing filesystem. Such a write failure ends a run as failed with one line, no traceback.
+STORAGE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EIO")
+    if hasattr(errno, name)  # EDQUOT: not on Windows
+)
+
+
+def storage_failure(e: BaseException, where: str | os.PathLike[str] = "") -> str | None:
+    """``cannot write FILE: CAUSE`` when ``e`` is a write the machine refused, else None;
+    ``where`` (a folder) stands in for an error that names no file."""
+    if not isinstance(e, OSError) or e.errno not in STORAGE_ERRNOS:
+        return None
+    cause = e.strerror or os.strerror(e.errno or 0)
+    if e.filename:
+        return f"cannot write {e.filename}: {cause}"
+    return f"cannot write in {where}: {cause}" if where else f"cannot write: {cause}"
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
@@ -27,8 +50,23 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     and numpy pick the format from it). Without the fsync a power cut after the rename can
     leave an empty file under the final name. On any error the temp file is removed; temp
     files that a killed process left behind are removed by a later write of the same file.
+
+    An OSError names ``path`` (not the temp file), so a full disk reads as
+    ``[Errno 28] No space left on device: '.../last.pt'``. Inside a directory given to
+    :func:`confine_writes`, a write that a symbolic link would lead out of it is refused.
     """
     path = Path(path)
+    _check_confined(path)
+    try:
+        _write_and_replace(path, write)
+    except OSError as e:
+        if e.errno is None or e.filename == str(path):
+            raise
+        # OSError(errno, ...) is the matching subclass (PermissionError for EACCES, ...).
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+def _write_and_replace(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
     fd, name = tempfile.mkstemp(
@@ -47,7 +85,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # On a read-only filesystem the unlink fails too; the write's own error is the one
+        # to report.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -87,6 +128,77 @@ def _default_mode() -> int:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# -- no writes through links out of a run directory -------------------------------------------
+
+
+class LinkOutError(UserError):
+    """A symbolic link would take a write out of a run directory (into someone's files)."""
+
+    def __init__(self, what: Path, target: str, root: str | os.PathLike[str]) -> None:
+        super().__init__(
+            f"{what} leads through a symbolic link to {target}, outside the run directory "
+            f"{root}; har-bench does not write through such links: remove the link"
+        )
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def refuse_links_out(root: str | os.PathLike[str]) -> None:
+    """Raise :class:`LinkOutError` for a symbolic link at or below ``root`` that leads out of it.
+
+    A planted ``train.log -> ~/.bashrc`` or ``checkpoints -> /elsewhere`` would otherwise have
+    the run append to or write into whatever the link names. Links that stay inside are fine.
+    """
+    real_root = os.path.realpath(root)
+    # followlinks=False: a linked folder is looked at, never entered.
+    for folder, dirs, files in os.walk(real_root):
+        for name in (*dirs, *files):
+            entry = os.path.join(folder, name)
+            if os.path.islink(entry):
+                target = os.path.realpath(entry)
+                if not _inside(target, real_root):
+                    raise LinkOutError(Path(entry), target, root)
+
+
+_confined: dict[str, str] = {}  # a run directory (absolute, as given) -> its real path
+
+
+def confine_writes(root: str | os.PathLike[str]) -> None:
+    """Refuse links out of ``root`` now (:func:`refuse_links_out`) and, until
+    :func:`release_writes`, every :func:`atomic_write` below ``root`` that one planted later
+    would lead out of it."""
+    refuse_links_out(root)
+    _confined[os.path.abspath(root)] = os.path.realpath(root)
+
+
+def release_writes(root: str | os.PathLike[str]) -> None:
+    _confined.pop(os.path.abspath(root), None)
+
+
+def _check_confined(path: Path) -> None:
+    where = os.path.abspath(path)
+    for given, real in _confined.items():
+        if _inside(where, given) or _inside(where, real):
+            # The folder the temp file and the rename go to; the final name itself may be a
+            # link, which os.replace replaces rather than follows.
+            folder = os.path.realpath(os.path.dirname(where))
+            if not _inside(folder, real):
+                raise LinkOutError(path, folder, given)
+
+
+def open_append_no_follow(
+    path: str | os.PathLike[str], encoding: str | None = None, errors: str | None = None
+) -> TextIO:
+    """``open(path, "a")`` that refuses (ELOOP) when ``path`` is a symbolic link, for logs that
+    are appended to in place."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o666)
+    return open(fd, "a", encoding=encoding, errors=errors)
 
 
 def _lock_path(path: str | os.PathLike[str]) -> Path | None:

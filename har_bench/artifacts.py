@@ -10,7 +10,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,20 +187,34 @@ class TensorBoardLogger:
 
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
+    @contextmanager
+    def _naming_the_file(self) -> Iterator[None]:
+        # The event writer's thread reports a failed write (a full disk) at the next flush,
+        # without a file name.
+        try:
+            yield
+        except OSError as e:
+            if e.errno is None or e.filename:
+                raise
+            event_writer = self.writer.file_writer.event_writer
+            name = getattr(event_writer, "_file_name", None) or self.writer.log_dir
+            raise OSError(e.errno, e.strerror, str(name)) from e
+
     def log_epoch(self, row: Mapping[str, float]) -> None:
         epoch = int(row["epoch"])
-        for key, value in row.items():
-            if key == "epoch" or value is None or not np.isfinite(value):
-                continue
-            split, _, name = key.partition("_")
-            tag = f"{split}/{name}" if split in ("train", "val") else f"perf/{key}"
-            self.writer.add_scalar(tag, value, epoch)
-        self.writer.flush()
+        with self._naming_the_file():
+            for key, value in row.items():
+                if key == "epoch" or value is None or not np.isfinite(value):
+                    continue
+                split, _, name = key.partition("_")
+                tag = f"{split}/{name}" if split in ("train", "val") else f"perf/{key}"
+                self.writer.add_scalar(tag, value, epoch)
+            self.writer.flush()
 
     def log_confusion_matrix(self, cm: np.ndarray, class_names: Sequence[str], step: int) -> None:
-        self.writer.add_figure(
-            "test/confusion_matrix", confusion_matrix_figure(cm, class_names), step
-        )
+        figure = confusion_matrix_figure(cm, class_names)
+        with self._naming_the_file():
+            self.writer.add_figure("test/confusion_matrix", figure, step)
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         """One HParams session: the config values, and ``metrics`` as ``hparams/*`` scalars."""
@@ -210,16 +225,18 @@ class TensorBoardLogger:
         # whole experiment, so one run's keys would hide those only other runs have (an lstm's
         # next to a resnet's). Without it the plugin unites every run's session keys.
         _, session_start, session_end = hparams_summaries(values, dict(metrics))
-        for summary in (session_start, session_end):
-            self.writer.file_writer.add_summary(summary)
-        # The metric columns of the HPARAMS tab are these scalar tags of the same run.
-        for key, value in metrics.items():
-            if value is not None and np.isfinite(value):
-                self.writer.add_scalar(f"hparams/{key}", float(value), 0)
-        self.writer.flush()
+        with self._naming_the_file():
+            for summary in (session_start, session_end):
+                self.writer.file_writer.add_summary(summary)
+            # The metric columns of the HPARAMS tab are these scalar tags of the same run.
+            for key, value in metrics.items():
+                if value is not None and np.isfinite(value):
+                    self.writer.add_scalar(f"hparams/{key}", float(value), 0)
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        with self._naming_the_file():
+            self.writer.close()
 
 
 def _hparam_value(value: Any) -> int | float | str:

@@ -7,6 +7,7 @@ weights with their epoch. Every file is loadable with ``torch.load(weights_only=
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Mapping
@@ -73,7 +74,23 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+    def write(tmp: Path) -> None:
+        # Through a Python file: given a path, torch reports a full disk as a RuntimeError
+        # ("unexpected pos ..."); this way the OSError (ENOSPC) is raised in Python, and is
+        # what gets reported, even when closing the archive then fails the same way.
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:
+                cause = e.__context__
+                while cause is not None and not isinstance(cause, OSError):
+                    cause = cause.__context__
+                if cause is None:
+                    raise
+                raise cause from e
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: Path, what: str = "trainer.resume") -> dict[str, Any]:
@@ -120,7 +137,15 @@ def commit_epoch(checkpoint_dir: Path, last: dict[str, Any], best: dict[str, Any
     pending = checkpoint_dir / BEST_PENDING
     if best is not None:
         save_checkpoint(pending, best)
-    save_checkpoint(checkpoint_dir / LAST_CHECKPOINT, last)
+    try:
+        save_checkpoint(checkpoint_dir / LAST_CHECKPOINT, last)
+    except OSError:
+        # last.pt still names the previous best, so the pending file is of no use (a full
+        # disk, say); OSError only: once last.pt is replaced, the pending file is needed.
+        if best is not None:
+            with contextlib.suppress(OSError):
+                pending.unlink(missing_ok=True)
+        raise
     if best is not None:
         os.replace(pending, checkpoint_dir / BEST_CHECKPOINT)
 

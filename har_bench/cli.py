@@ -5,9 +5,12 @@ are dispatched before Hydra sees the command line. Heavy imports (torch) happen 
 starts, so ``har-bench --help`` stays fast.
 
 Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 1 the run failed
-(diverged, or a bug: traceback on stderr and in the run's error.txt); 130 / 143 stopped by
-SIGINT / SIGTERM (the command that resumes the run is printed). A sweep runs every job even when
-some fail, then exits 2 (all failures were bad input) or 1.
+(diverged, or a bug: traceback on stderr and in the run's error.txt); 74 the machine refused a
+write into the run directory (disk full, over quota, read-only or failing filesystem: one
+``error:`` line naming the file, the run marked failed, the command that resumes it from its last
+checkpoint); 130 / 143 stopped by SIGINT / SIGTERM (the command that resumes the run is
+printed). A sweep runs every job even when some fail, then exits 2 (all failures were bad input)
+or 1.
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from har_bench import rundir
+from har_bench._fs import storage_failure
 from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
 from har_bench.errors import UserError
+
+# sysexits.h's EX_IOERR: neither bad input (2) nor a bug (1), but the disk.
+EXIT_WRITE_FAILED = 74
 
 # Verbs other than training: name -> callable taking the remaining argv, returning an exit code.
 VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
@@ -96,19 +103,25 @@ def _train(cfg: object) -> float | None:
         user_error = as_user_error(e)
         user = user_error is not None
         diverged = isinstance(e, DivergedError)
+        write_failed = storage_failure(e, run_dir)
+        if write_failed is not None:
+            write_failed = _after_write_failure(write_failed, run_dir)
         if multirun:
             # Hydra's launcher would record the exception and the sweeper re-raise it after the
             # batch (traceback, exit 1, later batches never run). The job's own dir already
             # says failed/diverged (+ error.txt); note it and let the sweep go on.
-            where = "" if user or diverged else f" (traceback in {run_dir / rundir.ERROR})"
+            plain = user or diverged or write_failed is not None
+            where = "" if plain else f" (traceback in {run_dir / rundir.ERROR})"
             overrides = " ".join(hc.overrides.task)
-            print(
-                f"error: job {hc.job.num} ({overrides}): {user_error or e}{where}", file=sys.stderr
-            )
+            what = write_failed or user_error or e
+            print(f"error: job {hc.job.num} ({overrides}): {what}{where}", file=sys.stderr)
             _SWEEP.failures.append(user)
             # None, not NaN: hydra-optuna-sweeper (optuna 2.x) then marks the trial failed and
             # goes on; a NaN makes optuna's tell() raise and the sweeper crash on its retry.
             return None
+        if write_failed is not None:
+            print(f"error: {write_failed}", file=sys.stderr)
+            raise SystemExit(EXIT_WRITE_FAILED) from None
         if user:
             print(f"error: {user_error}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -123,6 +136,17 @@ def _train(cfg: object) -> float | None:
             job_finished()
     # Returned to Hydra (and to sweepers such as Optuna): the validation metric, never test.
     return result.get("best_val_metric")
+
+
+def _after_write_failure(failure: str, run_dir: Path) -> str:
+    """A refused write, with what the run dir now says and how to go on, as one line."""
+    if rundir.read_status(run_dir).get("status") == "failed":
+        state = "the run is marked failed"
+    else:  # recording the failure needed the disk too
+        state = f"{rundir.METRICS} could not be updated"
+    command = rundir.resume_command(run_dir)
+    then = f"resume with: {command}" if command else "start the run again"
+    return f"{failure} ({state}; once the disk takes writes again, {then})"
 
 
 def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> None:
@@ -169,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
                 version_base=VERSION_BASE, config_path=str(config_dir()), config_name=CONFIG_NAME
             )(_train)()
     except Exception as e:
+        write_failed = storage_failure(e)  # Hydra's own writes (.hydra/) before the run starts
+        if write_failed is not None:
+            print(f"error: {write_failed}", file=sys.stderr)
+            return EXIT_WRITE_FAILED
         msg = describe_config_error(e, args)
         if msg is None:
             raise

@@ -8,6 +8,7 @@ in :func:`default_reporters`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -181,5 +182,10 @@ def default_reporters(
     )
     try:
         yield reporters
-    finally:
-        reporters.close()
+    except BaseException:
+        # A run that failed on a full disk fails again when its writers flush on closing;
+        # the first error is the one to report.
+        with contextlib.suppress(OSError):
+            reporters.close()
+        raise
+    reporters.close()

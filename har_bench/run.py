@@ -7,6 +7,7 @@ below are plain typed Python, and the group choices (``model=...``) arrive as an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import traceback
@@ -81,13 +82,17 @@ def _run_with_status(cfg: DictConfig, run_dir: Path, choices: stages.Choices) ->
         )
         raise
     except BaseException as e:
-        rundir.write_error(run_dir, traceback.format_exc())
-        rundir.write_status(
-            run_dir,
-            "failed",
-            error=f"{type(e).__name__}: {e}",
-            user_error=as_user_error(e) is not None,
-        )
+        # Best effort: on a full or read-only disk these writes fail too, and the run's own
+        # error must still reach the console.
+        with contextlib.suppress(OSError):
+            rundir.write_error(run_dir, traceback.format_exc())
+        with contextlib.suppress(OSError):
+            rundir.write_status(
+                run_dir,
+                "failed",
+                error=f"{type(e).__name__}: {e}",
+                user_error=as_user_error(e) is not None,
+            )
         raise
 
 

@@ -11,18 +11,28 @@ and the sweep summary read run dirs in a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import secrets
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from har_bench._fs import atomic_write_text, hold_lock, release_lock
+from har_bench._fs import (
+    atomic_write_text,
+    confine_writes,
+    hold_lock,
+    open_append_no_follow,
+    release_lock,
+    release_writes,
+)
 from har_bench.errors import UserError
 
 METRICS = "metrics.json"
@@ -185,13 +195,65 @@ class RunDirInUseError(UserError):
 
 
 def claim(run_dir: Path) -> None:
-    """Lock the run dir for this process (until :func:`release`, or the process ends)."""
+    """Lock the run dir for this process (until :func:`release`, or the process ends), and
+    refuse it when a symbolic link in it leads out of it (writes through links that leave it are
+    refused until then too)."""
     if not hold_lock(run_dir):
         raise RunDirInUseError(run_dir)
+    try:
+        confine_writes(run_dir)
+    except BaseException:
+        release_lock(run_dir)
+        raise
 
 
 def release(run_dir: Path) -> None:
+    release_writes(run_dir)
     release_lock(run_dir)
+
+
+class LogFileHandler(logging.FileHandler):
+    """The handler of the run's ``train.log`` (configs/hydra/job_logging/run_dir.yaml).
+
+    Appends without following a symbolic link planted in the run dir's place of the log, and
+    when the disk refuses a write it says so once and stops, rather than printing logging's
+    traceback for every record; the run's own writes then report the failure.
+    """
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+        self.failed = False
+        super().__init__(filename, mode, encoding=encoding, delay=True)
+
+    def _open(self) -> Any:
+        return open_append_no_follow(self.baseFilename, self.encoding, self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        try:
+            super().emit(record)  # opening (on the first record) is outside logging's try
+        except OSError as e:
+            self._give_up(e)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self._give_up(error)
+        else:
+            super().handleError(record)
+
+    def _give_up(self, error: OSError) -> None:
+        self.failed = True
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            # Closing flushes the records that could not be written, and fails the same way.
+            with contextlib.suppress(OSError):
+                stream.close()
+        print(
+            f"warning: cannot write {self.baseFilename} ({error.strerror or error}); "
+            "logging to the console only",
+            file=sys.stderr,
+        )
 
 
 # -- the saved config --------------------------------------------------------------------------
