@@ -31,7 +31,7 @@ from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state, seed_everyt
 from har_bench.data.base import HARData
 from har_bench.data.images import channel_stats
 from har_bench.data.splits import Split, assert_clean, split_report, standardise
-from har_bench.engine import FitResult, Trainer, measure_latency
+from har_bench.engine import Trainer, measure_latency
 from har_bench.errors import UserError
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment, ImageInput
@@ -40,6 +40,7 @@ from har_bench.models.resnet import ResNet
 from har_bench.models.summary import model_summary
 from har_bench.pretrained import WeightsSource, load_weights
 from har_bench.schedules import StepSchedule
+from har_bench.session import FitResult
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("har_bench.data",),
     "engine": (
         "har_bench.engine",
+        "har_bench.session",
         "har_bench.checkpoint",
         "har_bench.signals",
         "har_bench.train_state",
