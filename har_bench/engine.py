@@ -35,7 +35,7 @@ from har_bench.ema import recalibrate_batchnorm
 from har_bench.errors import check_int, check_optional_int
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment
-from har_bench.metrics import latency_ms, macro_f1
+from har_bench.metrics import macro_f1
 from har_bench.session import FitResult, Prepare, Session
 from har_bench.signals import Interrupted, deferred_stop
 
@@ -322,22 +322,6 @@ def check_settings(trainer: Trainer) -> None:
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-@torch.inference_mode()
-def measure_latency(
-    model: nn.Module, sample: torch.Tensor, device: torch.device, repeats: int = 50, warmup: int = 5
-) -> dict[str, float]:
-    """Single-sample inference latency in milliseconds (p50, p95) at batch size 1, fp32."""
-    model.eval().to(device)
-    x = sample[:1].to(device)
-
-    def forward() -> None:
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return latency_ms(forward, repeats, warmup)
 
 
 def log_epoch(row: dict[str, float], max_epochs: int, improved: bool) -> None:

@@ -15,7 +15,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "har_bench"
 
 # Layer -> its modules (a name covers its submodules). Keep in step with docs/architecture.md.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "base": ("har_bench._fs", "har_bench.errors", "har_bench.metrics"),
+    "base": (
+        "har_bench._fs",
+        "har_bench.errors",
+        "har_bench.metrics",
+        "har_bench.seeding",
+        "har_bench.timing",
+    ),
     "models": ("har_bench.models",),
     "data": ("har_bench.data",),
     "engine": (
