@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from har_bench import distributed
 from har_bench.augment import Augment
@@ -271,13 +272,15 @@ class Trainer:
         # weights: counted as training time.
         if session.ema is not None and (len(X_val) or epoch == self.max_epochs):
             t_bn = time.perf_counter()
-            recalibrate_batchnorm(
-                session.ema.module, X_train, self.eval_batch_size, session.prepare
-            )
+            with record_function("ema_batchnorm"):
+                recalibrate_batchnorm(
+                    session.ema.module, X_train, self.eval_batch_size, session.prepare
+                )
             progress.train_seconds += time.perf_counter() - t_bn
         t_val = time.perf_counter()
         model = session.eval_model
-        val = self.evaluate(model, X_val, y_val, session.prepare) if len(X_val) else None
+        with record_function("evaluate"):
+            val = self.evaluate(model, X_val, y_val, session.prepare) if len(X_val) else None
         row = progress.history_row(val, lr, time.perf_counter() - t_val)
         metric = row[self.monitor] if val else None
         improved = tracker.update(epoch, metric, lambda: _cpu_copy(model.state_dict()))

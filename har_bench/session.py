@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from torch.profiler import record_function
 
 from har_bench import distributed
 from har_bench.augment import Augment
@@ -305,38 +306,48 @@ class Session:
         window_samples = sum(len(b) for b in window)
         window_loss = torch.zeros((), device=trainer.device)
         correct = torch.zeros((), dtype=torch.long, device=trainer.device)
+        # The record_function labels name the parts of a step for torch.profiler
+        # (benchmarks/throughput.py); without a profiler they cost a few microseconds.
         for idx in window:
-            idx = idx.to(trainer.device)
-            xb, target = X[idx], y[idx]
-            if self.augment is not None:
-                xb, target = self.augment(xb, target)  # soft targets [B, K] after mixup/CutMix
-            elif self.prepare is not None:
-                xb = self.prepare(xb)
-            with trainer.autocast():
+            with record_function("augment"):
+                idx = idx.to(trainer.device)
+                xb, target = X[idx], y[idx]
+                if self.augment is not None:
+                    xb, target = self.augment(xb, target)  # soft targets [B, K] after mixup
+                elif self.prepare is not None:
+                    xb = self.prepare(xb)
+            with record_function("forward"), trainer.autocast():
                 logits = self.train_model(xb)
-            # Sum / window size: the gradient of a window equals that of one big batch.
-            loss = F.cross_entropy(
-                logits.float(), target, reduction="sum", label_smoothing=trainer.label_smoothing
-            )
-            loss = loss / window_samples
-            self.scaler.scale(loss).backward()
+                # Sum / window size: the gradient of a window equals that of one big batch.
+                loss = F.cross_entropy(
+                    logits.float(),
+                    target,
+                    reduction="sum",
+                    label_smoothing=trainer.label_smoothing,
+                )
+                loss = loss / window_samples
+            with record_function("backward"):
+                self.scaler.scale(loss).backward()
             window_loss += loss.detach()
             labels = target.argmax(1) if target.ndim == 2 else target
             correct += (logits.argmax(1) == labels).sum()
         # One host sync per optimizer step: catches divergence before it is stepped in. Under
         # torchrun the ranks agree on it (and on stopping) here.
-        loss_value, stop_now = distributed.agree(window_loss, stop.requested)
+        with record_function("host_sync"):
+            loss_value, stop_now = distributed.agree(window_loss, stop.requested)
         if not math.isfinite(loss_value):
             raise DivergedError(epoch, self.state.step, loss_value)
-        if trainer.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), trainer.grad_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        with record_function("optimizer"):
+            if trainer.grad_clip_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), trainer.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.step_scheduler:
+                self.scheduler.step()
         self.state.step += 1
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        if self.step_scheduler:
-            self.scheduler.step()
+            with record_function("ema"):
+                self.ema.update_parameters(self.model)
         return window_loss, correct, stop_now
