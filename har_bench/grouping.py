@@ -125,7 +125,8 @@ def _walk_runs(root: Path) -> Iterable[Path]:
         yield root
         return
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        # Hidden folders are not runs: a copy being made (results' temporary folders), .git.
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         if rundir.METRICS in filenames:
             dirnames[:] = []  # a run dir holds no further runs
             yield Path(dirpath)

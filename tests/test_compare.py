@@ -170,6 +170,8 @@ def test_folds_are_replicates_and_globs_expand(tmp_path: Path):
     for fold, acc in enumerate([0.7, 0.8, 0.9]):
         make_run(base / "a" / str(fold), fold=fold, acc=acc)
     make_run(base / "b" / "0", fold=0, acc=0.5, cardinality=8)
+    # A copy being made next to a run (a hidden temporary folder) is not a run.
+    make_run(base / "b" / ".0.tmp", fold=0, acc=0.1, cardinality=8)
     dirs = find_run_dirs([str(base / "*")])
     assert len(dirs) == 4
     comp = compare([load_run(d) for d in dirs])
