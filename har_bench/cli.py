@@ -87,8 +87,8 @@ def _train(cfg: object) -> float | None:
 
     from har_bench.components import as_user_error
     from har_bench.config import hydra_choices
-    from har_bench.engine import DivergedError
     from har_bench.run import run
+    from har_bench.session import DivergedError
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -88,18 +87,3 @@ def row_normalise(cm: np.ndarray) -> np.ndarray:
     """Each row divided by its total; rows of absent classes stay zero."""
     totals = cm.sum(axis=1, keepdims=True)
     return np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
-
-
-def latency_ms(call: Callable[[], object], repeats: int = 50, warmup: int = 5) -> dict[str, float]:
-    """Wall time of ``call()`` in milliseconds, p50 and p95 over ``repeats`` after ``warmup``."""
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        call()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    return {
-        "p50": float(np.percentile(times, 50)),
-        "p95": float(np.percentile(times, 95)),
-        "repeats": repeats,
-    }

@@ -39,11 +39,12 @@ from typing import Any
 
 from har_bench import rundir
 from har_bench._fs import atomic_write_text
-from har_bench.compare import find_run_dirs, format_stat, load_run, mean_std
 from har_bench.errors import UserError, is_number
+from har_bench.grouping import find_run_dirs, load_run, mean_std
+from har_bench.tables import format_stat
 
 COLUMNS = ("n", "test acc %", "test macro-F1 %", "params", "MFLOPs", "train s", "command")
-# metric name in har_bench.compare -> (how it is shown, scale)
+# metric name in har_bench.grouping -> (how it is shown, scale)
 SHOWN = {
     "accuracy": ("fraction", 1.0),
     "macro_f1": ("fraction", 1.0),

@@ -18,10 +18,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from har_bench import rundir, stages
-from har_bench.checkpoint import seed_everything
 from har_bench.components import as_user_error, from_config
-from har_bench.engine import DivergedError
 from har_bench.reporters import default_reporters
+from har_bench.seeding import seed_everything
+from har_bench.session import DivergedError
 from har_bench.signals import Interrupted, stop_on_signals
 
 

@@ -27,19 +27,22 @@ from torch import nn
 
 from har_bench import artifacts, distributed, rundir
 from har_bench.augment import Augment
-from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state, seed_everything
+from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state
 from har_bench.data.base import HARData
 from har_bench.data.images import channel_stats
 from har_bench.data.splits import Split, assert_clean, split_report, standardise
-from har_bench.engine import FitResult, Trainer, measure_latency
+from har_bench.engine import Trainer
 from har_bench.errors import UserError, check_memory
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment, ImageInput
-from har_bench.metrics import classification_metrics, confusion_counts, latency_ms
+from har_bench.metrics import classification_metrics, confusion_counts
 from har_bench.models.resnet import ResNet
 from har_bench.models.summary import model_summary
 from har_bench.pretrained import WeightsSource, load_weights
 from har_bench.schedules import StepSchedule
+from har_bench.seeding import seed_everything
+from har_bench.session import FitResult
+from har_bench.timing import latency_ms, measure_latency
 
 log = logging.getLogger(__name__)
 

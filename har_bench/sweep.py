@@ -256,7 +256,7 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
     """Write ``sweep_summary.csv`` (one row per job) and print it as a table."""
     import csv
 
-    from har_bench.compare import load_run
+    from har_bench.grouping import load_run
 
     result = SweepResult(sweep_dir)
     rows: list[dict[str, Any]] = []
@@ -300,7 +300,8 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
 def _print(rows: list[dict[str, Any]], sweep_dir: Path, result: SweepResult) -> None:
     from rich.table import Table
 
-    from har_bench.compare import METRICS, format_value, rich_console
+    from har_bench.grouping import METRICS
+    from har_bench.tables import format_value, rich_console
 
     shown = ("val_macro_f1", "accuracy", "macro_f1", "params", "flops", "train_sps", "latency_ms")
     # The overrides every job shares say nothing about which job is which.

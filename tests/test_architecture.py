@@ -15,11 +15,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "har_bench"
 
 # Layer -> its modules (a name covers its submodules). Keep in step with docs/architecture.md.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "base": ("har_bench._fs", "har_bench.errors", "har_bench.metrics"),
+    "base": (
+        "har_bench._fs",
+        "har_bench.errors",
+        "har_bench.metrics",
+        "har_bench.seeding",
+        "har_bench.timing",
+    ),
     "models": ("har_bench.models",),
     "data": ("har_bench.data",),
     "engine": (
         "har_bench.engine",
+        "har_bench.session",
         "har_bench.checkpoint",
         "har_bench.signals",
         "har_bench.train_state",
@@ -38,7 +45,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "components": ("har_bench.components",),
     "run": ("har_bench.run",),
     "resume": ("har_bench.resume",),
-    "compare": ("har_bench.compare", "har_bench.results"),
+    "compare": (
+        "har_bench.compare",
+        "har_bench.grouping",
+        "har_bench.tables",
+        "har_bench.plots",
+        "har_bench.results",
+    ),
     "sweep": ("har_bench.sweep",),
     "deploy": ("har_bench.deploy",),
     "cli": ("har_bench.cli",),
@@ -79,7 +92,14 @@ HYDRA_LAYERS = {"config", "components", "run", "resume", "sweep", "cli"}
 OMEGACONF_LAYERS = HYDRA_LAYERS | {"rundir", "deploy"}
 # Loaded without torch (module-level imports, followed through har_bench): the CLI's start,
 # `har-bench compare` and the sweep summary answer in a fraction of a second.
-TORCH_FREE = ("har_bench.cli", "har_bench.compare", "har_bench.sweep", "har_bench.resume")
+TORCH_FREE = (
+    "har_bench.cli",
+    "har_bench.compare",
+    "har_bench.grouping",
+    "har_bench.tables",
+    "har_bench.sweep",
+    "har_bench.resume",
+)
 
 
 @dataclass(frozen=True)

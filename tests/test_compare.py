@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from har_bench import cli
-from har_bench.compare import (
+from har_bench.grouping import (
     compare,
     find_run_dirs,
     load_run,
     mean_std,
-    pareto_front,
     sort_groups,
 )
+from har_bench.plots import pareto_front
 
 
 def make_run(
@@ -170,6 +170,8 @@ def test_folds_are_replicates_and_globs_expand(tmp_path: Path):
     for fold, acc in enumerate([0.7, 0.8, 0.9]):
         make_run(base / "a" / str(fold), fold=fold, acc=acc)
     make_run(base / "b" / "0", fold=0, acc=0.5, cardinality=8)
+    # A copy being made next to a run (a hidden temporary folder) is not a run.
+    make_run(base / "b" / ".0.tmp", fold=0, acc=0.1, cardinality=8)
     dirs = find_run_dirs([str(base / "*")])
     assert len(dirs) == 4
     comp = compare([load_run(d) for d in dirs])
@@ -212,7 +214,7 @@ def test_bad_input_is_one_line(tmp_path: Path, sweep: Path, capsys):
 
 
 def test_std_is_shown_to_the_means_precision():
-    from har_bench.compare import format_stat
+    from har_bench.tables import format_stat
 
     assert format_stat(1087.2, 18.4, 2, "rate", 2) == "1087 ± 18"
     assert format_stat(0.681, 0.0228, 2, "ms", 2) == "0.681 ± 0.023"

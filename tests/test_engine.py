@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from har_bench.engine import (
-    DivergedError,
     Trainer,
-    measure_latency,
     resolve_device,
     resolve_precision,
 )
+from har_bench.session import DivergedError
+from har_bench.timing import measure_latency
 
 
 def make_trainer(**kw) -> Trainer:

@@ -25,11 +25,9 @@ from torch import nn
 
 from har_bench import rundir
 from har_bench.artifacts import host_info
-from har_bench.checkpoint import seed_everything
 from har_bench.components import as_user_error
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
-from har_bench.deploy.timing import alternating_latency
 from har_bench.errors import UserError
 from har_bench.metrics import classification_metrics
 from har_bench.models.compress import (
@@ -39,7 +37,9 @@ from har_bench.models.compress import (
     prune_residual_channels,
 )
 from har_bench.models.summary import model_summary
+from har_bench.seeding import seed_everything
 from har_bench.stages import bind_augment
+from har_bench.timing import alternating_latency
 
 FORMATS = ("onnx",)
 QUANTIZE = ("int8",)
