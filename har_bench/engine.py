@@ -33,7 +33,7 @@ from har_bench.augment import Augment
 from har_bench.checkpoint import commit_epoch
 from har_bench.early_stopping import BestTracker
 from har_bench.ema import recalibrate_batchnorm
-from har_bench.errors import check_int, check_optional_int
+from har_bench.errors import UserError, check_int, check_optional_int
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment
 from har_bench.metrics import macro_f1
@@ -102,6 +102,8 @@ class Trainer:
         label_smoothing: share of each target spread evenly over the classes.
         ema_decay: keep an exponential moving average of the weights with this decay per
             optimizer step; it is what is validated, kept as best and tested. None = off.
+        compile: train through ``torch.compile`` (the training step only; evaluation stays
+            eager); where it cannot compile, one warning and training goes on eagerly.
     """
 
     max_epochs: int = 10
@@ -120,6 +122,7 @@ class Trainer:
     progress: bool = True
     label_smoothing: float = 0.0
     ema_decay: float | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -314,6 +317,11 @@ def check_settings(trainer: Trainer) -> None:
     ):
         check_optional_int(f"trainer.{name}", getattr(trainer, name))
     BestTracker(trainer.monitor)  # validates the name now, before any data is read
+    for name in ("drop_last", "progress", "compile"):
+        if not isinstance(getattr(trainer, name), bool):
+            raise UserError(
+                f"trainer.{name}={getattr(trainer, name)!r} is invalid: expected true or false"
+            )
     for name, value, ok, expected in (
         ("grad_clip_norm", trainer.grad_clip_norm, lambda v: v > 0, "null or > 0"),
         ("label_smoothing", trainer.label_smoothing, lambda v: 0 <= v < 1, "0 <= x < 1"),

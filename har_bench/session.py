@@ -52,6 +52,7 @@ class Settings(Protocol):
     monitor: str
     patience: int | None
     progress: bool
+    compile: bool
 
     def autocast(self) -> Any: ...
     def train_batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]: ...
@@ -117,6 +118,8 @@ class Session:
     step_scheduler: bool  # stepped after every optimizer step, not every epoch
     prepare: Prepare = None
     finetune: FineTune | None = None
+    # Whether the compiled training forward has run once (see :meth:`forward`).
+    compile_checked: bool = True
 
     @property
     def eval_model(self) -> nn.Module:
@@ -192,9 +195,30 @@ class Session:
             log.info("resumed at %s", state.describe())
         if finetune is not None:  # DDP registers the parameters that train when it wraps
             finetune.apply(model, state.epoch + 1)
-        # DDP under torchrun after the restore, which it broadcasts from rank 0.
-        session.train_model = distributed.wrap(model)
+        session.wrap()
         return session
+
+    def wrap(self) -> None:
+        """The module the training step calls: DDP under torchrun (after a restore, which it
+        broadcasts from rank 0), compiled with ``trainer.compile``."""
+        self.train_model = distributed.wrap(self.model)
+        if self.trainer.compile:
+            self.train_model = torch.compile(self.train_model)
+            self.compile_checked = False
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """The training forward pass. torch.compile compiles at the first call, so that is
+        where it fails on a machine without a working compiler: training goes on eagerly."""
+        if self.compile_checked:
+            return self.train_model(xb)
+        self.compile_checked = True
+        try:
+            return self.train_model(xb)
+        except Exception as e:  # any compiler failure; the eager module is the fallback
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("trainer.compile: torch.compile failed (%s); training eagerly", reason)
+            self.train_model = distributed.wrap(self.model)
+            return self.train_model(xb)
 
     def result(self, train_windows: int) -> FitResult:
         state, tracker = self.state, self.state.tracker
@@ -250,7 +274,7 @@ class Session:
                 epoch,
                 f"{self.finetune.trainable_params(self.model, epoch):,}",
             )
-            self.train_model = distributed.wrap(self.model)  # DDP again, for the new parameters
+            self.wrap()  # DDP and compile again, for the new parameters
         self.state.epoch_generator = self.state.generator.get_state()
         batches = trainer.train_batches(len(X), self.state.generator)
         progress = self.state.start_epoch(epoch, len(batches))
@@ -317,7 +341,7 @@ class Session:
                 elif self.prepare is not None:
                     xb = self.prepare(xb)
             with record_function("forward"), trainer.autocast():
-                logits = self.train_model(xb)
+                logits = self.forward(xb)
                 # Sum / window size: the gradient of a window equals that of one big batch.
                 loss = F.cross_entropy(
                     logits.float(),

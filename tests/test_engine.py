@@ -178,3 +178,51 @@ def test_invalid_trainer_settings(kw, needle):
 def test_latency_reports_percentiles():
     lat = measure_latency(NoBN(), torch.randn(4, 3, 32), torch.device("cpu"), repeats=5, warmup=1)
     assert 0 < lat["p50"] <= lat["p95"]
+
+
+def test_compile_that_fails_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    """torch.compile fails at the first call where there is no working compiler: the step must
+    train eagerly, with the same weights as without compile, and say so once."""
+
+    class Broken(nn.Module):  # what torch.compile returns, failing at its first call
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            raise RuntimeError("no C++ compiler found\nsecond line of the compiler's output")
+
+    def broken_compile(module):
+        return Broken(module)
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    X, y = torch.randn(32, 3, 32), torch.randint(0, 4, (32,))
+    base = NoBN()
+    eager = one_step(copy.deepcopy(base), X, y, batch_size=8)
+    with caplog.at_level("WARNING"):
+        fallback = one_step(copy.deepcopy(base), X, y, batch_size=8, compile=True)
+    for k in eager:
+        torch.testing.assert_close(fallback[k], eager[k])
+    warnings = [r.getMessage() for r in caplog.records if "trainer.compile" in r.getMessage()]
+    assert warnings == [
+        "trainer.compile: torch.compile failed (no C++ compiler found); training eagerly"
+    ]
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_boolean_trainer_settings_refuse_other_values(value):
+    with pytest.raises(ValueError, match=f"trainer.compile={value!r} is invalid: expected true"):
+        make_trainer(compile=value)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager():
+    """The compiled step is the same arithmetic: one SGD step lands on the same weights."""
+    torch.manual_seed(0)
+    X, y = torch.randn(32, 3, 32), torch.randint(0, 4, (32,))
+    base = NoBN()
+    eager = one_step(copy.deepcopy(base), X, y, batch_size=16)
+    compiled = one_step(copy.deepcopy(base), X, y, batch_size=16, compile=True)
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5)
