@@ -12,6 +12,7 @@ some fail, then exits 2 (all failures were bad input) or 1.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 from har_bench import rundir
 from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
 from har_bench.errors import UserError
+from har_bench.signals import stop_on_signals
 
 # Verbs other than training: name -> callable taking the remaining argv, returning an exit code.
 VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
@@ -69,6 +71,9 @@ VERBS["predict"] = _predict
 class _Sweep:
     jobs: int = 0
     failures: list[bool] = field(default_factory=list)  # per failed job: was it bad input?
+    # A run's own exception reached Hydra (a bug: its traceback is kept); anything else that
+    # escapes Hydra happened while it set the run up.
+    run_raised: bool = False
 
 
 _SWEEP = _Sweep()
@@ -77,10 +82,12 @@ _SWEEP = _Sweep()
 def _train(cfg: object) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict, read_write
 
     from har_bench.components import as_user_error
     from har_bench.config import hydra_choices
     from har_bench.engine import DivergedError
+    from har_bench.resume import OVERWRITE_KEY, check_new_run
     from har_bench.run import run
 
     hc = HydraConfig.get()
@@ -88,7 +95,35 @@ def _train(cfg: object) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     _SWEEP.jobs += 1
     try:
-        result = run(cfg, run_dir, hydra_choices())  # type: ignore[arg-type]
+        rundir.claim(run_dir)  # before the check: another process's run is "in use", not "done"
+        try:
+            start = check_new_run(run_dir, OmegaConf.to_container(cfg, resolve=False), multirun)
+        except BaseException:
+            rundir.release(run_dir)
+            raise
+        if start.completed is not None:
+            rundir.release(run_dir)
+            print(
+                f"job {hc.job.num} ({' '.join(hc.overrides.task)}): already completed in "
+                f"{run_dir}; skipped",
+                file=sys.stderr,
+            )
+            return start.completed.get("best_val_metric")
+        if start.moved_to is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _reopen_logs(run_dir)
+            print(
+                f"{OVERWRITE_KEY}=true: moved the run that was in {run_dir} to {start.moved_to}",
+                file=sys.stderr,
+            )
+
+        def save_record() -> None:
+            hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+            with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
+                hydra_cfg.hydra.output_subdir = rundir.HYDRA_DIR  # where the record went
+            rundir.save_record(run_dir, cfg, hydra_cfg, list(hc.overrides.task))
+
+        result = run(cfg, run_dir, hydra_choices(), on_start=save_record)  # type: ignore[arg-type]
     except KeyboardInterrupt as e:
         _report_interrupt(e, run_dir, multirun)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
@@ -115,6 +150,7 @@ def _train(cfg: object) -> float | None:
         if diverged:
             print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
             raise SystemExit(1) from None
+        _SWEEP.run_raised = True
         raise
     finally:
         if multirun:
@@ -123,6 +159,17 @@ def _train(cfg: object) -> float | None:
             job_finished()
     # Returned to Hydra (and to sweepers such as Optuna): the validation metric, never test.
     return result.get("best_val_metric")
+
+
+def _reopen_logs(run_dir: Path) -> None:
+    """Point the log files Hydra opened in ``run_dir`` at the new run once the old run was
+    moved aside: a closed FileHandler opens its file again, at its path, on the next record."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            if Path(handler.baseFilename).parent == run_dir.resolve():
+                handler.close()
 
 
 def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> None:
@@ -146,12 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return VERBS[args[0]](args[1:])
     import hydra
 
-    _SWEEP.jobs, _SWEEP.failures = 0, []
+    _SWEEP.jobs, _SWEEP.failures, _SWEEP.run_raised = 0, [], False
     from har_bench import sweep
 
     sweep.LAST = None
     try:
-        with _hydra_raises():
+        # From here on SIGTERM raises like Ctrl-C, so a stop while starting (importing torch,
+        # loading data) is reported instead of ending the process without a word.
+        with _hydra_raises(), stop_on_signals():
             if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/distributed.py)
                 from har_bench.distributed import prepare_process
 
@@ -168,8 +217,18 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             hydra.main(
                 version_base=VERSION_BASE, config_path=str(config_dir()), config_name=CONFIG_NAME
             )(_train)()
+    except KeyboardInterrupt as e:
+        name = getattr(e, "signal_name", "SIGINT")
+        if not _SWEEP.jobs:
+            msg = f"stopped by {name} while starting, before any training; nothing to resume"
+        else:
+            msg = f"stopped by {name}; each job's directory records how its run ended"
+        print(msg, file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except Exception as e:
         msg = describe_config_error(e, args)
+        if msg is None and isinstance(e, OSError) and not _SWEEP.run_raised:
+            msg = describe_output_error(e)
         if msg is None:
             raise
         print(f"error: {msg}", file=sys.stderr)
@@ -255,6 +314,22 @@ def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
     if isinstance(e, HydraException | OmegaConfBaseException):
         return first
     return None
+
+
+def describe_output_error(e: OSError) -> str:
+    """One line for a run or sweep directory Hydra could not create or write into (a file is
+    in its place, a read-only or virtual filesystem, no permission)."""
+    import errno
+
+    reason = {
+        errno.EEXIST: "a file is in the way of the folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+    }.get(e.errno or 0, e.strerror or str(e))
+    where = e.filename if e.filename is not None else "the run directory"
+    return (
+        f"cannot create or write {where}: {reason}; set hydra.run.dir (hydra.sweep.dir for "
+        "-m) to a folder you can write"
+    )
 
 
 def _closest(word: str, candidates: Sequence[str]) -> str | None:
