@@ -77,9 +77,7 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_checkpoint(
-    path: Path, what: str = "trainer.resume", mmap: bool = False
-) -> dict[str, Any]:
+def load_checkpoint(path: Path, what: str = "trainer.resume", mmap: bool = False) -> dict[str, Any]:
     """A checkpoint as saved here; ``what`` names the setting that pointed at it in errors.
 
     ``mmap`` maps the tensors instead of reading them (a cheap check that the file loads)."""

@@ -167,9 +167,11 @@ def _reopen_logs(run_dir: Path) -> None:
     import logging
 
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            if Path(handler.baseFilename).parent == run_dir.resolve():
-                handler.close()
+        if (
+            isinstance(handler, logging.FileHandler)
+            and Path(handler.baseFilename).parent == run_dir.resolve()
+        ):
+            handler.close()
 
 
 def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> None:
