@@ -82,12 +82,10 @@ _SWEEP = _Sweep()
 def _train(cfg: object) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf, open_dict, read_write
 
     from har_bench.components import as_user_error
     from har_bench.config import hydra_choices
     from har_bench.engine import DivergedError
-    from har_bench.resume import OVERWRITE_KEY, check_new_run
     from har_bench.run import run
 
     hc = HydraConfig.get()
@@ -95,35 +93,16 @@ def _train(cfg: object) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     _SWEEP.jobs += 1
     try:
-        rundir.claim(run_dir)  # before the check: another process's run is "in use", not "done"
-        try:
-            start = check_new_run(run_dir, OmegaConf.to_container(cfg, resolve=False), multirun)
-        except BaseException:
-            rundir.release(run_dir)
-            raise
-        if start.completed is not None:
-            rundir.release(run_dir)
-            print(
-                f"job {hc.job.num} ({' '.join(hc.overrides.task)}): already completed in "
-                f"{run_dir}; skipped",
-                file=sys.stderr,
-            )
-            return start.completed.get("best_val_metric")
-        if start.moved_to is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _reopen_logs(run_dir)
-            print(
-                f"{OVERWRITE_KEY}=true: moved the run that was in {run_dir} to {start.moved_to}",
-                file=sys.stderr,
-            )
+        completed = _make_way(run_dir, cfg, multirun)
+        if completed is not None:
+            return completed.get("best_val_metric")
 
-        def save_record() -> None:
-            hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
-            with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
-                hydra_cfg.hydra.output_subdir = rundir.HYDRA_DIR  # where the record went
-            rundir.save_record(run_dir, cfg, hydra_cfg, list(hc.overrides.task))
-
-        result = run(cfg, run_dir, hydra_choices(), on_start=save_record)  # type: ignore[arg-type]
+        result = run(
+            cfg,  # type: ignore[arg-type]
+            run_dir,
+            hydra_choices(),
+            on_start=lambda: _save_record(run_dir, cfg),
+        )
     except KeyboardInterrupt as e:
         _report_interrupt(e, run_dir, multirun)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
@@ -159,6 +138,64 @@ def _train(cfg: object) -> float | None:
             job_finished()
     # Returned to Hydra (and to sweepers such as Optuna): the validation metric, never test.
     return result.get("best_val_metric")
+
+
+def _make_way(run_dir: Path, cfg: Any, multirun: bool) -> dict[str, Any] | None:
+    """Lock the run dir and check that the run may start there (see
+    :func:`har_bench.resume.check_new_run`); the metrics of a sweep job that already completed
+    (then skipped), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from har_bench import distributed
+    from har_bench.resume import OVERWRITE_KEY, check_new_run
+
+    def job() -> str:  # a sweep's job (a single run has no job number)
+        hc = HydraConfig.get()
+        return f"job {hc.job.num} ({' '.join(hc.overrides.task)})"
+
+    rundir.claim(run_dir)  # before the check: another process's run is "in use", not "done"
+    try:
+        start = check_new_run(run_dir, OmegaConf.to_container(cfg, resolve=False), multirun)
+    except BaseException as e:
+        rundir.release(run_dir)
+        if isinstance(e, UserError) and multirun and distributed.enabled():
+            # The other ranks write throw-away dirs and cannot see this one: going on to the
+            # next job would pair this rank's next job with their current one. Stop them all.
+            print(f"error: {job()}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    if start.completed is not None:
+        rundir.release(run_dir)
+        if distributed.enabled():
+            print(
+                f"error: {job()}: already completed in {run_dir}; a sweep under torchrun cannot "
+                "skip jobs (its other ranks cannot see this one): give a new hydra.sweep.dir "
+                "or run the missing jobs on their own",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        print(f"{job()}: already completed in {run_dir}; skipped", file=sys.stderr)
+        return start.completed
+    if start.moved_to is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _reopen_logs(run_dir)
+        print(
+            f"{OVERWRITE_KEY}=true: moved the run that was in {run_dir} to {start.moved_to}",
+            file=sys.stderr,
+        )
+    return None
+
+
+def _save_record(run_dir: Path, cfg: Any) -> None:
+    """``.hydra/`` as Hydra writes it (its own writing is off: see configs/hydra/default.yaml)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
+        hydra_cfg.hydra.output_subdir = rundir.HYDRA_DIR  # where the record went
+    rundir.save_record(run_dir, cfg, hydra_cfg, list(HydraConfig.get().overrides.task))
 
 
 def _reopen_logs(run_dir: Path) -> None:

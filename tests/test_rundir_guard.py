@@ -209,3 +209,18 @@ def test_sigterm_while_starting_says_it_was_stopped(tmp_path):
     assert p.returncode == 128 + signal.SIGTERM, p.stderr
     assert "stopped by SIGTERM while starting, before any training" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_a_sweep_under_torchrun_stops_rather_than_skip_on_one_rank(main, tmp_path, monkeypatch):
+    # The other ranks train into throw-away dirs: skipping on rank 0 alone would pair its next
+    # job with their current one.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    sweep_dir = tmp_path / "sweep"
+    fake_run(sweep_dir, "0", [*SMALL, "seed=0"], "completed")
+    before = everything(sweep_dir)
+    code, err = main("-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep_dir}")
+    assert_one_line_error(code, err, "a sweep under torchrun cannot skip jobs")
+    assert not (sweep_dir / "1").exists()
+    assert {k: v for k, v in everything(sweep_dir).items() if "/" in k} == before
