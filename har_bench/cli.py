@@ -6,8 +6,9 @@ starts, so ``har-bench --help`` stays fast.
 
 Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 1 the run failed
 (diverged, or a bug: traceback on stderr and in the run's error.txt); 130 / 143 stopped by
-SIGINT / SIGTERM (the command that resumes the run is printed). A sweep runs every job even when
-some fail, then exits 2 (all failures were bad input) or 1.
+SIGINT / SIGTERM (the command that resumes the run is printed; a stop while starting says so).
+A sweep runs every job even when some fail, then exits 2 (all failures were bad input) or 1;
+re-run into its directory, it skips the jobs that completed.
 """
 
 from __future__ import annotations

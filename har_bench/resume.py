@@ -1,8 +1,9 @@
 """``trainer.resume`` on the command line: find the run, check it, point Hydra at its directory.
 
-This runs before Hydra starts. Hydra writes the composed config into ``<run dir>/.hydra/``
-before the task runs, so a resume that is then refused (another model, say) would already have
-overwritten the old run's record; checked here, a refused resume writes nothing.
+This runs before Hydra starts, so a refused resume (another model, say) writes nothing; a
+checkpoint that cannot be loaded is refused by :func:`har_bench.run.run` before its first write.
+:func:`check_new_run` decides, once Hydra made the run directory, whether a new run may start
+there.
 
 Resolution:
 
