@@ -26,7 +26,7 @@ from typing import Any
 from har_bench import rundir
 from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
 from har_bench.errors import UserError
-from har_bench.signals import stop_on_signals
+from har_bench.signals import Interrupted
 
 # Verbs other than training: name -> callable taking the remaining argv, returning an exit code.
 VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
@@ -205,9 +205,10 @@ def _reopen_logs(run_dir: Path) -> None:
     import logging
 
     for handler in logging.getLogger().handlers:
+        # baseFilename is absolute, as Hydra's output dir is; neither has symlinks resolved.
         if (
             isinstance(handler, logging.FileHandler)
-            and Path(handler.baseFilename).parent == run_dir.resolve()
+            and Path(handler.baseFilename).parent == run_dir
         ):
             handler.close()
 
@@ -238,9 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
 
     sweep.LAST = None
     try:
-        # From here on SIGTERM raises like Ctrl-C, so a stop while starting (importing torch,
-        # loading data) is reported instead of ending the process without a word.
-        with _hydra_raises(), stop_on_signals():
+        with _hydra_raises(), _stop_on_signals_while_starting():
             if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/distributed.py)
                 from har_bench.distributed import prepare_process
 
@@ -286,6 +285,38 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         )
         return 2 if all(_SWEEP.failures) else 1
     return 0
+
+
+@contextmanager
+def _stop_on_signals_while_starting() -> Any:
+    """SIGINT/SIGTERM raise :class:`Interrupted` until the run takes over (it installs its
+    own handlers), so a stop while starting (importing torch, composing) is reported.
+
+    The main process of a joblib sweep keeps SIGTERM's default: its workers notice that it is
+    gone and stop their jobs with a checkpoint (har_bench.sweep), where an exception here
+    would make joblib kill them outright."""
+    import signal
+    import threading
+
+    from har_bench.sweep import MAIN_PID_ENV
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM and os.environ.get(MAIN_PID_ENV) == str(os.getpid()):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 @contextmanager
