@@ -169,12 +169,13 @@ def check_new_run(run_dir: Path, config: Mapping[str, Any], sweep: bool) -> Star
     """
     trainer = config.get("trainer") or {}
     overwrite = bool(trainer.get("overwrite"))
-    if trainer.get("resume") not in (None, ""):
-        if overwrite:
-            raise RunDirTakenError(
-                f"{OVERWRITE_KEY}=true starts the run over and {RESUME_KEY} continues it: "
-                "give one of them"
-            )
+    resume = trainer.get("resume")
+    if resume not in (None, "") and overwrite:
+        raise RunDirTakenError(
+            f"{OVERWRITE_KEY}=true starts the run over and {RESUME_KEY} continues it: "
+            "give one of them"
+        )
+    if resume not in (None, "") and Path(str(resume)).expanduser().resolve() == run_dir.resolve():
         return Start()
     if not rundir.holds_run(run_dir):
         return Start()

@@ -224,3 +224,14 @@ def test_a_sweep_under_torchrun_stops_rather_than_skip_on_one_rank(main, tmp_pat
     assert_one_line_error(code, err, "a sweep under torchrun cannot skip jobs")
     assert not (sweep_dir / "1").exists()
     assert {k: v for k, v in everything(sweep_dir).items() if "/" in k} == before
+
+
+def test_only_a_resume_of_this_very_dir_may_start_in_it(tmp_path):
+    from har_bench.resume import RunDirTakenError, Start, check_new_run
+
+    run_dir = fake_run(tmp_path, "run", RUN, "interrupted")
+    elsewhere = {"trainer": {"resume": str(tmp_path / "other")}}
+    with pytest.raises(RunDirTakenError, match="already holds a run"):
+        check_new_run(run_dir, elsewhere, sweep=False)
+    assert check_new_run(run_dir, {"trainer": {"resume": str(run_dir)}}, sweep=False) == Start()
+    assert check_new_run(tmp_path / "new", {"trainer": {}}, sweep=False) == Start()
