@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,15 +49,36 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, write)
 
 
-def load_checkpoint(path: Path, what: str = "trainer.resume") -> dict[str, Any]:
-    """A checkpoint as saved here; ``what`` names the setting that pointed at it in errors."""
+def load_checkpoint(path: Path, what: str = "trainer.resume", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint as saved here; ``what`` names the setting that pointed at it in errors.
+
+    ``mmap`` maps the tensors instead of reading them (a cheap check that the file loads)."""
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(
+            path,
+            map_location="cpu",
+            weights_only=True,
+            # Only torch's zip format can be mapped; anything else fails on the load itself.
+            mmap=mmap and zipfile.is_zipfile(path),
+        )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{what}: {path} cannot be read ({type(e).__name__}: {first})") from None
+        raise ValueError(
+            f"{what}: {path} cannot be read: it is damaged or not a checkpoint har-bench "
+            f"saved ({type(e).__name__}: {_load_failure(e)})"
+        ) from None
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load failed, without its advice to load with ``weights_only=False``: that
+    would run whatever code the file holds."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return reason[0].strip() if reason else "not a plain checkpoint"
+    lines = [line for line in text.splitlines() if "weights_only" not in line]
+    return lines[0].strip() if lines else "not a plain checkpoint"
 
 
 def training_state(
@@ -108,13 +130,31 @@ def commit_epoch(checkpoint_dir: Path, last: dict[str, Any], best: dict[str, Any
 def load_resume_state(checkpoint_dir: Path) -> dict[str, Any]:
     """``last.pt`` plus the best-on-validation weights it refers to (``best_state``)."""
     checkpoint_dir = Path(checkpoint_dir)
+    state, best_file = _read_resume_state(checkpoint_dir, mmap=False)
+    pending = checkpoint_dir / BEST_PENDING
+    if best_file == pending:
+        os.replace(pending, checkpoint_dir / BEST_CHECKPOINT)  # the crash hit mid-commit
+    elif pending.is_file():
+        pending.unlink()
+    return state
+
+
+def check_resume_state(checkpoint_dir: Path) -> None:
+    """Raise what :func:`load_resume_state` would, changing nothing (tensors are mapped, not
+    read): a resume is checked before the run directory is touched."""
+    _read_resume_state(Path(checkpoint_dir), mmap=True)
+
+
+def _read_resume_state(checkpoint_dir: Path, mmap: bool) -> tuple[dict[str, Any], Path | None]:
+    """``last.pt`` with ``best_state``, and the file that holds the best weights: best.pt, or
+    best.pt.pending when a crash hit between the two renames of :func:`commit_epoch`."""
     last = checkpoint_dir / LAST_CHECKPOINT
     if not last.is_file():
         raise FileNotFoundError(
             f"trainer.resume: {last} does not exist; the run stopped before its first "
             "checkpoint, so start it again without trainer.resume"
         )
-    state = load_checkpoint(last)
+    state = load_checkpoint(last, mmap=mmap)
     missing = [
         k for k in ("model", "optimizer", "epoch", "history", "generator", "rng") if k not in state
     ]
@@ -124,26 +164,26 @@ def load_resume_state(checkpoint_dir: Path) -> dict[str, Any]:
             "har-bench checkpoint"
         )
     best_epoch = int(state["best_epoch"])
+    best_file = checkpoint_dir / BEST_CHECKPOINT
     pending = checkpoint_dir / BEST_PENDING
     if pending.is_file():
         try:
-            pending_epoch = load_checkpoint(pending)["epoch"]
+            pending_epoch = load_checkpoint(pending, mmap=mmap)["epoch"]
         except ValueError:
             pending_epoch = None
         if pending_epoch == best_epoch:
-            os.replace(pending, checkpoint_dir / BEST_CHECKPOINT)  # the crash hit mid-commit
-        else:
-            pending.unlink()
+            best_file = pending
     state["best_state"] = {}
-    if best_epoch >= 1:
-        best = load_checkpoint(checkpoint_dir / BEST_CHECKPOINT)
-        if best.get("epoch") != best_epoch:
-            raise ValueError(
-                f"trainer.resume: {checkpoint_dir / BEST_CHECKPOINT} is from epoch "
-                f"{best.get('epoch')} but {last} says the best epoch is {best_epoch}"
-            )
-        state["best_state"] = best["model"]
-    return state
+    if best_epoch < 1:
+        return state, None
+    best = load_checkpoint(best_file, mmap=mmap)
+    if best.get("epoch") != best_epoch:
+        raise ValueError(
+            f"trainer.resume: {checkpoint_dir / BEST_CHECKPOINT} is from epoch "
+            f"{best.get('epoch')} but {last} says the best epoch is {best_epoch}"
+        )
+    state["best_state"] = best["model"]
+    return state, best_file
 
 
 def restore_training(

@@ -9,12 +9,14 @@ Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 1
 write into the run directory (disk full, over quota, read-only or failing filesystem: one
 ``error:`` line naming the file, the run marked failed, the command that resumes it from its last
 checkpoint); 130 / 143 stopped by SIGINT / SIGTERM (the command that resumes the run is
-printed). A sweep runs every job even when some fail, then exits 2 (all failures were bad input)
-or 1.
+printed; a stop while starting says so). A sweep runs every job even when some fail, then exits
+2 (all failures were bad input) or 1; re-run into its directory, it skips the jobs that
+completed.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -28,6 +30,7 @@ from har_bench import rundir
 from har_bench._fs import storage_failure
 from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
 from har_bench.errors import UserError
+from har_bench.signals import Interrupted
 
 # sysexits.h's EX_IOERR: neither bad input (2) nor a bug (1), but the disk.
 EXIT_WRITE_FAILED = 74
@@ -76,6 +79,9 @@ VERBS["predict"] = _predict
 class _Sweep:
     jobs: int = 0
     failures: list[bool] = field(default_factory=list)  # per failed job: was it bad input?
+    # A run's own exception reached Hydra (a bug: its traceback is kept); anything else that
+    # escapes Hydra happened while it set the run up.
+    run_raised: bool = False
 
 
 _SWEEP = _Sweep()
@@ -95,7 +101,16 @@ def _train(cfg: object) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     _SWEEP.jobs += 1
     try:
-        result = run(cfg, run_dir, hydra_choices())  # type: ignore[arg-type]
+        completed = _make_way(run_dir, cfg, multirun)
+        if completed is not None:
+            return completed.get("best_val_metric")
+
+        result = run(
+            cfg,  # type: ignore[arg-type]
+            run_dir,
+            hydra_choices(),
+            on_start=lambda: _save_record(run_dir, cfg),
+        )
     except KeyboardInterrupt as e:
         _report_interrupt(e, run_dir, multirun)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
@@ -128,6 +143,7 @@ def _train(cfg: object) -> float | None:
         if diverged:
             print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
             raise SystemExit(1) from None
+        _SWEEP.run_raised = True
         raise
     finally:
         if multirun:
@@ -147,6 +163,78 @@ def _after_write_failure(failure: str, run_dir: Path) -> str:
     command = rundir.resume_command(run_dir)
     then = f"resume with: {command}" if command else "start the run again"
     return f"{failure} ({state}; once the disk takes writes again, {then})"
+
+
+def _make_way(run_dir: Path, cfg: Any, multirun: bool) -> dict[str, Any] | None:
+    """Lock the run dir and check that the run may start there (see
+    :func:`har_bench.resume.check_new_run`); the metrics of a sweep job that already completed
+    (then skipped), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from har_bench import distributed
+    from har_bench.resume import OVERWRITE_KEY, check_new_run
+
+    def job() -> str:  # a sweep's job (a single run has no job number)
+        hc = HydraConfig.get()
+        return f"job {hc.job.num} ({' '.join(hc.overrides.task)})"
+
+    rundir.claim(run_dir)  # before the check: another process's run is "in use", not "done"
+    try:
+        start = check_new_run(run_dir, OmegaConf.to_container(cfg, resolve=False), multirun)
+    except BaseException as e:
+        rundir.release(run_dir)
+        if isinstance(e, UserError) and multirun and distributed.enabled():
+            # The other ranks write throw-away dirs and cannot see this one: going on to the
+            # next job would pair this rank's next job with their current one. Stop them all.
+            print(f"error: {job()}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    if start.completed is not None:
+        rundir.release(run_dir)
+        if distributed.enabled():
+            print(
+                f"error: {job()}: already completed in {run_dir}; a sweep under torchrun cannot "
+                "skip jobs (its other ranks cannot see this one): give a new hydra.sweep.dir "
+                "or run the missing jobs on their own",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        print(f"{job()}: already completed in {run_dir}; skipped", file=sys.stderr)
+        return start.completed
+    if start.moved_to is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _reopen_logs(run_dir)
+        print(
+            f"{OVERWRITE_KEY}=true: moved the run that was in {run_dir} to {start.moved_to}",
+            file=sys.stderr,
+        )
+    return None
+
+
+def _save_record(run_dir: Path, cfg: Any) -> None:
+    """``.hydra/`` as Hydra writes it (its own writing is off: see configs/hydra/default.yaml)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
+        hydra_cfg.hydra.output_subdir = rundir.HYDRA_DIR  # where the record went
+    rundir.save_record(run_dir, cfg, hydra_cfg, list(HydraConfig.get().overrides.task))
+
+
+def _reopen_logs(run_dir: Path) -> None:
+    """Point the log files Hydra opened in ``run_dir`` at the new run once the old run was
+    moved aside: a closed FileHandler opens its file again, at its path, on the next record."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        # baseFilename is absolute, as Hydra's output dir is; neither has symlinks resolved.
+        if (
+            isinstance(handler, logging.FileHandler)
+            and Path(handler.baseFilename).parent == run_dir
+        ):
+            handler.close()
 
 
 def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> None:
@@ -170,12 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return VERBS[args[0]](args[1:])
     import hydra
 
-    _SWEEP.jobs, _SWEEP.failures = 0, []
+    _SWEEP.jobs, _SWEEP.failures, _SWEEP.run_raised = 0, [], False
     from har_bench import sweep
 
     sweep.LAST = None
     try:
-        with _hydra_raises():
+        with _hydra_raises(), _stop_on_signals_while_starting():
             if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/distributed.py)
                 from har_bench.distributed import prepare_process
 
@@ -192,12 +280,22 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             hydra.main(
                 version_base=VERSION_BASE, config_path=str(config_dir()), config_name=CONFIG_NAME
             )(_train)()
+    except KeyboardInterrupt as e:
+        name = getattr(e, "signal_name", "SIGINT")
+        if not _SWEEP.jobs:
+            msg = f"stopped by {name} while starting, before any training; nothing to resume"
+        else:
+            msg = f"stopped by {name}; each job's directory records how its run ended"
+        print(msg, file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except Exception as e:
         write_failed = storage_failure(e)  # Hydra's own writes (.hydra/) before the run starts
         if write_failed is not None:
             print(f"error: {write_failed}", file=sys.stderr)
             return EXIT_WRITE_FAILED
         msg = describe_config_error(e, args)
+        if msg is None and isinstance(e, OSError) and not _SWEEP.run_raised:
+            msg = describe_output_error(e)
         if msg is None:
             raise
         print(f"error: {msg}", file=sys.stderr)
@@ -215,6 +313,38 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         )
         return 2 if all(_SWEEP.failures) else 1
     return 0
+
+
+@contextmanager
+def _stop_on_signals_while_starting() -> Any:
+    """SIGINT/SIGTERM raise :class:`Interrupted` until the run takes over (it installs its
+    own handlers), so a stop while starting (importing torch, composing) is reported.
+
+    The main process of a joblib sweep keeps SIGTERM's default: its workers notice that it is
+    gone and stop their jobs with a checkpoint (har_bench.sweep), where an exception here
+    would make joblib kill them outright."""
+    import signal
+    import threading
+
+    from har_bench.sweep import MAIN_PID_ENV
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM and os.environ.get(MAIN_PID_ENV) == str(os.getpid()):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 @contextmanager
@@ -283,6 +413,22 @@ def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
     if isinstance(e, HydraException | OmegaConfBaseException):
         return first
     return None
+
+
+def describe_output_error(e: OSError) -> str:
+    """One line for a run or sweep directory Hydra could not create or write into (a file is
+    in its place, a read-only or virtual filesystem, no permission)."""
+    import errno
+
+    reason = {
+        errno.EEXIST: "a file is in the way of the folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+    }.get(e.errno or 0, e.strerror or str(e))
+    where = e.filename if e.filename is not None else "the run directory"
+    return (
+        f"cannot create or write {where}: {reason}; set hydra.run.dir (hydra.sweep.dir for "
+        "-m) to a folder you can write"
+    )
 
 
 def _closest(word: str, candidates: Sequence[str]) -> str | None:

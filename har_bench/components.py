@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # built: they go to the weights loader and the loop, not to the model's constructor.
 FINETUNE_KEYS = ("weights", "weights_sha256", "freeze", "unfreeze_after", "backbone_lr")
 # Keys of the trainer group that the runner acts on around the loop, not the loop itself.
-RUNNER_KEYS = ("resume", "refit", "max_steps")
+RUNNER_KEYS = ("resume", "overwrite", "refit", "max_steps")
 
 
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:

@@ -20,6 +20,7 @@ VERSION_BASE = "1.3"
 # change them, and runs that differ only in them are the same experiment.
 BOOKKEEPING_KEYS = (
     "trainer.resume",
+    "trainer.overwrite",
     "trainer.progress",
     "paths",
     "efficiency",

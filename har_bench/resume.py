@@ -1,8 +1,9 @@
 """``trainer.resume`` on the command line: find the run, check it, point Hydra at its directory.
 
-This runs before Hydra starts. Hydra writes the composed config into ``<run dir>/.hydra/``
-before the task runs, so a resume that is then refused (another model, say) would already have
-overwritten the old run's record; checked here, a refused resume writes nothing.
+This runs before Hydra starts, so a refused resume (another model, say) writes nothing; a
+checkpoint that cannot be loaded is refused by :func:`har_bench.run.run` before its first write.
+:func:`check_new_run` decides, once Hydra made the run directory, whether a new run may start
+there.
 
 Resolution:
 
@@ -21,7 +22,8 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,12 @@ from har_bench.config import (
 from har_bench.errors import UserError
 
 RESUME_KEY = "trainer.resume"
+OVERWRITE_KEY = "trainer.overwrite"
 # May differ between a run and its resume. max_epochs is here so a stopped run can be given more
 # epochs (with cosine's T_max = max_epochs the schedule then changes: not an exact replay).
 IGNORED = (*BOOKKEEPING_KEYS, "trainer.max_epochs", "trainer.num_threads")
+# May differ between a completed sweep job and its re-run that skips it: more epochs is a new run.
+SAME_RUN = (*BOOKKEEPING_KEYS, "trainer.num_threads")
 _SAFE_PATH = re.compile(r"^[\w./:@+-]+$")
 
 
@@ -88,7 +93,7 @@ def prepare(args: Sequence[str]) -> list[str]:
         o
         for o in rundir.saved_overrides(run_dir)
         if override_key(o) not in given
-        and override_key(o) != RESUME_KEY
+        and override_key(o) not in (RESUME_KEY, OVERWRITE_KEY)  # how it started, not what
         and not override_key(o).startswith("hydra.")
     ]
     merged = [*saved, *others]
@@ -135,6 +140,71 @@ def lock_run_dir(args: Sequence[str]) -> None:
     if not values or "${" in str(values[-1]):
         return
     rundir.claim(Path(str(values[-1])).expanduser())
+
+
+class RunDirTakenError(UserError):
+    """A new run pointed at a directory that already holds a run."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """What :func:`check_new_run` decided for a run about to start in its directory."""
+
+    # A sweep job whose run already completed with this config: its metrics.json (not re-run).
+    completed: dict[str, Any] | None = None
+    # trainer.overwrite=true moved the run that was in the directory here.
+    moved_to: Path | None = None
+
+
+def check_new_run(run_dir: Path, config: Mapping[str, Any], sweep: bool) -> Start:
+    """Refuse a new run into a directory that already holds one, or make way for it.
+
+    Hydra creates the run directory before the task starts, so this runs in the task, before
+    anything of the run is written (``.hydra/`` included). A resume (``trainer.resume``, checked
+    before Hydra started) continues in its own directory. Otherwise a directory holding a run
+    of any status is refused, naming the ways on, unless ``trainer.overwrite=true``, which
+    moves the old run aside. In a sweep a job whose directory holds a completed run of the
+    same config is skipped, so re-running an interrupted sweep continues it; a job there with
+    an unfinished run is refused like a single run (resume it on its own, or overwrite).
+    """
+    trainer = config.get("trainer") or {}
+    overwrite = bool(trainer.get("overwrite"))
+    resume = trainer.get("resume")
+    if resume not in (None, "") and overwrite:
+        raise RunDirTakenError(
+            f"{OVERWRITE_KEY}=true starts the run over and {RESUME_KEY} continues it: "
+            "give one of them"
+        )
+    if resume not in (None, "") and Path(str(resume)).expanduser().resolve() == run_dir.resolve():
+        return Start()
+    if not rundir.holds_run(run_dir):
+        return Start()
+    if overwrite:
+        return Start(moved_to=rundir.move_aside(run_dir))
+    status = rundir.read_status(run_dir)
+    state = status.get("status", "unknown")
+    moved = f"{run_dir.name}{rundir.OLD_SUFFIX}<time>"
+    where = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    over = f"{OVERWRITE_KEY}=true (moves the old run to {moved} beside it, deletes nothing)"
+    if state == "completed":
+        differences = config_differences(rundir.saved_config(run_dir), dict(config), SAME_RUN)
+        if sweep and not differences:
+            return Start(completed=status)
+        other = f" of another config ({'; '.join(differences[:3])})" if differences else ""
+        raise RunDirTakenError(
+            f"{run_dir} already holds a completed run{other}; to run into it again add "
+            f"{over}, or choose another {where}"
+        )
+    command = rundir.resume_command(run_dir)
+    if command is None:
+        raise RunDirTakenError(
+            f"{run_dir} already holds a run (status: {state}, no checkpoint to resume); start "
+            f"it over with {over}, or choose another {where}"
+        )
+    raise RunDirTakenError(
+        f"{run_dir} already holds a run (status: {state}); continue it with `{command}`, or "
+        f"start it over with {over}"
+    )
 
 
 def hydra_quote(value: str) -> str:
@@ -194,12 +264,14 @@ def _alive(status: dict[str, Any]) -> bool:
     return True
 
 
-def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: saved -> new`` for every leaf that differs, ignoring :data:`IGNORED`."""
+def config_differences(
+    saved: dict[str, Any], new: dict[str, Any], ignored: Sequence[str] = IGNORED
+) -> list[str]:
+    """``key: saved -> new`` for every leaf that differs, ignoring ``ignored``."""
     a, b = flatten(saved), flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if key_in(key, IGNORED):
+        if key_in(key, ignored):
             continue
         # A key added to the configs later (with a null default) is absent from older runs.
         if a.get(key) != b.get(key):

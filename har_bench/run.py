@@ -11,25 +11,33 @@ import contextlib
 import os
 import socket
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from har_bench import rundir, stages
+from har_bench.checkpoint import check_resume_state
 from har_bench.components import as_user_error, from_config
+from har_bench.errors import UserError
 from har_bench.reporters import default_reporters
 from har_bench.seeding import seed_everything
 from har_bench.session import DivergedError
 from har_bench.signals import Interrupted, stop_on_signals
 
 
-def run(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str] | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    run_dir: Path,
+    choices: Mapping[str, str] | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Train and evaluate the configured model; write every artifact into ``run_dir``.
 
     ``choices`` are the config groups' options (``{"model": "resnext50", ...}``), which the
-    caller reads from Hydra; they name the model and dataset in the results.
+    caller reads from Hydra; they name the model and dataset in the results. ``on_start`` is
+    called once the run may start, before its first write (the CLI saves ``.hydra/`` there).
 
     Whatever happens, the run dir keeps what was written so far and ``metrics.json`` ends with
     a status: ``completed``; ``interrupted`` (SIGINT/SIGTERM, with the command that resumes
@@ -42,9 +50,23 @@ def run(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str] | None = None
     rundir.claim(run_dir)
     try:
         with stop_on_signals():
+            _check_resume(cfg, run_dir)
+            if on_start is not None:
+                on_start()
             return _run_with_status(cfg, run_dir, stages.Choices.of(choices))
     finally:
         rundir.release(run_dir)
+
+
+def _check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """A resume whose checkpoint cannot be loaded is refused before anything is written: the
+    stopped run keeps its status, its resume command and its saved config."""
+    resume = cfg.trainer.get("resume")
+    if resume not in (None, "") and Path(str(resume)).expanduser().resolve() == run_dir.resolve():
+        try:
+            check_resume_state(rundir.checkpoint_dir(run_dir))
+        except (OSError, ValueError) as e:
+            raise UserError(str(e)) from None
 
 
 def _run_with_status(cfg: DictConfig, run_dir: Path, choices: stages.Choices) -> dict[str, Any]:

@@ -256,6 +256,47 @@ class LogFileHandler(logging.FileHandler):
         )
 
 
+def holds_run(path: Path) -> bool:
+    """Whether a run (of any status) already wrote into ``path``: its saved config, its status
+    or its checkpoints. Hydra's log file alone does not count: Hydra opens it before any check."""
+    path = Path(path)
+    return path.is_dir() and any(
+        (path / name).exists() or (path / name).is_symlink()
+        for name in (SAVED_CONFIG, METRICS, CHECKPOINTS)
+    )
+
+
+OLD_SUFFIX = ".old-"
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Rename ``run_dir`` to ``<name>.old-<time>`` beside it (never onto an existing path) and
+    return where it went; nothing in it is deleted."""
+    run_dir = Path(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        dest = run_dir.with_name(f"{run_dir.name}{OLD_SUFFIX}{stamp}" + (f"-{n}" if n else ""))
+        if not (dest.exists() or dest.is_symlink()):
+            os.rename(run_dir, dest)
+            return dest
+    raise FileExistsError(f"no free name beside {run_dir} to move it to")
+
+
+def save_record(run_dir: Path, config: Any, hydra_config: Any, overrides: Sequence[str]) -> None:
+    """Write ``.hydra/`` (config, Hydra's config, the command line's overrides) as Hydra would.
+
+    Hydra's own writing is turned off (``hydra.output_subdir: null``): it would overwrite the
+    record of a run already in the directory before any check could refuse the new one."""
+    from omegaconf import OmegaConf
+
+    for name, node in (
+        (SAVED_CONFIG, config),
+        (SAVED_HYDRA_CONFIG, hydra_config),
+        (SAVED_OVERRIDES, list(overrides)),
+    ):
+        atomic_write_text(Path(run_dir) / name, OmegaConf.to_yaml(node))
+
+
 # -- the saved config --------------------------------------------------------------------------
 
 

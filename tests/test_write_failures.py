@@ -19,7 +19,7 @@ import pytest
 import torch
 from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 
-from har_bench import _fs
+from har_bench import _fs, rundir
 from har_bench.checkpoint import (
     BEST_CHECKPOINT,
     BEST_PENDING,
@@ -314,12 +314,10 @@ def test_a_sweep_job_dir_with_a_link_out_is_refused(main, tmp_path):
     assert victim.read_text() == "precious\n"
 
 
-def test_a_full_disk_while_hydra_saves_the_config_gives_one_line(main, tmp_path, monkeypatch):
-    import hydra.core.utils
-
+def test_a_full_disk_while_the_config_is_saved_gives_one_line(main, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run/.hydra"))
 
-    monkeypatch.setattr(hydra.core.utils, "_save_config", full)
+    monkeypatch.setattr(rundir, "save_record", full)
     code, err = main(*SMALL, f"hydra.run.dir={tmp_path / 'run'}")
     assert_write_failure(code, err, f"cannot write {tmp_path / 'run/.hydra'}: No space left")
