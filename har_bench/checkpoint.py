@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from har_bench._fs import atomic_write
+from har_bench.errors import MissingInputError, UserError
 from har_bench.train_state import TrainState
 
 CHECKPOINT_FORMAT = 1
@@ -79,12 +80,12 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
 def load_checkpoint(path: Path, what: str = "trainer.resume") -> dict[str, Any]:
     """A checkpoint as saved here; ``what`` names the setting that pointed at it in errors."""
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
+        raise MissingInputError(f"{what}: {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{what}: {path} cannot be read ({type(e).__name__}: {first})") from None
+        raise UserError(f"{what}: {path} cannot be read ({type(e).__name__}: {first})") from None
 
 
 def training_state(
@@ -130,7 +131,7 @@ def load_resume_state(checkpoint_dir: Path) -> dict[str, Any]:
     checkpoint_dir = Path(checkpoint_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     if not last.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"trainer.resume: {last} does not exist; the run stopped before its first "
             "checkpoint, so start it again without trainer.resume"
         )
@@ -139,7 +140,7 @@ def load_resume_state(checkpoint_dir: Path) -> dict[str, Any]:
         k for k in ("model", "optimizer", "epoch", "history", "generator", "rng") if k not in state
     ]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"trainer.resume: {last} has no {', '.join(missing)}: it is not a resumable "
             "har-bench checkpoint"
         )
@@ -158,7 +159,7 @@ def load_resume_state(checkpoint_dir: Path) -> dict[str, Any]:
     if best_epoch >= 1:
         best = load_checkpoint(checkpoint_dir / BEST_CHECKPOINT)
         if best.get("epoch") != best_epoch:
-            raise ValueError(
+            raise UserError(
                 f"trainer.resume: {checkpoint_dir / BEST_CHECKPOINT} is from epoch "
                 f"{best.get('epoch')} but {last} says the best epoch is {best_epoch}"
             )
@@ -183,19 +184,19 @@ def restore_training(
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise ValueError(
+        raise UserError(
             f"trainer.resume: the checkpoint was saved from a different model ({first}); "
             "resume with the run's own model settings"
         ) from None
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
     except ValueError as e:
-        raise ValueError(
+        raise UserError(
             f"trainer.resume: the checkpoint's optimizer state does not fit ({e})"
         ) from None
     saved = checkpoint["scheduler"]
     if (scheduler is None) != (saved is None):
-        raise ValueError(
+        raise UserError(
             "trainer.resume: the checkpoint was saved "
             + ("without" if saved is None else "with")
             + " a learning-rate scheduler; resume with the run's own scheduler setting"
@@ -211,7 +212,7 @@ def restore_training(
         for key, meaning in horizons.items():
             old, new = saved.get(key), getattr(scheduler, key, None)
             if old is not None and new is not None and old != new:
-                raise ValueError(
+                raise UserError(
                     f"trainer.resume: the scheduler's {key} (= {meaning}) was {old}, now {new}; "
                     "a schedule cannot be stretched mid-run. Resume with the run's own "
                     "trainer.max_epochs, or use scheduler=none/step to add epochs"

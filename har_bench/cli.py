@@ -5,8 +5,8 @@ are dispatched before Hydra sees the command line. Heavy imports (torch) happen 
 starts, so ``har-bench --help`` stays fast.
 
 Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 1 the run failed
-(diverged, or a bug: traceback on stderr and in the run's error.txt); 130 / 143 stopped by
-SIGINT / SIGTERM (the command that resumes the run is printed). A sweep runs every job even when
+(diverged, or a bug: one line saying so on stderr, the traceback in the run's error.txt);
+130 / 143 stopped by SIGINT / SIGTERM (the command that resumes the run is printed). A sweep runs every job even when
 some fail, then exits 2 (all failures were bad input) or 1.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from har_bench import rundir
 from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
-from har_bench.errors import UserError
+from har_bench.errors import UserError, bug_message
 
 # Verbs other than training: name -> callable taking the remaining argv, returning an exit code.
 VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
@@ -115,7 +115,8 @@ def _train(cfg: object) -> float | None:
         if diverged:
             print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
             raise SystemExit(1) from None
-        raise
+        print(f"error: {bug_message(e, run_dir / rundir.ERROR)}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         if multirun:
             from har_bench.sweep import job_finished

@@ -36,7 +36,7 @@ from har_bench.checkpoint import (
 )
 from har_bench.early_stopping import BestTracker
 from har_bench.ema import moving_average, recalibrate_batchnorm
-from har_bench.errors import check_int, check_optional_int
+from har_bench.errors import UserError, check_int, check_optional_int
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment
 from har_bench.metrics import latency_ms, macro_f1
@@ -66,9 +66,9 @@ class DivergedError(RuntimeError):
 
 def resolve_device(device: str) -> torch.device:
     if device not in DEVICES:
-        raise ValueError(f"trainer.device={device!r} is invalid: expected one of {DEVICES}")
+        raise UserError(f"trainer.device={device!r} is invalid: expected one of {DEVICES}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise UserError(
             "trainer.device='cuda' but CUDA is not available on this machine "
             "(use trainer.device=auto or cpu)"
         )
@@ -85,9 +85,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """
     precision = str(precision)
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"trainer.precision={precision!r} is invalid: expected one of {PRECISIONS}"
-        )
+        raise UserError(f"trainer.precision={precision!r} is invalid: expected one of {PRECISIONS}")
     if precision == "auto":
         precision = "16-mixed" if device.type == "cuda" else "32"
     return {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
@@ -212,7 +210,7 @@ class _Session:
         ):
             saved = checkpoint.get(name)
             if (part is None) != (saved is None):
-                raise ValueError(
+                raise UserError(
                     f"trainer.resume: the checkpoint was saved "
                     f"{'without' if saved is None else 'with'} {name}; resume with the run's "
                     f"own {settings[name]} setting"
@@ -291,7 +289,7 @@ class Trainer:
     def train_batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
         """Shuffled index batches for one epoch (the last one short unless ``drop_last``)."""
         if self.drop_last and n < self.batch_size:
-            raise ValueError(
+            raise UserError(
                 f"trainer.batch_size={self.batch_size} is larger than the training set "
                 f"({n} windows) with trainer.drop_last=true: no batch would be trained"
             )
@@ -384,7 +382,7 @@ class Trainer:
         (:mod:`har_bench.finetune`).
         """
         if len(X_train) == 0:
-            raise ValueError("the training split has no windows")
+            raise UserError("the training split has no windows")
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         model.to(self.device)
@@ -584,7 +582,7 @@ def check_settings(trainer: Trainer) -> None:
         ("ema_decay", trainer.ema_decay, lambda v: 0 < v < 1, "null or 0 < x < 1"),
     ):
         if value is not None and not (isinstance(value, int | float) and ok(value)):
-            raise ValueError(f"trainer.{name}={value!r} is invalid: expected {expected}")
+            raise UserError(f"trainer.{name}={value!r} is invalid: expected {expected}")
 
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

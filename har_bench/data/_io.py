@@ -21,6 +21,7 @@ import pandas as pd
 from numpy.typing import DTypeLike
 
 from har_bench._fs import atomic_write
+from har_bench.errors import MissingInputError, UserError
 
 from .archives import extract_archive
 from .download import download, filename_from_url
@@ -41,7 +42,7 @@ def read_text(path: Path) -> str:
         with open_text(path) as f:
             return f.read()
     except (OSError, EOFError, lzma.LZMAError) as e:  # truncated/corrupt compressed file
-        raise ValueError(f"{path}: cannot be read ({e})") from e
+        raise UserError(f"{path}: cannot be read ({e})") from e
 
 
 def find_file(folder: Path, name: str, what: str, hint: str = "") -> Path:
@@ -56,7 +57,7 @@ def find_file(folder: Path, name: str, what: str, hint: str = "") -> Path:
         msg += " (that folder does not exist)"
     if hint:
         msg += f"; {hint}"
-    raise FileNotFoundError(msg)
+    raise MissingInputError(msg)
 
 
 def strip_compression(name: str) -> str:
@@ -95,14 +96,14 @@ def _read_table_strict(path: Path, ncols: int, dtype: DTypeLike) -> np.ndarray:
         if not tokens:
             continue  # pandas skips blank lines too
         if len(tokens) != ncols:
-            raise ValueError(f"{path}, line {lineno}: expected {ncols} values, found {len(tokens)}")
+            raise UserError(f"{path}, line {lineno}: expected {ncols} values, found {len(tokens)}")
         try:
             rows.append([convert(t) for t in tokens])
         except ValueError:
             bad = next(t for t in tokens if not _converts(convert, t))
-            raise ValueError(f"{path}, line {lineno}: {bad!r} is not {kind}") from None
+            raise UserError(f"{path}, line {lineno}: {bad!r} is not {kind}") from None
     if not rows:
-        raise ValueError(f"{path}: no data rows")
+        raise UserError(f"{path}: no data rows")
     return np.asarray(rows, dtype=dtype).reshape(len(rows), ncols)
 
 
@@ -158,7 +159,7 @@ def save_cache(path: Path, arrays: dict[str, np.ndarray]) -> bool:
 def check_choice(key: str, value: object, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise ValueError(f"{key}={value!r} is invalid: expected one of {', '.join(choices)}")
+        raise UserError(f"{key}={value!r} is invalid: expected one of {', '.join(choices)}")
     return str(value)
 
 
@@ -182,7 +183,7 @@ def dataset_root(
         return download(url, workdir / name, sha256, progress=progress)
     path = Path(root).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{what} root {path} does not exist; {hint}")
+        raise MissingInputError(f"{what} root {path} does not exist; {hint}")
     return path
 
 
@@ -246,7 +247,7 @@ def resolve_root(
     if not layout.marker.endswith("/"):
         find_file(path, layout.marker, layout.what, layout.hint)  # raises, naming the file
     elif not _holds(path, layout.marker):
-        raise FileNotFoundError(f"{layout.what} folder {path} has no {marker}/; {layout.hint}")
+        raise MissingInputError(f"{layout.what} folder {path} has no {marker}/; {layout.hint}")
     return path, archive
 
 

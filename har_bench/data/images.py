@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import check_optional_int
+from har_bench.errors import MissingInputError, UserError, check_optional_int
 
 from ._io import Layout, resolve_root
 from .base import HARData, image_spec
@@ -74,7 +74,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({e})") from e
+        raise UserError(f"{path}: not a CIFAR-10 python batch ({e})") from e
 
 
 def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -83,9 +83,9 @@ def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
     except KeyError as e:
-        raise ValueError(f"{path}: CIFAR-10 batch without {e.args[0]!r}") from None
+        raise UserError(f"{path}: CIFAR-10 batch without {e.args[0]!r}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError(
+        raise UserError(
             f"{path}: expected data [n, 3072] and n labels, got {data.shape} / {len(labels)}"
         )
     return data.reshape(-1, 3, 32, 32), labels
@@ -120,7 +120,7 @@ def load_cifar10(
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
     for n in names:
         if not (path / n).is_file():
-            raise FileNotFoundError(f"CIFAR-10 file not found: {n!r} in {path}")
+            raise MissingInputError(f"CIFAR-10 file not found: {n!r} in {path}")
     meta = _unpickle(path / "batches.meta")
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
     # One batch in memory at a time, copied into its place: the peak stays near the result.
@@ -192,10 +192,10 @@ def load_image_folder(
     stored = None if store_size is None else image_spec(store_size).size
     pattern = re.compile(group_regex) if group_regex else None
     if pattern is not None and pattern.groups != 1:
-        raise ValueError(f"dataset.group_regex={group_regex!r} must have exactly one (group)")
+        raise UserError(f"dataset.group_regex={group_regex!r} must have exactly one (group)")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"image folder {base} does not exist")
+        raise MissingInputError(f"image folder {base} does not exist")
     has_split = (base / "train").is_dir() and (base / "test").is_dir()
     sides = {"train": base / "train", "test": base / "test"} if has_split else {"all": base}
 
@@ -204,9 +204,9 @@ def load_image_folder(
 
     class_names = classes_in(next(iter(sides.values())))
     if not class_names:
-        raise FileNotFoundError(f"image folder {base} has no class subfolders")
+        raise MissingInputError(f"image folder {base} has no class subfolders")
     if has_split and classes_in(base / "test") != class_names:
-        raise ValueError(
+        raise UserError(
             f"{base}/train and {base}/test have different class folders: "
             f"{class_names} vs {classes_in(base / 'test')}"
         )
@@ -225,12 +225,12 @@ def load_image_folder(
                 else:
                     m = pattern.search(p.stem)
                     if not m:
-                        raise ValueError(
+                        raise UserError(
                             f"dataset.group_regex={group_regex!r} does not match {p.name!r}"
                         )
                     groups.append(m.group(1))
     if not paths:
-        raise FileNotFoundError(f"image folder {base}: no {', '.join(IMAGE_SUFFIXES)} files")
+        raise MissingInputError(f"image folder {base}: no {', '.join(IMAGE_SUFFIXES)} files")
 
     def unreadable(p: Path, e: Exception) -> ValueError:
         return ValueError(f"{p}: cannot be read as an image ({e})")

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from har_bench.errors import check_int
+from har_bench.errors import UserError, check_int
 from har_bench.models.resnet import init_weights
 
 
 def _probability(name: str, value: float) -> float:
     if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"model.{name}={value!r} is invalid: expected a probability in [0, 1)")
+        raise UserError(f"model.{name}={value!r} is invalid: expected a probability in [0, 1)")
     return float(value)
 
 
@@ -41,7 +41,7 @@ class CNN(nn.Module):
     ) -> None:
         super().__init__()
         if not channels:
-            raise ValueError("model.channels=[] is invalid: expected at least one conv layer")
+            raise UserError("model.channels=[] is invalid: expected at least one conv layer")
         for c in channels:
             check_int("model.channels", c)
         check_int("model.kernel_size", kernel_size)
@@ -152,7 +152,7 @@ class DeepConvLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] <= self.shrink:
-            raise ValueError(
+            raise UserError(
                 f"DeepConvLSTM needs windows longer than {self.shrink} samples "
                 f"(conv_layers x (kernel_size - 1)); got {x.shape[-1]}"
             )
