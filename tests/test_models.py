@@ -3,6 +3,7 @@ import torch
 from helpers import config_options
 
 from har_bench.components import build_model
+from har_bench.errors import UserError
 from har_bench.models import (
     CNN,
     LSTM,
@@ -181,5 +182,5 @@ def test_baselines_take_any_window_length(cls):
 
 
 def test_deepconvlstm_too_short_window_is_a_clear_error():
-    with pytest.raises(ValueError, match="longer than 16 samples"):
+    with pytest.raises(UserError, match="at least 17 samples"):
         DeepConvLSTM(3, 5)(torch.randn(2, 3, 16))

@@ -153,8 +153,9 @@ class DeepConvLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] <= self.shrink:
             raise UserError(
-                f"DeepConvLSTM needs windows longer than {self.shrink} samples "
-                f"(conv_layers x (kernel_size - 1)); got {x.shape[-1]}"
+                f"DeepConvLSTM needs windows of at least {self.shrink + 1} samples "
+                f"(conv_layers x (kernel_size - 1) + 1, its unpadded convolutions); got "
+                f"{x.shape[-1]}"
             )
         h = self.convs(x.transpose(1, 2).unsqueeze(1))  # [N, F, T', C]
         h = h.permute(0, 2, 1, 3).flatten(2)  # [N, T', F*C]
