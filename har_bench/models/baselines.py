@@ -16,12 +16,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from har_bench.errors import UserError, check_int
+from har_bench.errors import UserError, check_int, is_number
 from har_bench.models.resnet import init_weights
 
 
 def _probability(name: str, value: float) -> float:
-    if not 0.0 <= float(value) < 1.0:
+    if not is_number(value) or not 0.0 <= value < 1.0:
         raise UserError(f"model.{name}={value!r} is invalid: expected a probability in [0, 1)")
     return float(value)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from har_bench.errors import UserError, check_int
+from har_bench.errors import UserError, check_int, is_number
 
 LAYOUTS = ("1d", "2d_sensor", "2d_image")
 BLOCKS = ("basic", "bottleneck")
@@ -403,5 +403,5 @@ def _validate(**kw: object) -> None:
         or not all(isinstance(b, int) and b >= 1 for b in layers)
     ):
         raise bad("layers", "a non-empty list of integers >= 1, e.g. [3, 4, 6, 3]")
-    if not 0.0 <= float(kw["dropout"]) < 1.0:  # type: ignore[arg-type]
+    if not is_number(kw["dropout"]) or not 0.0 <= kw["dropout"] < 1.0:  # type: ignore[operator]
         raise bad("dropout", "a probability in [0, 1)")
