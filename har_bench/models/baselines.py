@@ -26,6 +26,21 @@ def _probability(name: str, value: float) -> float:
     return float(value)
 
 
+class BinnedMaxPool1d(nn.Module):
+    """``nn.AdaptiveMaxPool1d(bins)`` (the same bins, the same values) written as slices and
+    maxima, which ONNX export takes: the exporter has no adaptive max pooling."""
+
+    def __init__(self, bins: int) -> None:
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, n = x.shape[-1], self.bins
+        # PyTorch's bin i: [floor(i t / n), ceil((i + 1) t / n)).
+        edges = [(i * t // n, -(-(i + 1) * t // n)) for i in range(n)]
+        return torch.stack([x[..., a:b].amax(-1) for a, b in edges], dim=-1)
+
+
 class CNN(nn.Module):
     """Conv -> ReLU -> max-pool blocks, then a hidden fully connected layer (Ronao & Cho)."""
 
@@ -60,7 +75,7 @@ class CNN(nn.Module):
             cin = cout
         self.features = nn.Sequential(*layers)
         # Pool the remaining time steps to a fixed size so any window length works.
-        self.pool = nn.AdaptiveMaxPool1d(4)
+        self.pool = BinnedMaxPool1d(4)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(cin * 4, hidden),
