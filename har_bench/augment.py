@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from scipy.special import betaincinv
 
+from har_bench.errors import UserError
+
 
 def _check(name: str, value: float, upper: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"augment.{name}={value!r} is invalid: expected a number >= 0")
+        raise UserError(f"augment.{name}={value!r} is invalid: expected a number >= 0")
     if upper is not None and value > upper:
-        raise ValueError(f"augment.{name}={value!r} is invalid: expected a number <= {upper}")
+        raise UserError(f"augment.{name}={value!r} is invalid: expected a number <= {upper}")
     return float(value)
 
 
@@ -158,7 +160,7 @@ class Augment:
         """Augmented windows and their targets: the class indices ``y``, or soft targets
         [B, num_classes] when mixup/CutMix are on."""
         if x.ndim != 3:
-            raise ValueError(f"augment works on sensor windows [B, C, T], got {tuple(x.shape)}")
+            raise UserError(f"augment works on sensor windows [B, C, T], got {tuple(x.shape)}")
         # Random numbers come from the CPU generator (the same on every device), then move.
         dev = x.device
         x = self._geometric(x)

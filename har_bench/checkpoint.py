@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from har_bench._fs import atomic_write
+from har_bench.errors import MissingInputError, UserError
 from har_bench.seeding import rng_state, set_rng_state
 from har_bench.train_state import TrainState
 
@@ -54,7 +55,7 @@ def load_checkpoint(path: Path, what: str = "trainer.resume", mmap: bool = False
 
     ``mmap`` maps the tensors instead of reading them (a cheap check that the file loads)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
+        raise MissingInputError(f"{what}: {path} does not exist")
     try:
         return torch.load(
             path,
@@ -64,7 +65,7 @@ def load_checkpoint(path: Path, what: str = "trainer.resume", mmap: bool = False
             mmap=mmap and zipfile.is_zipfile(path),
         )
     except Exception as e:
-        raise ValueError(
+        raise UserError(
             f"{what}: {path} cannot be read: it is damaged or not a checkpoint har-bench "
             f"saved ({type(e).__name__}: {_load_failure(e)})"
         ) from None
@@ -150,7 +151,7 @@ def _read_resume_state(checkpoint_dir: Path, mmap: bool) -> tuple[dict[str, Any]
     best.pt.pending when a crash hit between the two renames of :func:`commit_epoch`."""
     last = checkpoint_dir / LAST_CHECKPOINT
     if not last.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"trainer.resume: {last} does not exist; the run stopped before its first "
             "checkpoint, so start it again without trainer.resume"
         )
@@ -159,7 +160,7 @@ def _read_resume_state(checkpoint_dir: Path, mmap: bool) -> tuple[dict[str, Any]
         k for k in ("model", "optimizer", "epoch", "history", "generator", "rng") if k not in state
     ]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"trainer.resume: {last} has no {', '.join(missing)}: it is not a resumable "
             "har-bench checkpoint"
         )
@@ -178,7 +179,7 @@ def _read_resume_state(checkpoint_dir: Path, mmap: bool) -> tuple[dict[str, Any]
         return state, None
     best = load_checkpoint(best_file, mmap=mmap)
     if best.get("epoch") != best_epoch:
-        raise ValueError(
+        raise UserError(
             f"trainer.resume: {checkpoint_dir / BEST_CHECKPOINT} is from epoch "
             f"{best.get('epoch')} but {last} says the best epoch is {best_epoch}"
         )
@@ -203,19 +204,19 @@ def restore_training(
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise ValueError(
+        raise UserError(
             f"trainer.resume: the checkpoint was saved from a different model ({first}); "
             "resume with the run's own model settings"
         ) from None
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
     except ValueError as e:
-        raise ValueError(
+        raise UserError(
             f"trainer.resume: the checkpoint's optimizer state does not fit ({e})"
         ) from None
     saved = checkpoint["scheduler"]
     if (scheduler is None) != (saved is None):
-        raise ValueError(
+        raise UserError(
             "trainer.resume: the checkpoint was saved "
             + ("without" if saved is None else "with")
             + " a learning-rate scheduler; resume with the run's own scheduler setting"
@@ -231,7 +232,7 @@ def restore_training(
         for key, meaning in horizons.items():
             old, new = saved.get(key), getattr(scheduler, key, None)
             if old is not None and new is not None and old != new:
-                raise ValueError(
+                raise UserError(
                     f"trainer.resume: the scheduler's {key} (= {meaning}) was {old}, now {new}; "
                     "a schedule cannot be stretched mid-run. Resume with the run's own "
                     "trainer.max_epochs, or use scheduler=none/step to add epochs"

@@ -5,7 +5,7 @@ are dispatched before Hydra sees the command line. Heavy imports (torch) happen 
 starts, so ``har-bench --help`` stays fast.
 
 Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 1 the run failed
-(diverged, or a bug: traceback on stderr and in the run's error.txt); 74 the machine refused a
+(diverged, or a bug: one line saying so on stderr, the traceback in the run's error.txt); 74 the machine refused a
 write into the run directory (disk full, over quota, read-only or failing filesystem: one
 ``error:`` line naming the file, the run marked failed, the command that resumes it from its last
 checkpoint); 130 / 143 stopped by SIGINT / SIGTERM (the command that resumes the run is
@@ -29,7 +29,7 @@ from typing import Any
 from har_bench import rundir
 from har_bench._fs import storage_failure
 from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
-from har_bench.errors import UserError
+from har_bench.errors import UserError, bug_message
 from har_bench.signals import Interrupted
 
 # sysexits.h's EX_IOERR: neither bad input (2) nor a bug (1), but the disk.
@@ -79,9 +79,6 @@ VERBS["predict"] = _predict
 class _Sweep:
     jobs: int = 0
     failures: list[bool] = field(default_factory=list)  # per failed job: was it bad input?
-    # A run's own exception reached Hydra (a bug: its traceback is kept); anything else that
-    # escapes Hydra happened while it set the run up.
-    run_raised: bool = False
 
 
 _SWEEP = _Sweep()
@@ -143,8 +140,8 @@ def _train(cfg: object) -> float | None:
         if diverged:
             print(f"error: {e} (artifacts so far kept in {run_dir})", file=sys.stderr)
             raise SystemExit(1) from None
-        _SWEEP.run_raised = True
-        raise
+        print(f"error: {bug_message(e, run_dir / rundir.ERROR)}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         if multirun:
             from har_bench.sweep import job_finished
@@ -258,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return VERBS[args[0]](args[1:])
     import hydra
 
-    _SWEEP.jobs, _SWEEP.failures, _SWEEP.run_raised = 0, [], False
+    _SWEEP.jobs, _SWEEP.failures = 0, []
     from har_bench import sweep
 
     sweep.LAST = None
@@ -294,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             print(f"error: {write_failed}", file=sys.stderr)
             return EXIT_WRITE_FAILED
         msg = describe_config_error(e, args)
-        if msg is None and isinstance(e, OSError) and not _SWEEP.run_raised:
+        # A run's own exceptions end in _train; an OSError here came from setting the run up.
+        if msg is None and isinstance(e, OSError):
             msg = describe_output_error(e)
         if msg is None:
             raise

@@ -21,7 +21,6 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from torch import nn
 
 from har_bench.errors import (
-    BUILTIN_USER_ERRORS,
     UserError,
     check_finite_settings,
     check_int,
@@ -126,11 +125,12 @@ def _unexpected_keyword(error: BaseException) -> str | None:
 
 
 def as_user_error(e: BaseException) -> UserError | None:
-    """``e`` as bad input (a bad value, a missing file, ...) with its one-line message, or None
-    for a bug.
+    """``e`` as bad input with its one-line message, or None for a bug.
 
     The one classification of user errors: the CLI exits 2 on them and ``metrics.json``
-    records them (``user_error``) for the sweep summary.
+    records them (``user_error``) for the sweep summary. Bad input is what the code that checked
+    it raised as :class:`UserError`, and OmegaConf's errors about the config; an exception of any
+    other type is a bug, a ValueError or a missing file deep in a library included.
     """
     from hydra.errors import InstantiationException
 
@@ -144,8 +144,6 @@ def as_user_error(e: BaseException) -> UserError | None:
     if isinstance(e, OmegaConfBaseException):
         # Interpolation and type errors: OmegaConf's first line names the key.
         return UserError(str(e).strip().splitlines()[0])
-    if isinstance(e, BUILTIN_USER_ERRORS):
-        return UserError(str(e))
     return None
 
 
@@ -153,9 +151,9 @@ def build(cfg: DictConfig, group: str, exclude: Sequence[str] = (), **kwargs: An
     """``instantiate(cfg[group])``, with the constructor's own error instead of Hydra's wrapper;
     the keys in ``exclude`` are not passed to the constructor.
 
-    Hydra wraps a ValueError (or a missing file, ...) raised by a loader or model in an
-    InstantiationException whose text is a traceback summary; the user should see the original
-    one-line message, tagged with the config group it came from, as a :class:`UserError`.
+    Hydra wraps a :class:`UserError` raised by a loader or model in an InstantiationException
+    whose text is a traceback summary; the user should see the original one-line message, tagged
+    with the config group it came from. Any other error from the constructor stays a bug.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -177,7 +175,7 @@ def build(cfg: DictConfig, group: str, exclude: Sequence[str] = (), **kwargs: An
             if key:
                 target = cfg[group].get("_target_", group)
                 raise UserError(f"{group}.{key} is not a parameter of {target}") from None
-        if isinstance(cause, BUILTIN_USER_ERRORS):
+        if isinstance(cause, UserError):
             msg = str(cause)
             if not msg.startswith(f"{group}."):
                 msg = f"{group}: {msg}"

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from har_bench.errors import UserError
+
 # Monitored metric -> whether higher ("max") or lower ("min") is better.
 MONITORS = {"val_macro_f1": "max", "val_accuracy": "max", "val_loss": "min"}
 
@@ -35,7 +37,7 @@ class BestTracker:
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
-            raise ValueError(
+            raise UserError(
                 f"trainer.monitor={self.monitor!r} is invalid: expected one of {list(MONITORS)}"
             )
 
@@ -78,7 +80,7 @@ class BestTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("monitor", self.monitor) != self.monitor:
-            raise ValueError(
+            raise UserError(
                 f"trainer.resume: the run monitored {state['monitor']!r}, not {self.monitor!r}"
             )
         self.best_epoch = int(state["best_epoch"])

@@ -48,9 +48,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def resolve_device(device: str) -> torch.device:
     if device not in DEVICES:
-        raise ValueError(f"trainer.device={device!r} is invalid: expected one of {DEVICES}")
+        raise UserError(f"trainer.device={device!r} is invalid: expected one of {DEVICES}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise UserError(
             "trainer.device='cuda' but CUDA is not available on this machine "
             "(use trainer.device=auto or cpu)"
         )
@@ -67,9 +67,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """
     precision = str(precision)
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"trainer.precision={precision!r} is invalid: expected one of {PRECISIONS}"
-        )
+        raise UserError(f"trainer.precision={precision!r} is invalid: expected one of {PRECISIONS}")
     if precision == "auto":
         precision = "16-mixed" if device.type == "cuda" else "32"
     return {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
@@ -139,7 +137,7 @@ class Trainer:
     def train_batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
         """Shuffled index batches for one epoch (the last one short unless ``drop_last``)."""
         if self.drop_last and n < self.batch_size:
-            raise ValueError(
+            raise UserError(
                 f"trainer.batch_size={self.batch_size} is larger than the training set "
                 f"({n} windows) with trainer.drop_last=true: no batch would be trained"
             )
@@ -225,7 +223,7 @@ class Trainer:
         ``finetune`` freezes parts of the model per epoch and sets the backbone's rate.
         """
         if len(X_train) == 0:
-            raise ValueError("the training split has no windows")
+            raise UserError("the training split has no windows")
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         X_train, y_train = X_train.to(self.device), y_train.to(self.device)
@@ -328,7 +326,7 @@ def check_settings(trainer: Trainer) -> None:
         ("ema_decay", trainer.ema_decay, lambda v: 0 < v < 1, "null or 0 < x < 1"),
     ):
         if value is not None and not (isinstance(value, int | float) and ok(value)):
-            raise ValueError(f"trainer.{name}={value!r} is invalid: expected {expected}")
+            raise UserError(f"trainer.{name}={value!r} is invalid: expected {expected}")
 
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,12 +1,13 @@
 """Bad input versus bugs: the one classification the CLI's exit code and a sweep's verdict share.
 
 A user error is shown as one ``error:`` line (exit code 2, no traceback) and recorded in the run's
-``metrics.json`` as ``user_error: true``; anything else is a bug and keeps its traceback. Errors
-that har-bench raises about its own inputs derive from :class:`UserError`; the built-in types of
-:data:`BUILTIN_USER_ERRORS` are what models, loaders and torch raise for a bad value or a missing
-file, and :func:`har_bench.components.as_user_error` converts those (and OmegaConf's errors
-about a config) at the edge: a run and the export/predict subcommands. Standard library only,
-so that every module may import it.
+``metrics.json`` as ``user_error: true``; anything else is a bug: exit code 1, its traceback in
+the run's ``error.txt``, ``user_error: false``. Input is recognised where it is checked: the code
+that knows a value, a file or a shape came from the user raises :class:`UserError` (or
+:class:`MissingInputError`) there. An exception of any other type, a ValueError deep in a library
+included, is a bug, whatever its type. :func:`har_bench.components.as_user_error` adds only
+OmegaConf's errors about a config at the edge. Standard library only, so that every module may
+import it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import tempfile
+import traceback
 from collections.abc import Mapping
 
 
@@ -25,13 +28,30 @@ class UserError(ValueError):
     """
 
 
-BUILTIN_USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder the user named (or that their setting implies) is not there.
+
+    A FileNotFoundError too, so that code falling back when an optional file is absent keeps
+    catching it.
+    """
+
+
+def bug_message(e: BaseException, traceback_at: object | None = None) -> str:
+    """The one line shown for an exception that is not bad input."""
+    where = f"; the traceback is in {traceback_at}" if traceback_at is not None else ""
+    return (
+        f"internal error (a bug in har-bench, not a problem with your input): "
+        f"{type(e).__name__}: {e}{where}"
+    )
+
+
+def save_traceback(e: BaseException) -> str:
+    """``e``'s traceback in a new file of the temp folder, for a command without a run dir to
+    keep it in; returns the file's path."""
+    fd, path = tempfile.mkstemp(prefix="har-bench-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(traceback.format_exception(e)))
+    return path
 
 
 def is_number(value: object) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from har_bench.errors import check_optional_int
+from har_bench.errors import UserError, check_optional_int
 
 FREEZE = ("none", "backbone", "all-but-last-stage")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -55,18 +55,18 @@ class FineTune:
 
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE:
-            raise ValueError(
+            raise UserError(
                 f"model.freeze={self.freeze!r} is invalid: expected one of {', '.join(FREEZE)}"
             )
         n = check_optional_int("model.unfreeze_after", self.unfreeze_after)
         if n is not None and self.freeze == "none":
-            raise ValueError(
+            raise UserError(
                 f"model.unfreeze_after={n} needs a frozen part: set model.freeze=backbone or "
                 "all-but-last-stage"
             )
         lr = self.backbone_lr
         if isinstance(lr, bool) or not isinstance(lr, int | float) or lr < 0:
-            raise ValueError(f"model.backbone_lr={lr!r} is invalid: expected a number >= 0")
+            raise UserError(f"model.backbone_lr={lr!r} is invalid: expected a number >= 0")
         self.backbone_lr = float(lr)
         self.head, self.last_stage = tuple(self.head), tuple(self.last_stage)
 
@@ -156,7 +156,7 @@ class FineTune:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             if getattr(self, key) != value:
-                raise ValueError(
+                raise UserError(
                     f"trainer.resume: the checkpoint was trained with model.{key}={value}, "
                     f"now {getattr(self, key)}; resume with the run's own setting"
                 )

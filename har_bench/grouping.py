@@ -20,6 +20,7 @@ from typing import Any
 
 from har_bench import rundir
 from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in
+from har_bench.errors import MissingInputError
 
 # Runs that differ only by these are repeats of one configuration.
 REPLICATE_KEYS = ("seed", "split.fold")
@@ -112,7 +113,7 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         for m in matches:
             p = Path(m).expanduser()
             if not p.exists():
-                raise FileNotFoundError(f"{raw}: no such file or directory")
+                raise MissingInputError(f"{raw}: no such file or directory")
             if p.is_file():
                 p = p.parent  # e.g. .../metrics.json
             for run_dir in _walk_runs(p):

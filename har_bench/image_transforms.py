@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from har_bench.errors import UserError
+
 # The statistics torchvision's ImageNet weights were trained with (RGB, [0, 1] units).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,7 +89,7 @@ class ImageInput:
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         if len(self.mean) != len(self.std) or min(self.std) <= 0:
-            raise ValueError(f"image normalisation: mean={self.mean} std={self.std} (std > 0)")
+            raise UserError(f"image normalisation: mean={self.mean} std={self.std} (std > 0)")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic path: resize to cover, centre crop, normalise."""
@@ -130,7 +132,7 @@ def _pair(name: str, value: Sequence[float], low: float, high: float | None) -> 
         a, b = math.nan, math.nan
     if not (low < a <= b and (high is None or b <= high)):
         bound = f"<= {high}" if high is not None else ""
-        raise ValueError(
+        raise UserError(
             f"augment.{name}={list(value) if isinstance(value, Sequence) else value!r} is "
             f"invalid: expected [min, max] with {low} < min <= max {bound}".rstrip()
         )
@@ -139,7 +141,7 @@ def _pair(name: str, value: Sequence[float], low: float, high: float | None) -> 
 
 def _amount(name: str, value: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
-        raise ValueError(f"augment.{name}={value!r} is invalid: expected a number in [0, {high}]")
+        raise UserError(f"augment.{name}={value!r} is invalid: expected a number in [0, {high}]")
     return float(value)
 
 
@@ -240,7 +242,7 @@ class ImageAugment:
         if self.image_input is None:
             raise ValueError("ImageAugment needs the run's ImageInput (see bind())")
         if x.ndim != 4:
-            raise ValueError(f"augment=image works on images [B, C, H, W], got {tuple(x.shape)}")
+            raise UserError(f"augment=image works on images [B, C, H, W], got {tuple(x.shape)}")
         n, dev = len(x), x.device
         out = self._geometry(x)
         if self.flip > 0:

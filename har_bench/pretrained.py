@@ -41,7 +41,7 @@ from torch import nn
 from har_bench import rundir
 from har_bench.checkpoint import BEST_CHECKPOINT, load_checkpoint
 from har_bench.data.download import DownloadError, download, filename_from_url, sha256_file
-from har_bench.errors import UserError
+from har_bench.errors import MissingInputError, UserError
 from har_bench.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -224,12 +224,12 @@ class WeightsSource:
                 return best
             if (path / BEST_CHECKPOINT).is_file():
                 return path / BEST_CHECKPOINT
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"model.weights={self.value}: a folder without {best.relative_to(path)}: "
                 "expected a weights file, a har-bench run directory, a URL or imagenet"
             )
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"model.weights={self.value}: no such file; expected a weights file, a "
                 "har-bench run directory, a URL or imagenet"
             )

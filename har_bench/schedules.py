@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from har_bench.errors import check_int, is_number
+from har_bench.errors import UserError, check_int, is_number
 
 KINDS = ("warmup_cosine", "one_cycle")
 
@@ -40,16 +40,16 @@ class StepSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"scheduler.kind={self.kind!r} is invalid: expected one of {KINDS}")
+            raise UserError(f"scheduler.kind={self.kind!r} is invalid: expected one of {KINDS}")
         check_int("scheduler.epochs", self.epochs)
         if not is_number(self.warmup_epochs) or not self.warmup_epochs >= 0:
-            raise ValueError(
+            raise UserError(
                 f"scheduler.warmup_epochs={self.warmup_epochs!r} is invalid: expected a number >= 0"
             )
         for name in ("start_factor", "min_factor"):
             value = getattr(self, name)
             if not is_number(value) or not 0 <= value <= 1:
-                raise ValueError(f"scheduler.{name}={value!r} is invalid: expected 0..1")
+                raise UserError(f"scheduler.{name}={value!r} is invalid: expected 0..1")
 
     @property
     def warmup(self) -> float:

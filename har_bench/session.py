@@ -27,6 +27,7 @@ from har_bench.augment import Augment
 from har_bench.checkpoint import LAST_CHECKPOINT, restore_training, save_checkpoint, training_state
 from har_bench.early_stopping import BestTracker
 from har_bench.ema import moving_average
+from har_bench.errors import UserError
 from har_bench.finetune import FineTune
 from har_bench.image_transforms import ImageAugment
 from har_bench.schedules import StepSchedule
@@ -247,7 +248,7 @@ class Session:
         ):
             saved = checkpoint.get(name)
             if (part is None) != (saved is None):
-                raise ValueError(
+                raise UserError(
                     f"trainer.resume: the checkpoint was saved "
                     f"{'without' if saved is None else 'with'} {name}; resume with the run's "
                     f"own {settings[name]} setting"

@@ -277,7 +277,10 @@ def test_as_user_error_classifies_bad_input_and_bugs():
 
     mine = UserError("model.width=0 is invalid")
     assert as_user_error(mine) is mine
-    assert str(as_user_error(FileNotFoundError("no such file: x.csv"))) == "no such file: x.csv"
+    # A library's missing file or bad value is a bug unless the code that knew it was input
+    # raised it as a UserError.
+    assert as_user_error(FileNotFoundError("no such file: x.csv")) is None
+    assert as_user_error(ValueError("shape mismatch")) is None
     from omegaconf.errors import InterpolationKeyError
 
     with pytest.raises(InterpolationKeyError) as info:
@@ -285,7 +288,9 @@ def test_as_user_error_classifies_bad_input_and_bugs():
     converted = as_user_error(info.value)
     assert converted is not None and "nowhere" in str(converted) and "\n" not in str(converted)
     wrapped = InstantiationException("Error in call to target")
-    wrapped.__cause__ = ValueError("cardinality=3 does not divide 64")
+    wrapped.__cause__ = UserError("cardinality=3 does not divide 64")
     assert str(as_user_error(wrapped)) == "cardinality=3 does not divide 64"
+    wrapped.__cause__ = ValueError("could not broadcast")
+    assert as_user_error(wrapped) is None
     assert as_user_error(RuntimeError("shape mismatch")) is None
     assert as_user_error(KeyError("x")) is None

@@ -3,6 +3,7 @@ import torch
 from helpers import config_options
 
 from har_bench.components import build_model
+from har_bench.errors import UserError
 from har_bench.models import (
     CNN,
     LSTM,
@@ -181,5 +182,13 @@ def test_baselines_take_any_window_length(cls):
 
 
 def test_deepconvlstm_too_short_window_is_a_clear_error():
-    with pytest.raises(ValueError, match="longer than 16 samples"):
+    with pytest.raises(UserError, match="at least 17 samples"):
         DeepConvLSTM(3, 5)(torch.randn(2, 3, 16))
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 5, 8, 13, 64])
+def test_cnn_pooling_is_adaptive_max_pooling(t):
+    from har_bench.models.baselines import BinnedMaxPool1d
+
+    x = torch.randn(2, 3, t)
+    torch.testing.assert_close(BinnedMaxPool1d(4)(x), torch.nn.AdaptiveMaxPool1d(4)(x))

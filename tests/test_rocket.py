@@ -71,3 +71,36 @@ def test_minirocket_records_how_its_penalty_was_chosen(compose_cfg):
 
     with pytest.raises(ValueError, match="model.alpha_search_windows=1 is invalid"):
         MiniRocket(2, 2, alpha_search_windows=1)
+
+
+def test_minirocket_two_classes_score_one_column_per_class():
+    from har_bench.models.rocket import MiniRocket
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    t = np.arange(48)
+    X = np.sin(2 * np.pi * (y[:, None] + 1) * t / 48)[:, None, :] + 0.2 * rng.standard_normal(
+        (40, 1, 48)
+    )
+    train, test = slice(0, 20), slice(20, 40)
+    model = MiniRocket(1, 2, n_kernels=84).fit(X[train], y[train])
+    scores = model.decision_function(X[test])
+    assert scores.shape == (20, 2) and np.isfinite(scores).all()
+    # The prediction is aeon's own.
+    assert (scores.argmax(1) == model.classifier.predict(X[test].astype(np.float32))).all()
+    assert (model.predict(X[test]) == y[test]).mean() >= 0.9
+    # Two classes seen in training out of three: the unseen one scores -inf.
+    three = MiniRocket(1, 3, n_kernels=84).fit(X[train], y[train] * 2)
+    assert np.isneginf(three.decision_function(X[test])[:, 1]).all()
+
+
+def test_minirocket_pads_series_shorter_than_its_kernels():
+    from har_bench.models.rocket import MIN_LENGTH, MiniRocket
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2, 3)).astype(np.float32)
+    y = np.arange(20) % 3
+    model = MiniRocket(2, 3, n_kernels=84).fit(X, y)
+    assert model.decision_function(X[:4]).shape == (4, 3)
+    padded = np.concatenate([X[:4], np.zeros((4, 2, MIN_LENGTH - 3), np.float32)], axis=2)
+    np.testing.assert_array_equal(model.decision_function(X[:4]), model.decision_function(padded))

@@ -22,7 +22,7 @@ import pandas as pd
 from numpy.typing import DTypeLike
 
 from har_bench._fs import atomic_write
-from har_bench.errors import UserError
+from har_bench.errors import MissingInputError, UserError
 
 from .archives import extract_archive
 from .download import download, filename_from_url
@@ -43,7 +43,7 @@ def read_text(path: Path) -> str:
         with open_text(path) as f:
             return f.read()
     except (OSError, EOFError, lzma.LZMAError) as e:  # truncated/corrupt compressed file
-        raise ValueError(f"{path}: cannot be read ({e})") from e
+        raise UserError(f"{path}: cannot be read ({e})") from e
 
 
 def find_file(folder: Path, name: str, what: str, hint: str = "") -> Path:
@@ -58,7 +58,7 @@ def find_file(folder: Path, name: str, what: str, hint: str = "") -> Path:
         msg += " (that folder does not exist)"
     if hint:
         msg += f"; {hint}"
-    raise FileNotFoundError(msg)
+    raise MissingInputError(msg)
 
 
 def strip_compression(name: str) -> str:
@@ -209,7 +209,7 @@ def dataset_root(
         return download(url, workdir / name, sha256, progress=progress)
     path = Path(root).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{what} root {path} does not exist; {hint}")
+        raise MissingInputError(f"{what} root {path} does not exist; {hint}")
     return path
 
 
@@ -273,7 +273,7 @@ def resolve_root(
     if not layout.marker.endswith("/"):
         find_file(path, layout.marker, layout.what, layout.hint)  # raises, naming the file
     elif not _holds(path, layout.marker):
-        raise FileNotFoundError(f"{layout.what} folder {path} has no {marker}/; {layout.hint}")
+        raise MissingInputError(f"{layout.what} folder {path} has no {marker}/; {layout.hint}")
     return path, archive
 
 

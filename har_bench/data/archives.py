@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from har_bench._fs import atomic_write_text, file_lock
+from har_bench.errors import UserError
 
 # A zip nested deeper than this is not a dataset layout but a zip bomb or a mistake.
 MAX_NESTING = 3
@@ -36,7 +37,7 @@ def check_member_name(name: str, archive: str) -> None:
     norm = name.replace("\\", "/")
     parts = PurePosixPath(norm).parts
     if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or ".." in parts:
-        raise ValueError(f"unsafe path {name!r} in archive {archive}; refusing to extract")
+        raise UserError(f"unsafe path {name!r} in archive {archive}; refusing to extract")
 
 
 def extract_archive(
@@ -73,7 +74,7 @@ def extract_archive(
             extract = _extract_tar
         else:
             hint = f"; {hint}" if hint else ""
-            raise ValueError(f"{what}: {archive} is not a zip or tar archive{hint}")
+            raise UserError(f"{what}: {archive} is not a zip or tar archive{hint}")
         dest_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
         try:

@@ -35,14 +35,14 @@ class ImageSpec:
         if len(size) != 2 or not all(
             isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size
         ):
-            raise ValueError(
+            raise UserError(
                 f"dataset.size={list(size)!r} is invalid: expected an integer or [height, width]"
             )
         object.__setattr__(self, "size", size)
         if isinstance(self.crop_ratio, bool) or not (
             isinstance(self.crop_ratio, int | float) and 0 < self.crop_ratio <= 1
         ):
-            raise ValueError(
+            raise UserError(
                 f"dataset.crop_ratio={self.crop_ratio!r} is invalid: expected a number in (0, 1]"
             )
         for name in ("mean", "std"):
@@ -50,9 +50,9 @@ class ImageSpec:
             if value is not None:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
         if (self.mean is None) != (self.std is None):
-            raise ValueError("dataset.mean and dataset.std must be given together (or neither)")
+            raise UserError("dataset.mean and dataset.std must be given together (or neither)")
         if self.std is not None and min(self.std) <= 0:
-            raise ValueError(f"dataset.std={list(self.std)} is invalid: expected values > 0")
+            raise UserError(f"dataset.std={list(self.std)} is invalid: expected values > 0")
 
 
 def image_spec(
@@ -67,9 +67,7 @@ def image_spec(
     elif isinstance(size, Sequence) and not isinstance(size, str):
         hw = tuple(size)
     else:
-        raise ValueError(
-            f"dataset.size={size!r} is invalid: expected an integer or [height, width]"
-        )
+        raise UserError(f"dataset.size={size!r} is invalid: expected an integer or [height, width]")
     return ImageSpec(
         hw,  # type: ignore[arg-type]
         crop_ratio,
@@ -107,26 +105,26 @@ class HARData:
     def __post_init__(self) -> None:
         n = len(self.X)
         if self.X.ndim not in (3, 4):
-            raise ValueError(f"X must be [N, C, T] (or [N, C, H, W] images), got {self.X.shape}")
+            raise UserError(f"X must be [N, C, T] (or [N, C, H, W] images), got {self.X.shape}")
         if self.image is not None:
             if self.X.ndim != 4 or self.X.dtype != np.uint8:
-                raise ValueError(
+                raise UserError(
                     f"images must be uint8 [N, C, H, W], got {self.X.dtype} {self.X.shape}"
                 )
             for name in ("mean", "std"):
                 value = getattr(self.image, name)
                 if value is not None and len(value) != self.X.shape[1]:
-                    raise ValueError(
+                    raise UserError(
                         f"dataset.{name} has {len(value)} values for {self.X.shape[1]} channels"
                     )
         if (self.recording is None) != (self.start is None):
-            raise ValueError("recording and start must be given together (or neither)")
+            raise UserError("recording and start must be given together (or neither)")
         for name in ("y", "subjects", "official_split", "recording", "start"):
             arr = getattr(self, name)
             if arr is not None and len(arr) != n:
-                raise ValueError(f"{name} has {len(arr)} entries, expected {n} (one per window)")
+                raise UserError(f"{name} has {len(arr)} entries, expected {n} (one per window)")
         if len(self.channel_names) != self.X.shape[1]:
-            raise ValueError(
+            raise UserError(
                 f"{len(self.channel_names)} channel names for {self.X.shape[1]} channels"
             )
         # Every loader names the file and line of a non-finite sample; this catches what reaches
@@ -138,7 +136,7 @@ class HARData:
                 f"non-finite value ({self.X[i, c][~np.isfinite(self.X[i, c])][0]})"
             )
         if n and (self.y.min() < 0 or self.y.max() >= len(self.class_names)):
-            raise ValueError(
+            raise UserError(
                 f"labels must be in 0..{len(self.class_names) - 1}, got {self.y.min()}..{self.y.max()}"
             )
 
@@ -146,7 +144,7 @@ class HARData:
             self.channel_groups = xyz_triples(self.channel_names)
         for group in self.channel_groups:
             if len(group) != 3 or not all(0 <= c < self.X.shape[1] for c in group):
-                raise ValueError(
+                raise UserError(
                     f"channel_groups entry {group} is invalid: expected 3 channel indices "
                     f"below {self.X.shape[1]}"
                 )

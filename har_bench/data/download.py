@@ -48,7 +48,7 @@ def _normalize_sha256(sha256: str | None) -> str | None:
         return None
     value = str(sha256).strip().lower()
     if not _SHA256_RE.match(value):
-        raise ValueError(f"sha256 must be 64 hex characters, got {sha256!r}")
+        raise UserError(f"sha256 must be 64 hex characters, got {sha256!r}")
     return value
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from har_bench.errors import MissingInputError, UserError
+
 from ._io import Layout, check_choice, find_file, read_table, resolve_root, strip_compression
 from .base import HARData
 from .windowing import Recording, WindowSpec, channel_names
@@ -83,7 +85,7 @@ def load_hapt(
     spec = WindowSpec.check(window, step, resample_hz)
     sensors = [check_choice("dataset.sensors entry", str(s), SENSORS) for s in sensors]
     if not sensors:
-        raise ValueError("dataset.sensors is empty: choose acc and/or gyro")
+        raise UserError("dataset.sensors is empty: choose acc and/or gyro")
     workdir = Path(data_dir).expanduser() / "hapt"
     ds, _ = resolve_root(root, workdir, url, sha256, progress, LAYOUT)
     raw = ds / "RawData"
@@ -91,7 +93,7 @@ def load_hapt(
     labels = read_table(labels_path, 5).astype(np.int64)
     bad = np.flatnonzero((labels[:, 2] < 1) | (labels[:, 2] > 12) | (labels[:, 3] > labels[:, 4]))
     if bad.size:
-        raise ValueError(
+        raise UserError(
             f"{labels_path}, row {bad[0] + 1}: expected activity 1..12 and start <= end, got "
             f"{labels[bad[0]].tolist()}"
         )
@@ -107,20 +109,20 @@ def load_hapt(
     for (exp, user), files in sorted(experiments.items()):
         missing = [s for s in sensors if s not in files]
         if missing:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"HAPT file not found: {missing[0]}_exp{exp:02d}_user{user:02d}.txt in {raw}"
             )
         parts = [read_table(files[s], 3) for s in sensors]
         n = min(len(p) for p in parts)
         if any(len(p) != n for p in parts):
-            raise ValueError(
+            raise UserError(
                 f"HAPT experiment {exp}: acc and gyro have different lengths "
                 f"({', '.join(str(len(p)) for p in parts)})"
             )
         lab = np.full(n, -1, np.int64)
         for _, _, act, start, end in labels[(labels[:, 0] == exp) & (labels[:, 1] == user)]:
             if end > n:
-                raise ValueError(
+                raise UserError(
                     f"{labels_path}: segment {start}-{end} of experiment {exp} ends after its "
                     f"{n} samples"
                 )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import UserError, check_memory, check_optional_int
+from har_bench.errors import MissingInputError, UserError, check_memory, check_optional_int
 
 from ._io import Layout, resolve_root
 from .base import HARData, image_spec
@@ -157,7 +157,7 @@ def load_cifar10(
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
     for n in names:
         if not (path / n).is_file():
-            raise FileNotFoundError(f"CIFAR-10 file not found: {n!r} in {path}")
+            raise MissingInputError(f"CIFAR-10 file not found: {n!r} in {path}")
     meta = _unpickle(path / "batches.meta")
     if not isinstance(meta.get(b"label_names"), list):
         raise UserError(
@@ -233,10 +233,10 @@ def load_image_folder(
     stored = None if store_size is None else image_spec(store_size).size
     pattern = re.compile(group_regex) if group_regex else None
     if pattern is not None and pattern.groups != 1:
-        raise ValueError(f"dataset.group_regex={group_regex!r} must have exactly one (group)")
+        raise UserError(f"dataset.group_regex={group_regex!r} must have exactly one (group)")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"image folder {base} does not exist")
+        raise MissingInputError(f"image folder {base} does not exist")
     has_split = (base / "train").is_dir() and (base / "test").is_dir()
     sides = {"train": base / "train", "test": base / "test"} if has_split else {"all": base}
 
@@ -245,9 +245,9 @@ def load_image_folder(
 
     class_names = classes_in(next(iter(sides.values())))
     if not class_names:
-        raise FileNotFoundError(f"image folder {base} has no class subfolders")
+        raise MissingInputError(f"image folder {base} has no class subfolders")
     if has_split and classes_in(base / "test") != class_names:
-        raise ValueError(
+        raise UserError(
             f"{base}/train and {base}/test have different class folders: "
             f"{class_names} vs {classes_in(base / 'test')}"
         )
@@ -266,12 +266,12 @@ def load_image_folder(
                 else:
                     m = pattern.search(p.stem)
                     if not m:
-                        raise ValueError(
+                        raise UserError(
                             f"dataset.group_regex={group_regex!r} does not match {p.name!r}"
                         )
                     groups.append(m.group(1))
     if not paths:
-        raise FileNotFoundError(f"image folder {base}: no {', '.join(IMAGE_SUFFIXES)} files")
+        raise MissingInputError(f"image folder {base}: no {', '.join(IMAGE_SUFFIXES)} files")
 
     def unreadable(p: Path, e: Exception) -> ValueError:
         return ValueError(f"{p}: cannot be read as an image ({e})")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from har_bench.errors import UserError
+
 from ._io import (
     Layout,
     cache_key,
@@ -102,11 +104,11 @@ def load_pamap2(
     imus = [check_choice("dataset.imus entry", str(i), IMUS) for i in imus]
     sensors = [check_choice("dataset.sensors entry", str(s), SENSOR_COLUMNS) for s in sensors]
     if not imus or not sensors:
-        raise ValueError("dataset.imus and dataset.sensors must each name at least one entry")
+        raise UserError("dataset.imus and dataset.sensors must each name at least one entry")
     ids = list(PROTOCOL_ACTIVITIES) if activities is None else [int(a) for a in activities]
     bad = [a for a in ids if a not in ACTIVITIES]
     if bad or not ids:
-        raise ValueError(
+        raise UserError(
             f"dataset.activities has unknown ids {bad or ids}: expected ids from "
             f"{sorted(ACTIVITIES)}"
         )
@@ -142,7 +144,7 @@ def load_pamap2(
             nan_filled += interpolate_nans(sig)
             act = raw[:, 1]
             if np.isnan(act).any():
-                raise ValueError(f"{p}: the activity column has missing values")
+                raise UserError(f"{p}: the activity column has missing values")
             signals.append(sig.astype(np.float32))
             times.append(raw[:, 0])
             acts.append(act.astype(np.int64))
@@ -163,7 +165,7 @@ def load_pamap2(
         remap[a] = k
     act = arrays["activity"]
     if act.min() < 0 or act.max() > max(ACTIVITIES):
-        raise ValueError(f"PAMAP2: activity ids outside 0..{max(ACTIVITIES)} in {ds / 'Protocol'}")
+        raise UserError(f"PAMAP2: activity ids outside 0..{max(ACTIVITIES)} in {ds / 'Protocol'}")
     label = remap[act]
     subject = arrays["subject"]
     bounds = np.flatnonzero(np.diff(subject)) + 1

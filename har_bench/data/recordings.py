@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from har_bench.errors import UserError
+from har_bench.errors import MissingInputError, UserError
 
 from ._io import check_choice
 from .base import HARData
@@ -31,7 +31,7 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
         try:
             import pyarrow  # noqa: F401  (pandas' Parquet engine)
         except ImportError:
-            raise ValueError(
+            raise UserError(
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert "
                 f"the file to CSV"
             ) from None
@@ -40,10 +40,10 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
         try:
             df = pd.read_csv(path)
         except (ValueError, pd.errors.ParserError) as e:
-            raise ValueError(f"{path}: cannot be read as CSV ({e})") from e
+            raise UserError(f"{path}: cannot be read as CSV ({e})") from e
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{path} has no column(s) {missing}; its columns are {list(df.columns)[:20]}"
         )
     return df
@@ -62,14 +62,14 @@ def _shown(value: object) -> str:
 
 def _files(path: Path) -> list[Path]:
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"dataset.path {path} does not exist: give a CSV/Parquet file or a folder of them"
         )
     if path.is_file():
         return [path]
     files = sorted(p for p in path.iterdir() if p.name.lower().endswith(SUFFIXES))
     if not files:
-        raise FileNotFoundError(f"dataset.path {path} holds no {', '.join(SUFFIXES)} files")
+        raise MissingInputError(f"dataset.path {path} holds no {', '.join(SUFFIXES)} files")
     return files
 
 
@@ -112,11 +112,9 @@ def load_recordings(
     check_choice("dataset.nan_policy", nan_policy, NAN_POLICIES)
     channels = [str(c) for c in channels or []]
     if not channels:
-        raise ValueError("dataset.channels is empty: name the sensor columns to use")
+        raise UserError("dataset.channels is empty: name the sensor columns to use")
     if time_column is None and sampling_rate_hz is None and resample_hz is not None:
-        raise ValueError(
-            "dataset.resample_hz needs dataset.time_column or dataset.sampling_rate_hz"
-        )
+        raise UserError("dataset.resample_hz needs dataset.time_column or dataset.sampling_rate_hz")
     needed = [subject_column, label_column, *channels]
     needed += [c for c in (time_column, recording_column, split_column) if c]
     frames = []
@@ -142,7 +140,7 @@ def load_recordings(
     try:
         subjects = df[subject_column].to_numpy().astype(np.int64)
     except (ValueError, TypeError):
-        raise ValueError(f"column {subject_column!r} must hold integer subject ids") from None
+        raise UserError(f"column {subject_column!r} must hold integer subject ids") from None
 
     labels_raw = df[label_column].astype(str).to_numpy()
     class_names = [str(c) for c in classes] if classes else sorted(set(labels_raw))
@@ -183,12 +181,12 @@ def load_recordings(
         side = df[split_column].astype(str).str.lower().to_numpy()
         unknown = sorted(set(side) - {"train", "test"})
         if unknown:
-            raise ValueError(f"column {split_column!r} must hold train/test, found {unknown[:5]}")
+            raise UserError(f"column {split_column!r} must hold train/test, found {unknown[:5]}")
         rec_side = []
         for a, b in zip(starts, stops, strict=True):
             values = set(side[a:b])
             if len(values) != 1:
-                raise ValueError(
+                raise UserError(
                     f"column {split_column!r}: a recording (rows {a}..{b - 1}) is partly train, "
                     f"partly test; put whole recordings on one side"
                 )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from har_bench.data.base import HARData
-from har_bench.errors import check_int, is_number
+from har_bench.errors import UserError, check_int, is_number
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ class Split:
 
 def _check_fraction(name: str, value: object, *, upper_open: bool = True) -> float:
     if not is_number(value):
-        raise ValueError(f"split.{name}={value!r} is invalid: expected a number in [0, 1)")
+        raise UserError(f"split.{name}={value!r} is invalid: expected a number in [0, 1)")
     if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"split.{name}={value!r} is invalid: expected 0 <= f < 1")
+        raise UserError(f"split.{name}={value!r} is invalid: expected 0 <= f < 1")
     return float(value)
 
 
@@ -66,13 +66,13 @@ def _subject_list(name: str, values: object) -> list[int]:
         try:
             values = list(values)  # type: ignore[call-overload]  # OmegaConf ListConfig
         except TypeError:
-            raise ValueError(
+            raise UserError(
                 f"split.{name}={values!r} is invalid: expected a list of subject ids"
             ) from None
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ValueError(f"split.{name} entry {v!r} is invalid: expected an integer subject id")
+            raise UserError(f"split.{name} entry {v!r} is invalid: expected an integer subject id")
         out.append(int(v))
     return out
 
@@ -84,7 +84,7 @@ def _hold_out_validation(
     train_subjects = np.unique(data.subjects[train_mask])
     n_val = math.ceil(val_fraction * len(train_subjects)) if val_fraction > 0 else 0
     if n_val and n_val >= len(train_subjects):
-        raise ValueError(
+        raise UserError(
             f"split.val_fraction={val_fraction} leaves no training subject "
             f"({len(train_subjects)} subjects outside the test set)"
         )
@@ -123,7 +123,7 @@ def official_split(data: HARData, val_fraction: float = 0.2, seed: int = 0) -> S
     """The dataset's own train/test split, with ``val_fraction`` of the training *subjects*
     held out for validation (chosen by ``seed``; at least one when the fraction is > 0)."""
     if data.official_split is None:
-        raise ValueError(
+        raise UserError(
             f"split=official: dataset {data.name!r} defines no official train/test split; "
             f"use split=group_kfold, split=loso or split=subjects"
         )
@@ -153,13 +153,13 @@ def subjects_split(
     the remaining subjects."""
     test = _subject_list("test_subjects", test_subjects)
     if not test:
-        raise ValueError("split.test_subjects is empty: list the subject ids to test on")
+        raise UserError("split.test_subjects is empty: list the subject ids to test on")
     val = _subject_list("val_subjects", val_subjects)
     known = set(np.unique(data.subjects).tolist())
     for key, ids in (("test_subjects", test), ("val_subjects", val)):
         unknown = sorted(set(ids) - known)
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"split.{key} has subjects {unknown} that dataset {data.name!r} does not "
                 f"contain (it has {len(known)} subjects: {_abbrev(sorted(known))})"
             )
@@ -168,7 +168,7 @@ def subjects_split(
         return _from_test_subjects(data, test, val_fraction, seed, "subjects", {})
     both = sorted(set(val) & set(test))
     if both:
-        raise ValueError(f"split.val_subjects and split.test_subjects share subjects {both}")
+        raise UserError(f"split.val_subjects and split.test_subjects share subjects {both}")
     is_test = np.isin(data.subjects, test)
     is_val = np.isin(data.subjects, val)
     split = Split(
@@ -188,7 +188,7 @@ def subject_folds(data: HARData, n_splits: int) -> list[list[int]]:
     ``i`` names the same subjects in every run of a sweep."""
     ids, counts = np.unique(data.subjects, return_counts=True)
     if n_splits > len(ids):
-        raise ValueError(
+        raise UserError(
             f"split.n_splits={n_splits} is invalid: dataset {data.name!r} has only "
             f"{len(ids)} subjects"
         )
@@ -210,7 +210,7 @@ def group_kfold_split(
     n_splits = check_int("split.n_splits", n_splits, 2)
     fold = check_int("split.fold", fold, 0)
     if fold >= n_splits:
-        raise ValueError(f"split.fold={fold} is invalid: expected 0..{n_splits - 1}")
+        raise UserError(f"split.fold={fold} is invalid: expected 0..{n_splits - 1}")
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test = subject_folds(data, n_splits)[fold]
     info = {"fold": fold, "n_splits": n_splits}
@@ -222,7 +222,7 @@ def loso_split(data: HARData, fold: int = 0, val_fraction: float = 0.2, seed: in
     ids = np.unique(data.subjects)
     fold = check_int("split.fold", fold, 0)
     if fold >= len(ids):
-        raise ValueError(
+        raise UserError(
             f"split.fold={fold} is invalid: dataset {data.name!r} has {len(ids)} subjects, "
             f"so LOSO folds are 0..{len(ids) - 1}"
         )
@@ -242,14 +242,14 @@ def random_split(
     windows, the same samples) lands in train and test, which inflates every metric. Only
     for reproducing published numbers; refused unless ``allow_leakage`` is true."""
     if allow_leakage is not True:
-        raise ValueError(
+        raise UserError(
             "split=random puts the same subjects (and overlapping windows) in train and test; "
             "set split.allow_leakage=true to run it anyway, or use split=group_kfold / loso"
         )
     test_fraction = _check_fraction("test_fraction", test_fraction)
     val_fraction = _check_fraction("val_fraction", val_fraction)
     if test_fraction == 0:
-        raise ValueError("split.test_fraction=0 is invalid: expected 0 < f < 1")
+        raise UserError("split.test_fraction=0 is invalid: expected 0 < f < 1")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data.y))
     n_test = max(1, round(test_fraction * len(order)))
@@ -277,10 +277,10 @@ def check_disjoint(data: HARData, split: Split) -> None:
         for b in names[i + 1 :]:
             shared = np.intersect1d(parts[a], parts[b])
             if len(shared):
-                raise ValueError(f"split leaks: {len(shared)} windows are in both {a} and {b}")
+                raise UserError(f"split leaks: {len(shared)} windows are in both {a} and {b}")
             subj = np.intersect1d(data.subjects[parts[a]], data.subjects[parts[b]])
             if len(subj):
-                raise ValueError(
+                raise UserError(
                     f"split leaks: subjects {sorted(int(s) for s in subj)} are in both {a} and {b}"
                 )
 
@@ -302,7 +302,7 @@ def overlapping_windows(data: HARData, a: np.ndarray, b: np.ndarray) -> int:
     neighbours is exact for "is there leakage" and counts the boundaries where it happens.
     """
     if data.recording is None or data.start is None:
-        raise ValueError("dataset has no recording/start per window")
+        raise UserError("dataset has no recording/start per window")
     T = data.window_length
     idx = np.concatenate([a, b])
     side = np.concatenate([np.zeros(len(a), bool), np.ones(len(b), bool)])
@@ -349,7 +349,7 @@ def split_report(
     for part, idx in parts.items():
         idx = np.asarray(idx)
         if len(idx) and (idx.min() < 0 or idx.max() >= n):
-            raise ValueError(f"split {part} has window indices outside 0..{n - 1}")
+            raise UserError(f"split {part} has window indices outside 0..{n - 1}")
         np.add.at(used, idx, 1)
         dup = len(idx) - len(np.unique(idx))
         if dup:
@@ -427,7 +427,7 @@ def assert_clean(report: dict[str, Any]) -> None:
     if report.get("leakage_allowed"):
         log.warning("split %s leaks (allowed by split.allow_leakage): %s", report["split"], detail)
         return
-    raise ValueError(
+    raise UserError(
         f"split {report['split']} leaks: {detail} (the run directory's split report lists it)"
     )
 

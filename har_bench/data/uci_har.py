@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from har_bench.errors import UserError
+
 from ._io import (
     Layout,
     cache_key,
@@ -89,10 +91,10 @@ def _read_class_names(path: Path) -> list[str]:
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{path}, line {lineno}: expected '<id> <NAME>', got {line!r}")
+            raise UserError(f"{path}, line {lineno}: expected '<id> <NAME>', got {line!r}")
         names[int(parts[0])] = parts[1].strip()
     if sorted(names) != list(range(1, len(names) + 1)):
-        raise ValueError(f"{path}: activity ids must be 1..K, got {sorted(names)}")
+        raise UserError(f"{path}: activity ids must be 1..K, got {sorted(names)}")
     return [names[i] for i in range(1, len(names) + 1)]
 
 
@@ -113,14 +115,14 @@ def _parse(files: dict) -> dict[str, np.ndarray]:
         counts = {p: len(t) for p, t in named}
         if len(set(counts.values())) != 1:
             detail = ", ".join(f"{p.name}: {n}" for p, n in counts.items())
-            raise ValueError(
+            raise UserError(
                 f"UCI-HAR {split} files in {f['y'].parent} disagree on the number of windows "
                 f"({detail})"
             )
         y = tables[f["y"]].ravel()
         bad = np.flatnonzero((y < 1) | (y > len(class_names)))
         if bad.size:
-            raise ValueError(
+            raise UserError(
                 f"{f['y']}, row {bad[0] + 1}: label {y[bad[0]]} is outside 1..{len(class_names)} "
                 f"defined in {files['labels'].name}"
             )
@@ -215,9 +217,7 @@ def _load_features(ds: Path, archive: Path | None) -> HARData:
     with open_text(names_path) as f:
         rows = [line.split(maxsplit=1) for line in f.read().splitlines() if line.strip()]
     if len(rows) != N_FEATURES or any(len(r) != 2 for r in rows):
-        raise ValueError(
-            f"{names_path}: expected {N_FEATURES} lines '<id> <name>', got {len(rows)}"
-        )
+        raise UserError(f"{names_path}: expected {N_FEATURES} lines '<id> <name>', got {len(rows)}")
     feature_names = [r[1].strip() for r in rows]
     xs, ys, subjects = [], [], []
     for split in SPLITS:
@@ -227,13 +227,13 @@ def _load_features(ds: Path, archive: Path | None) -> HARData:
         subj = read_table(find_file(folder, f"subject_{split}.txt", "UCI-HAR"), 1, np.int64)
         subj = subj.ravel()
         if not len(X) == len(y) == len(subj):
-            raise ValueError(
+            raise UserError(
                 f"UCI-HAR {split}: X_{split}.txt has {len(X)} rows, y_{split}.txt {len(y)}, "
                 f"subject_{split}.txt {len(subj)}"
             )
         bad = np.flatnonzero((y < 1) | (y > len(class_names)))
         if bad.size:
-            raise ValueError(
+            raise UserError(
                 f"{ds / split / f'y_{split}.txt'}, row {bad[0] + 1}: label {y[bad[0]]} is "
                 f"outside 1..{len(class_names)}"
             )

@@ -47,7 +47,7 @@ class TsFile:
 def _bool_tag(value: str, path: Path, lineno: int, tag: str) -> bool:
     v = value.strip().lower()
     if v not in ("true", "false"):
-        raise ValueError(f"{path}, line {lineno}: @{tag} must be true or false, got {value!r}")
+        raise UserError(f"{path}, line {lineno}: @{tag} must be true or false, got {value!r}")
     return v == "true"
 
 
@@ -63,7 +63,7 @@ def parse_ts(path: Path) -> TsFile:
             continue
         if not in_data:
             if not line.startswith("@"):
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {lineno}: expected a @tag before @data, got {line[:60]!r}"
                 )
             tag, _, value = line[1:].partition(" ")
@@ -73,7 +73,7 @@ def parse_ts(path: Path) -> TsFile:
             elif tag == "classlabel":
                 tokens = value.split()
                 if not tokens or not _bool_tag(tokens[0], path, lineno, tag):
-                    raise ValueError(
+                    raise UserError(
                         f"{path}, line {lineno}: @classLabel is not 'true <labels>': this is "
                         f"not a classification problem"
                     )
@@ -84,17 +84,17 @@ def parse_ts(path: Path) -> TsFile:
                 try:
                     header[tag] = int(value)
                 except ValueError:
-                    raise ValueError(
+                    raise UserError(
                         f"{path}, line {lineno}: @{tag} must be an integer, got {value!r}"
                     ) from None
             else:
                 header[tag] = value.strip()
             continue
         if header.get("timestamps"):
-            raise ValueError(f"{path}: @timeStamps true series are not supported")
+            raise UserError(f"{path}: @timeStamps true series are not supported")
         fields = line.split(":")
         if len(fields) < 2:
-            raise ValueError(f"{path}, line {lineno}: expected '<dim>:...:<label>', got no ':'")
+            raise UserError(f"{path}, line {lineno}: expected '<dim>:...:<label>', got no ':'")
         *dims, label = fields
         case = []
         for d, text in enumerate(dims):
@@ -102,7 +102,7 @@ def parse_ts(path: Path) -> TsFile:
                 values = [np.nan if t.strip() == "?" else float(t) for t in text.split(",")]
             except ValueError:
                 bad = next(t for t in text.split(",") if not _is_number(t))
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {lineno}, dimension {d}: {bad!r} is not a number"
                 ) from None
             arr = np.asarray(values, dtype=np.float64)
@@ -114,27 +114,27 @@ def parse_ts(path: Path) -> TsFile:
                 )
             case.append(arr)
         if series and len(case) != len(series[0]):
-            raise ValueError(
+            raise UserError(
                 f"{path}, line {lineno}: {len(case)} dimensions, earlier cases have "
                 f"{len(series[0])}"
             )
         if "dimensions" in header and len(case) != header["dimensions"]:
-            raise ValueError(
+            raise UserError(
                 f"{path}, line {lineno}: {len(case)} dimensions, @dimensions says "
                 f"{header['dimensions']}"
             )
         classes = header.get("classlabel")
         label = label.strip()
         if classes is not None and label not in classes:
-            raise ValueError(
+            raise UserError(
                 f"{path}, line {lineno}: class {label!r} is not in @classLabel {classes}"
             )
         series.append(case)
         labels.append(label)
     if not in_data:
-        raise ValueError(f"{path}: no @data line; is this a .ts file?")
+        raise UserError(f"{path}: no @data line; is this a .ts file?")
     if not series:
-        raise ValueError(f"{path}: no cases after @data")
+        raise UserError(f"{path}: no cases after @data")
     return TsFile(series, labels, header)
 
 
@@ -194,7 +194,7 @@ def load_uea(
             are cut or resampled to it).
     """
     if not isinstance(name, str) or not name or "/" in name or name != name.strip():
-        raise ValueError(f"dataset.name={name!r} is invalid: expected a UEA dataset name")
+        raise UserError(f"dataset.name={name!r} is invalid: expected a UEA dataset name")
     mode = check_choice("dataset.variable_length", variable_length, MODES)
     length = check_optional_int("dataset.length", length)
     workdir = Path(data_dir).expanduser() / "uea"
@@ -214,12 +214,12 @@ def load_uea(
     )
     unknown = sorted(set(parts["test"].labels) - set(class_names))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"{name}_TEST.ts has classes {unknown} that the train file does not declare"
         )
     dims = {len(p.series[0]) for p in parts.values()}
     if len(dims) != 1:
-        raise ValueError(f"UEA {name}: TRAIN and TEST have different numbers of dimensions {dims}")
+        raise UserError(f"UEA {name}: TRAIN and TEST have different numbers of dimensions {dims}")
     lengths = [len(d) for p in parts.values() for case in p.series for d in case]
     # The target length comes from TRAIN only: nothing about the test set may shape the input.
     train_lengths = [len(d) for case in parts["train"].series for d in case]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from har_bench.errors import check_int, check_memory
+from har_bench.errors import UserError, check_int, check_memory
 
 from .base import HARData
 
@@ -60,7 +60,7 @@ class Windows:
     ) -> HARData:
         """The windows as dataset ``name``; an error when no recording is long enough for one."""
         if not len(self.y):
-            raise ValueError(
+            raise UserError(
                 f"dataset={name}: no window of {self.X.shape[2]} samples fits in any recording; "
                 f"lower dataset.window"
             )
@@ -106,7 +106,7 @@ class WindowSpec:
         window, step = check_window(window, step)
         for name, value in (("resample_hz", resample_hz), ("max_gap_s", max_gap_s)):
             if value is not None and value <= 0:
-                raise ValueError(f"dataset.{name}={value!r} is invalid: expected > 0")
+                raise UserError(f"dataset.{name}={value!r} is invalid: expected > 0")
         return cls(window, step, resample_hz, max_gap_s)
 
     def cut(self, recordings: Iterable[Recording], sampling_rate_hz: float | None) -> Windows:
@@ -224,7 +224,7 @@ def _segments(
     else:
         labels = np.asarray(rec.labels)
         if len(labels) != n:
-            raise ValueError(f"recording has {n} samples but {len(labels)} labels")
+            raise UserError(f"recording has {n} samples but {len(labels)} labels")
         runs = label_runs(labels)
     if rec.time_s is None or max_gap_s is None:
         return runs
@@ -260,7 +260,7 @@ def window_recordings(
     """
     window, step = check_window(window, step)
     if target_rate_hz is not None and target_rate_hz <= 0:
-        raise ValueError(f"dataset.resample_hz={target_rate_hz!r} is invalid: expected > 0")
+        raise UserError(f"dataset.resample_hz={target_rate_hz!r} is invalid: expected > 0")
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     subj: list[np.ndarray] = []
@@ -269,17 +269,17 @@ def window_recordings(
     for r, rec in enumerate(recordings):
         signal = np.asarray(rec.signal, dtype=np.float32)
         if signal.ndim != 2:
-            raise ValueError(f"recording {r}: signal must be [T, C], got shape {signal.shape}")
+            raise UserError(f"recording {r}: signal must be [T, C], got shape {signal.shape}")
         if num_channels is None:
             num_channels = signal.shape[1]
         elif signal.shape[1] != num_channels:
-            raise ValueError(
+            raise UserError(
                 f"recording {r} has {signal.shape[1]} channels, expected {num_channels}"
             )
         time_s = rec.time_s
         if target_rate_hz is not None and time_s is None:
             if sampling_rate_hz is None:
-                raise ValueError("resampling needs timestamps or the source sampling rate")
+                raise UserError("resampling needs timestamps or the source sampling rate")
             time_s = np.arange(len(signal)) / float(sampling_rate_hz)
         seg_rec = Recording(signal, rec.labels, rec.subject, time_s)
         rec_t0 = float(time_s[0]) if time_s is not None and len(time_s) else 0.0

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from har_bench.errors import UserError
+from har_bench.errors import MissingInputError, UserError
 
 from ._io import (
     Layout,
@@ -187,7 +187,7 @@ def parse_wisdm_file(path: Path, keep_non_finite: bool = False) -> Parsed:
             or df["activity"].isna().any()
             or text.count(";") > len(df)  # two records on one line
         ):
-            raise ValueError("needs the careful parser")
+            raise UserError("needs the careful parser")
     except (ValueError, pd.errors.ParserError):
         return _parse_slow(text, path, keep_non_finite)
     return Parsed(
@@ -220,7 +220,7 @@ def read_activity_key(folder: Path) -> dict[str, str]:
             continue
         name, sep, code = line.rpartition("=")
         if not sep or not name.strip() or len(code.strip()) != 1:
-            raise ValueError(f"{path}, line {lineno}: expected '<name> = <code>', got {line!r}")
+            raise UserError(f"{path}, line {lineno}: expected '<name> = <code>', got {line!r}")
         key[code.strip()] = name.strip()
     return key
 
@@ -230,7 +230,7 @@ def _files_2019(ds: Path, device: str, sensors: list[str]) -> dict[int, dict[str
     for sensor in sensors:
         folder = ds / "raw" / device / sensor
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"WISDM folder not found: {folder} (device={device!r}, sensor={sensor!r}); "
                 f"{_HINT_2019}"
             )
@@ -242,7 +242,7 @@ def _files_2019(ds: Path, device: str, sensors: list[str]) -> dict[int, dict[str
                 if sensor not in found[int(m.group(1))] or not m.group(4):
                     found[int(m.group(1))][sensor] = p
         if not any(sensor in v for v in found.values()):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"WISDM: no data_<subject>_{sensor}_{device}.txt[.gz|.xz] files in {folder}"
             )
     return found
@@ -279,7 +279,7 @@ def _streams_2019(
     complete = {s: f for s, f in files.items() if all(x in f for x in sensors)}
     incomplete = sorted(set(files) - set(complete))
     if not complete:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"WISDM: no subject has all of sensors {sensors} for device {device!r} under "
             f"{ds / 'raw' / device}"
         )
@@ -435,7 +435,7 @@ def load_wisdm(
     if version == "2019":
         check_choice("dataset.device", device, DEVICES)
         if not sensors or len(set(sensors)) != len(sensors):
-            raise ValueError(
+            raise UserError(
                 f"dataset.sensors={sensors!r} is invalid: expected a non-empty list of "
                 f"distinct names from {', '.join(SENSORS)}"
             )
@@ -496,7 +496,7 @@ def load_wisdm(
         wanted = [str(a) for a in activities]
         bad = [a for a in wanted if a not in codes]
         if bad or not wanted:
-            raise ValueError(
+            raise UserError(
                 f"dataset.activities has {bad or wanted!r}: expected codes from {', '.join(codes)}"
             )
         remap = np.full(len(codes), -1, np.int64)

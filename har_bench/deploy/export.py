@@ -28,7 +28,7 @@ from har_bench.artifacts import host_info
 from har_bench.components import as_user_error
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
-from har_bench.errors import UserError
+from har_bench.errors import UserError, bug_message, save_traceback
 from har_bench.metrics import classification_metrics
 from har_bench.models.compress import (
     check_ratio,
@@ -492,7 +492,8 @@ def main(argv: Sequence[str]) -> int:
     except Exception as e:
         user_error = as_user_error(e)
         if user_error is None:
-            raise
+            print(f"error: {bug_message(e, save_traceback(e))}", file=sys.stderr)
+            return 1
         print(f"error: {user_error}", file=sys.stderr)
         return 2
     print_report(report)

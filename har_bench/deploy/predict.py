@@ -57,7 +57,7 @@ from har_bench.deploy.loaded import (
     load_preprocessing,
     save_preprocessing,
 )
-from har_bench.errors import UserError
+from har_bench.errors import UserError, bug_message, save_traceback
 
 # A recording whose rate is within this fraction of the run's is taken as the same rate (clock
 # jitter: WISDM's 20 Hz watch streams run at 20.2 Hz).
@@ -646,7 +646,8 @@ def main(argv: Sequence[str]) -> int:
     except Exception as e:
         user_error = as_user_error(e)
         if user_error is None:
-            raise
+            print(f"error: {bug_message(e, save_traceback(e))}", file=sys.stderr)
+            return 1
         print(f"error: {user_error}", file=sys.stderr)
         return 2
     if args.output is None:

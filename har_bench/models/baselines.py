@@ -16,14 +16,29 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from har_bench.errors import check_int
+from har_bench.errors import UserError, check_int, is_number
 from har_bench.models.resnet import init_weights
 
 
 def _probability(name: str, value: float) -> float:
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"model.{name}={value!r} is invalid: expected a probability in [0, 1)")
+    if not is_number(value) or not 0.0 <= value < 1.0:
+        raise UserError(f"model.{name}={value!r} is invalid: expected a probability in [0, 1)")
     return float(value)
+
+
+class BinnedMaxPool1d(nn.Module):
+    """``nn.AdaptiveMaxPool1d(bins)`` (the same bins, the same values) written as slices and
+    maxima, which ONNX export takes: the exporter has no adaptive max pooling."""
+
+    def __init__(self, bins: int) -> None:
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, n = x.shape[-1], self.bins
+        # PyTorch's bin i: [floor(i t / n), ceil((i + 1) t / n)).
+        edges = [(i * t // n, -(-(i + 1) * t // n)) for i in range(n)]
+        return torch.stack([x[..., a:b].amax(-1) for a, b in edges], dim=-1)
 
 
 class CNN(nn.Module):
@@ -41,7 +56,7 @@ class CNN(nn.Module):
     ) -> None:
         super().__init__()
         if not channels:
-            raise ValueError("model.channels=[] is invalid: expected at least one conv layer")
+            raise UserError("model.channels=[] is invalid: expected at least one conv layer")
         for c in channels:
             check_int("model.channels", c)
         check_int("model.kernel_size", kernel_size)
@@ -60,7 +75,7 @@ class CNN(nn.Module):
             cin = cout
         self.features = nn.Sequential(*layers)
         # Pool the remaining time steps to a fixed size so any window length works.
-        self.pool = nn.AdaptiveMaxPool1d(4)
+        self.pool = BinnedMaxPool1d(4)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(cin * 4, hidden),
@@ -152,9 +167,10 @@ class DeepConvLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] <= self.shrink:
-            raise ValueError(
-                f"DeepConvLSTM needs windows longer than {self.shrink} samples "
-                f"(conv_layers x (kernel_size - 1)); got {x.shape[-1]}"
+            raise UserError(
+                f"DeepConvLSTM needs windows of at least {self.shrink + 1} samples "
+                f"(conv_layers x (kernel_size - 1) + 1, its unpadded convolutions); got "
+                f"{x.shape[-1]}"
             )
         h = self.convs(x.transpose(1, 2).unsqueeze(1))  # [N, F, T', C]
         h = h.permute(0, 2, 1, 3).flatten(2)  # [N, T', F*C]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from har_bench.errors import check_int
+from har_bench.errors import UserError, check_int, is_number
 
 LAYOUTS = ("1d", "2d_sensor", "2d_image")
 BLOCKS = ("basic", "bottleneck")
@@ -44,7 +44,7 @@ def parse_shape(shape: str) -> tuple[int, int]:
 
     m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*d\s*", str(shape))
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ValueError(
+        raise UserError(
             f"model.shape={shape!r} is invalid: expected '<cardinality>x<width>d', e.g. one of "
             f"{', '.join(RESNEXT50_SHAPES)}"
         )
@@ -116,7 +116,7 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64 or depthwise:
-            raise ValueError(
+            raise UserError(
                 f"the basic block (resnet18/34) takes cardinality=1 and base_width=64, got "
                 f"cardinality={groups}, base_width={base_width}, depthwise={depthwise}; "
                 "use block=bottleneck for ResNeXt/wide/depthwise variants"
@@ -177,7 +177,7 @@ def bottleneck_width(planes: int, cardinality: int, base_width: int) -> int:
     """Channels of the grouped conv: ``cardinality`` groups of ``planes*base_width/64`` each."""
     per_group = planes * base_width / 64
     if per_group < 1 or per_group != int(per_group):
-        raise ValueError(
+        raise UserError(
             f"model.base_width={base_width} gives {per_group:g} channels per group at a stage of "
             f"{planes} planes; expected a whole number >= 1 (planes*base_width divisible by 64)"
         )
@@ -380,8 +380,8 @@ def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
 
 
 def _validate(**kw: object) -> None:
-    def bad(name: str, expected: str) -> ValueError:
-        return ValueError(f"model.{name}={kw[name]!r} is invalid: expected {expected}")
+    def bad(name: str, expected: str) -> UserError:
+        return UserError(f"model.{name}={kw[name]!r} is invalid: expected {expected}")
 
     if kw["layout"] not in LAYOUTS:
         raise bad("layout", f"one of {', '.join(LAYOUTS)}")
@@ -403,5 +403,5 @@ def _validate(**kw: object) -> None:
         or not all(isinstance(b, int) and b >= 1 for b in layers)
     ):
         raise bad("layers", "a non-empty list of integers >= 1, e.g. [3, 4, 6, 3]")
-    if not 0.0 <= float(kw["dropout"]) < 1.0:  # type: ignore[arg-type]
+    if not is_number(kw["dropout"]) or not 0.0 <= kw["dropout"] < 1.0:  # type: ignore[operator]
         raise bad("dropout", "a probability in [0, 1)")

@@ -20,11 +20,22 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
+from har_bench.errors import UserError
+
 # aeon's grid for the ridge penalty (10^-3 .. 10^3) extended by three of its steps upward, so that
 # a choice of aeon's largest value is not a choice at the grid's edge.
 ALPHAS = np.logspace(-3, 5, 13)
 # Below MiniRocket's ~10,000 features, where scikit-learn's leave-one-out stays quick.
 ALPHA_SEARCH_WINDOWS = 8_000
+# MiniRocket's kernels are 9 samples long; aeon refuses shorter series and advises zero padding.
+MIN_LENGTH = 9
+
+
+def pad_to_min_length(X: np.ndarray) -> np.ndarray:
+    """``X`` [N, C, T] as float32, zeros appended after the end up to :data:`MIN_LENGTH`."""
+    X = X.astype(np.float32)
+    short = MIN_LENGTH - X.shape[-1]
+    return np.pad(X, ((0, 0), (0, 0), (0, short))) if short > 0 else X
 
 
 class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
@@ -91,7 +102,7 @@ class MiniRocket:
                 "model=minirocket needs aeon: pip install 'har-bench[rocket]'"
             ) from None
         if isinstance(n_kernels, bool) or not isinstance(n_kernels, int) or n_kernels < 84:
-            raise ValueError(
+            raise UserError(
                 f"model.n_kernels={n_kernels!r} is invalid: expected an integer >= 84 "
                 "(MiniRocket uses multiples of its 84 base kernels)"
             )
@@ -100,7 +111,7 @@ class MiniRocket:
             or not isinstance(alpha_search_windows, int)
             or alpha_search_windows < 2
         ):
-            raise ValueError(
+            raise UserError(
                 f"model.alpha_search_windows={alpha_search_windows!r} is invalid: expected an "
                 "integer >= 2, or null to search the penalty on every training window"
             )
@@ -115,15 +126,20 @@ class MiniRocket:
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> MiniRocket:
         if X.ndim != 3 or X.shape[1] != self.in_channels:
-            raise ValueError(
+            raise UserError(
                 f"model=minirocket takes windows [N, {self.in_channels}, T], got {X.shape}"
             )
-        self.classifier.fit(X.astype(np.float32), y)
+        self.classifier.fit(pad_to_min_length(X), y)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Ridge scores [N, num_classes]; their argmax is the prediction."""
-        scores = self.classifier.pipeline_.decision_function(X.astype(np.float32))
+        """Ridge scores [N, num_classes]; their argmax is the prediction. A class never seen
+        in training scores -inf."""
+        scores = self.classifier.pipeline_.decision_function(pad_to_min_length(X))
+        if scores.ndim == 1:
+            # scikit-learn's binary ridge gives one score, positive for classes_[1]: the two
+            # columns are its two signs.
+            scores = np.stack([-scores, scores], axis=1)
         out = np.full((len(X), self.num_classes), -np.inf, dtype=np.float32)
         out[:, self.classifier.classes_.astype(int)] = scores
         return out
