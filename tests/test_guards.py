@@ -19,11 +19,18 @@ from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
 from har_bench.data.base import HARData
-from har_bench.data.splits import Split, check_disjoint, official_split, standardise
+from har_bench.data.splits import (
+    Split,
+    assert_clean,
+    check_disjoint,
+    group_kfold_split,
+    official_split,
+    standardise,
+)
 from har_bench.data.synthetic import load_synthetic
 from har_bench.deploy.export import Form, build_report
 from har_bench.engine import Trainer
-from har_bench.metrics import classification_metrics
+from har_bench.metrics import classification_metrics, confusion_counts, row_normalise
 from har_bench.stages import Training, prepare_data, refit
 
 
@@ -279,3 +286,38 @@ def test_refit_fed_test_windows_is_reported_as_such(tmp_path):
     assert test_subjects
     assert report["refit"]["test_subjects_in_training"] == test_subjects
     assert set(test_subjects) <= set(report["refit"]["train_subjects"])
+
+
+# -- what mutation testing found unchecked around the guards ------------------------------------
+
+
+def test_validation_subjects_are_drawn_by_the_split_seed():
+    data = load_synthetic(num_subjects=9, windows_per_subject=2)
+    for seed in range(4):
+        split = group_kfold_split(data, n_splits=3, fold=1, val_fraction=0.3, seed=seed)
+        rest = np.unique(data.subjects[np.concatenate([split.train, split.val])])
+        drawn = np.random.default_rng(seed).choice(rest, size=2, replace=False)
+        assert split.info["val_subjects"] == sorted(int(s) for s in drawn)
+
+
+def test_a_refused_or_allowed_leak_names_every_problem(caplog):
+    report = {"clean": False, "split": "mine", "problems": ["first", "second"]}
+    with pytest.raises(ValueError, match=r"^split mine leaks: first; second \(the run"):
+        assert_clean(report)
+    with caplog.at_level("WARNING", logger="har_bench.data.splits"):
+        assert_clean({**report, "leakage_allowed": True})
+    assert caplog.messages == ["split mine leaks (allowed by split.allow_leakage): first; second"]
+
+
+def test_macro_figures_give_zero_not_one_to_a_class_never_true():
+    # Class 2 is predicted but never true: its recall is 0/0, counted as 0.
+    m = classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 2]), ["a", "b", "c"])
+    assert m["macro_recall"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert m["per_class"]["c"]["recall"] == 0.0 and m["per_class"]["c"]["precision"] == 0.0
+
+
+def test_a_class_with_one_window_gets_its_accuracy():
+    m = classification_metrics(np.array([0, 0, 1]), np.array([0, 1, 1]), ["a", "b"])
+    assert m["per_class"]["b"]["accuracy"] == 1.0 and m["per_class"]["a"]["accuracy"] == 0.5
+    norm = row_normalise(confusion_counts(np.array([0, 0, 1]), np.array([0, 1, 1]), 3))
+    assert norm.tolist() == [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
