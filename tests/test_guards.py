@@ -251,33 +251,45 @@ def test_per_class_precision_recall_f1_match_sklearn_per_class():
 # -- 5. the refit's record is derived from the windows it trained on ---------------------------
 
 
-def refit_record(tmp_path, feed_test: bool) -> tuple[dict, dict]:
+def refit_record(
+    tmp_path, feed_test: bool, patience: int | None = None, best_epoch: int = 1
+) -> tuple[dict, dict]:
     data = load_synthetic(num_subjects=6, windows_per_subject=6, window=16, num_channels=2)
     prepared = prepare_data(
         lambda: data, lambda d: official_split(d, val_fraction=0.25, seed=0), "official", tmp_path
     )
     if feed_test:  # the fault: test windows handed to the refit as if they were validation
         prepared = dataclasses.replace(prepared, val=prepared.test)
-    trainer = Trainer(max_epochs=1, batch_size=32, progress=False, device="cpu")
+    trainer = Trainer(max_epochs=2, batch_size=32, progress=False, device="cpu", patience=patience)
     training = Training(trainer, torch.optim.SGD, None, seed=0, refit=True)
 
     def make_model(channels: int, classes: int) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(channels * 16, classes))
 
-    selected = SimpleNamespace(best_epoch=1)
+    selected = SimpleNamespace(best_epoch=best_epoch)
     refitted = refit(training, make_model, prepared, selected, tmp_path)  # type: ignore[arg-type]
     report = json.loads((tmp_path / "split_report.json").read_text())
     return report, refitted.info
 
 
-def test_refit_record_names_the_subjects_it_trained_on(tmp_path):
-    report, info = refit_record(tmp_path, feed_test=False)
+@pytest.mark.parametrize(
+    ("patience", "best_epoch", "epochs"),
+    [
+        (None, 1, 2),  # a fixed schedule: all of it, whatever epoch validation liked
+        (1, 3, 3),  # early stopping chose the epoch count
+        (1, 0, 1),  # at least one epoch
+    ],
+)
+def test_refit_record_names_the_subjects_it_trained_on(tmp_path, patience, best_epoch, epochs):
+    report, info = refit_record(tmp_path, False, patience, best_epoch)
     parts = report["parts"]
     record = report["refit"]
     assert record["test_subjects_in_training"] == []
     assert record["train_subjects"] == sorted(parts["train"]["subjects"] + parts["val"]["subjects"])
     assert record["train_windows"] == parts["train"]["windows"] + parts["val"]["windows"]
-    assert record["epochs"] == 1 and info["train_subjects"] == record["train_subjects"]
+    assert record["epochs"] == epochs == len(info["history"])
+    assert info["train_subjects"] == record["train_subjects"]
+    assert info["epochs_from"] == ("schedule" if patience is None else "best_epoch")
 
 
 def test_refit_fed_test_windows_is_reported_as_such(tmp_path):
