@@ -25,7 +25,9 @@ from har_bench.data.splits import (
     check_disjoint,
     group_kfold_split,
     official_split,
+    split_report,
     standardise,
+    subjects_split,
 )
 from har_bench.data.synthetic import load_synthetic
 from har_bench.deploy.export import Form, build_report
@@ -333,3 +335,30 @@ def test_a_class_with_one_window_gets_its_accuracy():
     assert m["per_class"]["b"]["accuracy"] == 1.0 and m["per_class"]["a"]["accuracy"] == 0.5
     norm = row_normalise(confusion_counts(np.array([0, 0, 1]), np.array([0, 1, 1]), 3))
     assert norm.tolist() == [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+def test_split_report_checks_every_pair_of_parts_and_counts_windows():
+    data = toy([10, 11, 12, 13, 11, 12, 14])
+    # Subject 12 in validation and test: the pair next to each other in (train, val, test).
+    report = split_report(data, split([0, 1, 1], [2], [5, 3]))
+    assert not report["clean"]
+    assert report["checks"]["shared_subjects"] == {
+        "train/val": [],
+        "train/test": [],
+        "val/test": [12],
+    }
+    assert report["problems"][0] == "1 windows are listed twice in train"
+    assert report["unused_windows"] == 2  # windows 4 and 6
+    assert report["parts"]["train"]["missing_classes"] == []
+    assert report["parts"]["val"]["missing_classes"] == ["b"]  # window 2 is a
+    assert report["parts"]["test"]["missing_classes"] == ["a"]  # windows 5 and 3 are b
+    with pytest.raises(ValueError, match=r"^split test has window indices outside 0\.\.6$"):
+        split_report(data, split([0], [1], [7]))
+
+
+def test_validation_hold_out_takes_no_subject_at_zero_and_never_all():
+    data = load_synthetic(num_subjects=4, windows_per_subject=2)
+    assert len(subjects_split(data, test_subjects=[1, 2], val_fraction=0).val) == 0
+    # Two subjects outside the test set: 0.6 of them rounds up to both.
+    with pytest.raises(ValueError, match=r"val_fraction=0.6 leaves no training subject"):
+        subjects_split(data, test_subjects=[1, 2], val_fraction=0.6)
