@@ -12,8 +12,23 @@ export TORCH_SPEC
 ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The guard functions make mutate mutates (mutmut's mutant names; docs/mutation.md). The files
+# they live in and the tests run against them are set in pyproject.toml's [tool.mutmut].
+MUTATE ?= "har_bench.data.splits.x_check_disjoint__*" "har_bench.data.splits.x_standardise__*" \
+	"har_bench.data.splits.x_split_report__*" "har_bench.data.splits.x_overlapping_windows__*" \
+	"har_bench.data.splits.x_assert_clean__*" "har_bench.data.splits.x__hold_out_validation__*" \
+	"har_bench.data.splits.x__from_test_subjects__*" \
+	"har_bench.metrics.x_classification_metrics__*" "har_bench.metrics.x_macro_f1__*" \
+	"har_bench.metrics.x__present__*" "har_bench.metrics.x_confusion_counts__*" \
+	"har_bench.metrics.x_row_normalise__*" \
+	"har_bench.checkpoint.x_save_checkpoint__*" "har_bench.checkpoint.x_load_checkpoint__*" \
+	"har_bench.checkpoint.x_commit_epoch__*" \
+	"har_bench._fs.*" "har_bench.deploy.export.x_build_report__*" \
+	"har_bench.stages.x_refit__*" "har_bench.stages.x_record_refit__*" \
+	"har_bench.stages.xǁPartǁjoined__*"
+MUTATE_JOBS ?= 1
 
-.PHONY: help install run test test-fast lint format bench clean
+.PHONY: help install run test test-fast lint format bench mutate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,5 +64,9 @@ format: install ## apply ruff's formatting and fixes
 bench: install ## inference benchmarks: eager vs ONNX Runtime fp32/int8 (docs/benchmarks.md)
 	$(BIN)/python benchmarks/inference.py $(BENCH_ARGS)
 
+mutate: install ## mutation testing of the evaluation guards (slow; docs/mutation.md)
+	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE)
+	$(BIN)/mutmut results
+
 clean: ## remove the venv and caches (keeps outputs/)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

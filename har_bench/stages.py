@@ -110,9 +110,21 @@ class Experiment:
 class Part:
     X: torch.Tensor
     y: torch.Tensor
+    # The dataset's window indices of these rows, so what a model trained on can be traced back
+    # to subjects (the refit's record).
+    index: np.ndarray = field(repr=False)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @classmethod
+    def joined(cls, *parts: Part) -> Part:
+        """The rows of ``parts`` one after the other."""
+        return cls(
+            torch.cat([p.X for p in parts]),
+            torch.cat([p.y for p in parts]),
+            np.concatenate([p.index for p in parts]),
+        )
 
 
 @dataclass
@@ -185,7 +197,7 @@ def prepare_data(
     if data.image is not None:
         prepare = image_input(data, split, pretrained)
         X_t = torch.from_numpy(data.X)  # uint8, stored size: no copy until the parts
-        parts = [Part(X_t[idx], y_t[idx]) for idx in (split.train, split.val, split.test)]
+        parts = [Part(X_t[idx], y_t[idx], idx) for idx in (split.train, split.val, split.test)]
         return PreparedData(
             data,
             split,
@@ -197,7 +209,7 @@ def prepare_data(
         )
     X, mean, std = standardise(data.X, split.train)
     X_t = torch.from_numpy(X)
-    parts = [Part(X_t[idx], y_t[idx]) for idx in (split.train, split.val, split.test)]
+    parts = [Part(X_t[idx], y_t[idx], idx) for idx in (split.train, split.val, split.test)]
     return PreparedData(data, split, *parts, sample=X_t[:1], mean=mean, std=std)
 
 
@@ -585,8 +597,8 @@ def refit(
     fixed = not training.selects_on_validation
     epochs = training.trainer.max_epochs if fixed else max(selected.best_epoch, 1)
     trainer = dataclasses.replace(training.trainer, max_epochs=epochs, patience=None)
-    X = torch.cat([data.train.X, data.val.X])
-    y = torch.cat([data.train.y, data.val.y])
+    trained_on = Part.joined(data.train, data.val)
+    X, y = trained_on.X, trained_on.y
     checkpoints = rundir.checkpoint_dir(run_dir) / rundir.REFIT_CHECKPOINTS
     resume = load_resume_state(checkpoints) if (checkpoints / LAST_CHECKPOINT).is_file() else None
     log.info("refit: %d epochs on train + validation (%d windows)", epochs, len(y))
@@ -608,7 +620,8 @@ def refit(
         finetune=bind_finetune(training, model),
     )
     model.load_state_dict(fitted.best_state)
-    subjects = np.unique(data.data.subjects[np.concatenate([data.split.train, data.split.val])])
+    # From the rows trained on, not from the split: the record must show what the refit saw.
+    subjects = np.unique(data.data.subjects[trained_on.index])
     info = {
         "epochs": epochs,
         "epochs_from": "schedule" if fixed else "best_epoch",

@@ -117,7 +117,16 @@ def test_v11_from_tar_gz(tmp_path):
     archive = tmp_path / "WISDM_ar_latest.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(path.parent, arcname="WISDM_ar_v1.1")
-    assert len(load(archive, tmp_path, version="v1.1").y) > 0
+    packed = load(archive, tmp_path / "packed", version="v1.1")
+    plain = load(path, tmp_path / "plain", version="v1.1", cache=False)
+    # The archive holds the very file: the same windows, labels and subjects, nothing lost.
+    assert len(packed.y) == 4 * 7 and packed.info["malformed_records"] == len(V11_MALFORMED)
+    np.testing.assert_array_equal(packed.X, plain.X)
+    np.testing.assert_array_equal(packed.y, plain.y)
+    np.testing.assert_array_equal(packed.subjects, plain.subjects)
+    assert packed.class_names == plain.class_names
+    assert packed.channel_names == plain.channel_names
+    assert sorted(set(packed.subjects.tolist())) == [33, 34]
 
 
 def test_download_checksum_and_cache_on_local_server(tmp_path):
