@@ -61,7 +61,8 @@ format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff format har_bench tests benchmarks
 	$(BIN)/ruff check --fix har_bench tests benchmarks
 
-bench: install ## inference benchmarks: eager vs ONNX Runtime fp32/int8 (docs/benchmarks.md)
+bench: install ## training throughput and inference benchmarks (docs/benchmarks.md)
+	$(BIN)/python benchmarks/throughput.py --json benchmarks/throughput.json $(BENCH_ARGS)
 	$(BIN)/python benchmarks/inference.py $(BENCH_ARGS)
 
 mutate: install ## mutation testing of the evaluation guards (slow; docs/mutation.md)
