@@ -62,7 +62,7 @@ format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff check --fix har_bench tests benchmarks
 
 bench: install ## training throughput and inference benchmarks (docs/benchmarks.md)
-	$(BIN)/python benchmarks/throughput.py --json benchmarks/throughput.json $(BENCH_ARGS)
+	$(BIN)/python benchmarks/throughput.py --json docs/throughput.json $(BENCH_ARGS)
 	$(BIN)/python benchmarks/inference.py $(BENCH_ARGS)
 
 mutate: install ## mutation testing of the evaluation guards (slow; docs/mutation.md)
