@@ -18,14 +18,14 @@ MUTATE ?= "har_bench.data.splits.x_check_disjoint__*" "har_bench.data.splits.x_s
 	"har_bench.data.splits.x_split_report__*" "har_bench.data.splits.x_overlapping_windows__*" \
 	"har_bench.data.splits.x_assert_clean__*" "har_bench.data.splits.x__hold_out_validation__*" \
 	"har_bench.data.splits.x__from_test_subjects__*" \
-	"har_bench.metrics.x_classification_metrics__*" "har_bench.metrics.x_macro_f1__*" \
-	"har_bench.metrics.x__present__*" "har_bench.metrics.x_confusion_counts__*" \
-	"har_bench.metrics.x_row_normalise__*" \
-	"har_bench.checkpoint.x_save_checkpoint__*" "har_bench.checkpoint.x_load_checkpoint__*" \
-	"har_bench.checkpoint.x_commit_epoch__*" \
-	"har_bench._fs.*" "har_bench.deploy.export.x_build_report__*" \
-	"har_bench.stages.x_refit__*" "har_bench.stages.x_record_refit__*" \
-	"har_bench.stages.xǁPartǁjoined__*"
+	"har_bench.core.metrics.x_classification_metrics__*" "har_bench.core.metrics.x_macro_f1__*" \
+	"har_bench.core.metrics.x__present__*" "har_bench.core.metrics.x_confusion_counts__*" \
+	"har_bench.core.metrics.x_row_normalise__*" \
+	"har_bench.training.checkpoint.x_save_checkpoint__*" "har_bench.training.checkpoint.x_load_checkpoint__*" \
+	"har_bench.training.checkpoint.x_commit_epoch__*" \
+	"har_bench.core.fs.*" "har_bench.deploy.export.x_build_report__*" \
+	"har_bench.experiment.stages.x_refit__*" "har_bench.experiment.stages.x_record_refit__*" \
+	"har_bench.experiment.stages.xǁPartǁjoined__*"
 MUTATE_JOBS ?= 1
 
 .PHONY: help install run test test-fast lint format bench mutate clean

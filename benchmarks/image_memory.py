@@ -36,7 +36,7 @@ def main() -> None:
 
     from har_bench.data.images import load_cifar10
     from har_bench.data.splits import official_split
-    from har_bench.stages import prepare_data
+    from har_bench.experiment.stages import prepare_data
 
     torch.zeros(1)  # torch's own allocations before the baseline
     before = peak_mb()

@@ -4,7 +4,7 @@ batch 256, for resnext_har, resnet18 and resnext50 in the 1d layout on UCI-HAR-s
 
     python benchmarks/inference.py [--threads 1] [--repeats 200] [--models resnext_har resnet18]
 
-Each model's three forms are timed alternately in one process (har_bench.timing), so
+Each model's three forms are timed alternately in one process (har_bench.core.timing), so
 their ratios hold on a loaded machine; the models are built from their presets with random
 weights (latency does not depend on the values), exported as ``har-bench export`` does (BatchNorm
 folded) and quantised with the same static int8 path, calibrated on 256 random windows.
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from har_bench.components import build_model
 from har_bench.config import config_dir
+from har_bench.core.timing import alternating_latency
 from har_bench.deploy import onnx_model
+from har_bench.experiment.components import build_model
 from har_bench.models.compress import fold_batchnorm
-from har_bench.timing import alternating_latency
 
 MODELS = ("resnext_har", "resnet18", "resnext50")
 CHANNELS, LENGTH, CLASSES = 9, 128, 6

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from har_bench.artifacts import host_info
-from har_bench.components import from_config
 from har_bench.config import compose
+from har_bench.experiment.components import from_config
+from har_bench.experiment.stages import Choices
 from har_bench.models.summary import model_summary
-from har_bench.stages import Choices
+from har_bench.runs.artifacts import host_info
 
 # name -> (model, overrides): the presets a user runs, with their own batch and recipe.
 PRESETS: dict[str, tuple[str, list[str]]] = {

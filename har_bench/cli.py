@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from har_bench import rundir
-from har_bench._fs import storage_failure
 from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
-from har_bench.errors import UserError, bug_message
-from har_bench.signals import Interrupted
+from har_bench.core.errors import UserError, bug_message
+from har_bench.core.fs import storage_failure
+from har_bench.runs import rundir
+from har_bench.training.signals import Interrupted
 
 # sysexits.h's EX_IOERR: neither bad input (2) nor a bug (1), but the disk.
 EXIT_WRITE_FAILED = 74
@@ -40,7 +40,7 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {}
 
 
 def _compare(argv: Sequence[str]) -> int:
-    from har_bench.compare import main as compare_main  # pandas/rich only when asked for
+    from har_bench.analysis.compare import main as compare_main  # pandas/rich only when asked for
 
     return compare_main(argv)
 
@@ -49,7 +49,7 @@ VERBS["compare"] = _compare
 
 
 def _results(argv: Sequence[str]) -> int:
-    from har_bench.results import main as results_main
+    from har_bench.analysis.results import main as results_main
 
     return results_main(argv)
 
@@ -88,10 +88,10 @@ def _train(cfg: object) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from har_bench.components import as_user_error
     from har_bench.config import hydra_choices
-    from har_bench.run import run
-    from har_bench.session import DivergedError
+    from har_bench.experiment.components import as_user_error
+    from har_bench.experiment.run import run
+    from har_bench.training.session import DivergedError
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -144,7 +144,7 @@ def _train(cfg: object) -> float | None:
         raise SystemExit(1) from None
     finally:
         if multirun:
-            from har_bench.sweep import job_finished
+            from har_bench.analysis.sweep import job_finished
 
             job_finished()
     # Returned to Hydra (and to sweepers such as Optuna): the validation metric, never test.
@@ -164,13 +164,13 @@ def _after_write_failure(failure: str, run_dir: Path) -> str:
 
 def _make_way(run_dir: Path, cfg: Any, multirun: bool) -> dict[str, Any] | None:
     """Lock the run dir and check that the run may start there (see
-    :func:`har_bench.resume.check_new_run`); the metrics of a sweep job that already completed
+    :func:`har_bench.runs.resume.check_new_run`); the metrics of a sweep job that already completed
     (then skipped), else None."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from har_bench import distributed
-    from har_bench.resume import OVERWRITE_KEY, check_new_run
+    from har_bench.runs.resume import OVERWRITE_KEY, check_new_run
+    from har_bench.training import distributed
 
     def job() -> str:  # a sweep's job (a single run has no job number)
         hc = HydraConfig.get()
@@ -256,21 +256,21 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     import hydra
 
     _SWEEP.jobs, _SWEEP.failures = 0, []
-    from har_bench import sweep
+    from har_bench.analysis import sweep
 
     sweep.LAST = None
     try:
         with _hydra_raises(), _stop_on_signals_while_starting():
-            if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/distributed.py)
-                from har_bench.distributed import prepare_process
+            if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/training/distributed.py)
+                from har_bench.training.distributed import prepare_process
 
                 args = prepare_process(args)
             if any("trainer.resume" in a for a in args):
-                from har_bench.resume import prepare
+                from har_bench.runs.resume import prepare
 
                 args = prepare(args)
             if any("hydra.run.dir" in a for a in args):
-                from har_bench.resume import lock_run_dir
+                from har_bench.runs.resume import lock_run_dir
 
                 lock_run_dir(args)
             sys.argv = [sys.argv[0], *args]
@@ -319,12 +319,12 @@ def _stop_on_signals_while_starting() -> Any:
     own handlers), so a stop while starting (importing torch, composing) is reported.
 
     The main process of a joblib sweep keeps SIGTERM's default: its workers notice that it is
-    gone and stop their jobs with a checkpoint (har_bench.sweep), where an exception here
+    gone and stop their jobs with a checkpoint (har_bench.analysis.sweep), where an exception here
     would make joblib kill them outright."""
     import signal
     import threading
 
-    from har_bench.sweep import MAIN_PID_ENV
+    from har_bench.analysis.sweep import MAIN_PID_ENV
 
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -29,6 +29,31 @@ BOOKKEEPING_KEYS = (
 )
 
 
+# Modules that moved when the package took its layered layout. A run directory saved before
+# names the old ones in its config's ``_target_``s and must still resume, export and predict.
+MOVED_MODULES = {
+    "har_bench.engine": "har_bench.training.engine",
+    "har_bench.augment": "har_bench.training.augment",
+    "har_bench.image_transforms": "har_bench.training.image_transforms",
+    "har_bench.schedules": "har_bench.training.schedules",
+    "har_bench.sweep": "har_bench.analysis.sweep",
+}
+
+
+def upgrade_targets(obj: Any) -> Any:
+    """``obj`` (a saved config as plain dicts and lists) with moved ``_target_`` modules renamed."""
+    if isinstance(obj, dict):
+        out = {k: upgrade_targets(v) for k, v in obj.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            module, _, name = target.rpartition(".")
+            out["_target_"] = f"{MOVED_MODULES.get(module, module)}.{name}"
+        return out
+    if isinstance(obj, list):
+        return [upgrade_targets(v) for v in obj]
+    return obj
+
+
 def config_dir() -> Path:
     """``configs/`` inside an installed wheel, else the repository's top-level ``configs/``."""
     here = Path(__file__).resolve().parent

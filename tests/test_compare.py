@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from har_bench import cli
-from har_bench.grouping import (
+from har_bench.analysis.grouping import (
     compare,
     find_run_dirs,
     load_run,
     mean_std,
     sort_groups,
 )
-from har_bench.plots import pareto_front
+from har_bench.analysis.plots import pareto_front
 
 
 def make_run(
@@ -214,7 +214,7 @@ def test_bad_input_is_one_line(tmp_path: Path, sweep: Path, capsys):
 
 
 def test_std_is_shown_to_the_means_precision():
-    from har_bench.tables import format_stat
+    from har_bench.analysis.tables import format_stat
 
     assert format_stat(1087.2, 18.4, 2, "rate", 2) == "1087 ± 18"
     assert format_stat(0.681, 0.0228, 2, "ms", 2) == "0.681 ± 0.023"

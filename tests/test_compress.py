@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 from har_bench.models import CNN, ResNet
 from har_bench.models.compress import (
     count_batchnorms,

@@ -5,9 +5,9 @@ import torch
 from helpers import config_options
 from hydra.utils import instantiate
 
-from har_bench.components import RUNNER_KEYS, build, build_model
-from har_bench.engine import Trainer
-from har_bench.schedules import StepSchedule
+from har_bench.experiment.components import RUNNER_KEYS, build, build_model
+from har_bench.training.engine import Trainer
+from har_bench.training.schedules import StepSchedule
 
 
 def test_root_config_has_the_documented_keys(compose_cfg):
@@ -81,10 +81,10 @@ def test_datasets_compose(compose_cfg, name):
     # Image sets default to the image augmentation, sensor sets to the sensor one.
     image = name in ("cifar10", "image_folder")
     expected = "image_transforms.ImageAugment" if image else "augment.Augment"
-    assert cfg.augment._target_ == f"har_bench.{expected}"
+    assert cfg.augment._target_ == f"har_bench.training.{expected}"
     assert (
         compose_cfg(f"dataset={name}", "augment=none").augment._target_
-        == "har_bench.augment.Augment"
+        == "har_bench.training.augment.Augment"
     )
 
 

@@ -9,7 +9,7 @@ from fixtures_data import write_wisdm_2019
 from helpers import config_options
 from hydra.utils import instantiate
 
-from har_bench.run import run
+from har_bench.experiment.run import run
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 from fixtures_data import ts_text, write_wisdm_2019
 from fixtures_uci import write_uci_dataset
 
+from har_bench.core.errors import UserError
 from har_bench.data.base import HARData
 from har_bench.data.hapt import load_hapt
 from har_bench.data.images import load_cifar10
@@ -22,7 +23,6 @@ from har_bench.data.recordings import load_recordings
 from har_bench.data.uci_har import load_uci_har
 from har_bench.data.uea import load_uea
 from har_bench.data.wisdm import load_wisdm
-from har_bench.errors import UserError
 
 LABEL_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
                b"ship", b"truck"]  # fmt: skip
@@ -125,7 +125,7 @@ def test_non_finite_settings_are_refused_before_anything_runs(
 
 
 def test_check_finite_settings_names_nested_keys():
-    from har_bench.errors import check_finite_settings
+    from har_bench.core.errors import check_finite_settings
 
     check_finite_settings({"a": {"b": 1.5, "c": [1, 2.0, "x"], "d": None, "e": True}})
     with pytest.raises(UserError, match=r"dataset\.mean\[1\]=nan is invalid"):
@@ -278,11 +278,11 @@ def test_hardata_refuses_non_finite_windows_from_any_source():
 @pytest.fixture
 def eight_gb(monkeypatch):
     """The machine's available memory pinned, so that what fits does not depend on the host."""
-    monkeypatch.setattr("har_bench.errors.available_memory", lambda: 8 * 1024**3)
+    monkeypatch.setattr("har_bench.core.errors.available_memory", lambda: 8 * 1024**3)
 
 
 def test_available_memory_is_read_from_the_system():
-    from har_bench.errors import available_memory, format_bytes
+    from har_bench.core.errors import available_memory, format_bytes
 
     available = available_memory()
     assert available is None or available > 0
@@ -310,8 +310,8 @@ def test_windows_that_cannot_fit_are_refused_for_every_windowed_loader(tmp_path,
     f = recordings_csv(tmp_path / "rec.csv")
     kw = dict(channels=["acc_x", "acc_y"], window=20, step=10)
     assert len(load_recordings(f, **kw).y)
-    monkeypatch.setattr("har_bench.errors.available_memory", lambda: 1000)
+    monkeypatch.setattr("har_bench.core.errors.available_memory", lambda: 1000)
     with pytest.raises(UserError, match=r"windows of 2 channels x 20 samples needs about .* raise"):
         load_recordings(f, **kw)
-    monkeypatch.setattr("har_bench.errors.available_memory", lambda: None)  # unknown: no check
+    monkeypatch.setattr("har_bench.core.errors.available_memory", lambda: None)  # unknown: no check
     assert len(load_recordings(f, **kw).y)

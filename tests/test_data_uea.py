@@ -9,7 +9,7 @@ import pytest
 from fixtures_data import Server, ts_text
 from helpers import SHARED_DATA
 
-from har_bench.data.download import ChecksumError
+from har_bench.core.download import ChecksumError
 from har_bench.data.splits import official_split, split_report
 from har_bench.data.uea import load_uea, parse_ts
 

@@ -16,7 +16,7 @@ from fixtures_data import (
 )
 from helpers import SHARED_DATA
 
-from har_bench.data.download import ChecksumError, sha256_file
+from har_bench.core.download import ChecksumError, sha256_file
 from har_bench.data.splits import group_kfold_split, split_report
 from har_bench.data.wisdm import load_wisdm, parse_wisdm_file
 

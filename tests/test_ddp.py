@@ -13,8 +13,8 @@ import pytest
 import torch
 from cli_helpers import SMALL
 
-from har_bench import distributed
-from har_bench.engine import Trainer
+from har_bench.training import distributed
+from har_bench.training.engine import Trainer
 
 
 def test_shards_cover_the_epoch_with_equal_batch_counts(monkeypatch):
@@ -44,7 +44,7 @@ def test_without_torchrun_nothing_changes(monkeypatch):
 
 _AGREE = """
 import json, sys, torch
-from har_bench import distributed
+from har_bench.training import distributed
 loss = float("nan") if distributed.rank() == 0 else 1.0
 stop = distributed.rank() == 1
 print(json.dumps(distributed.agree(torch.tensor(loss), stop)))

@@ -9,15 +9,15 @@ import pytest
 from fixtures_data import Server
 from fixtures_uci import write_uci_dataset, zip_dataset
 
-from har_bench.data import load_uci_har
-from har_bench.data.archives import extract_archive
-from har_bench.data.download import (
+from har_bench.core.download import (
     ChecksumError,
     DownloadError,
     download,
     filename_from_url,
     sha256_file,
 )
+from har_bench.data import load_uci_har
+from har_bench.data.archives import extract_archive
 
 ZIP_NAME = "human+activity+recognition+using+smartphones.zip"
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from har_bench.engine import (
+from har_bench.core.timing import measure_latency
+from har_bench.training.engine import (
     Trainer,
     resolve_device,
     resolve_precision,
 )
-from har_bench.session import DivergedError
-from har_bench.timing import measure_latency
+from har_bench.training.session import DivergedError
 
 
 def make_trainer(**kw) -> Trainer:
@@ -118,7 +118,7 @@ def test_early_stopping_is_announced_only_when_it_cuts_the_schedule(max_epochs, 
     X, y = torch.randn(32, 3, 32), torch.randint(0, 4, (32,))
     trainer = make_trainer(max_epochs=max_epochs, batch_size=16, patience=1, monitor="val_loss")
     # lr 0: the validation loss never improves after the first epoch, so epoch 2 stops.
-    with caplog.at_level("INFO", logger="har_bench.engine"):
+    with caplog.at_level("INFO", logger="har_bench.training.engine"):
         fit = trainer.fit(NoBN(), X, y, X, y, lambda p: torch.optim.SGD(p, lr=0.0))
     assert len(fit.history) == 2 and fit.best_epoch == 1
     announced = any("early stopping" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import SMALL, in_process_cli
 
-from har_bench import cli, rundir
+from har_bench import cli
+from har_bench.runs import rundir
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def assert_bug_line(code: int, err: str) -> str:
 def test_an_internal_value_error_during_evaluation_is_a_bug_not_bad_input(
     main, tmp_path, monkeypatch
 ):
-    from har_bench import stages
+    from har_bench.experiment import stages
 
     monkeypatch.setattr(stages, "evaluate", internal_failure)
     run_dir = tmp_path / "run"
@@ -49,7 +50,7 @@ def test_an_internal_value_error_during_evaluation_is_a_bug_not_bad_input(
 
 
 def test_a_library_missing_file_is_a_bug_unless_a_check_named_it(main, tmp_path, monkeypatch):
-    from har_bench import stages
+    from har_bench.experiment import stages
 
     def missing(*args, **kwargs):
         raise FileNotFoundError("[Errno 2] No such file or directory: '/tmp/cache.bin'")

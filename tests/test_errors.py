@@ -22,7 +22,7 @@ from fixtures_uci import write_uci_dataset, zip_dataset
 from har_bench import cli
 from har_bench.data.base import HARData
 from har_bench.data.splits import Split
-from har_bench.stages import check_split_labels
+from har_bench.experiment.stages import check_split_labels
 
 
 def cli_subprocess(*args: str, cwd: Path) -> tuple[int, str]:
@@ -272,8 +272,8 @@ def test_as_user_error_classifies_bad_input_and_bugs():
     from hydra.errors import InstantiationException
     from omegaconf import OmegaConf
 
-    from har_bench.components import as_user_error
-    from har_bench.errors import UserError
+    from har_bench.core.errors import UserError
+    from har_bench.experiment.components import as_user_error
 
     mine = UserError("model.width=0 is invalid")
     assert as_user_error(mine) is mine

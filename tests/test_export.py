@@ -21,10 +21,11 @@ pytest.importorskip("onnxscript")
 
 import onnx  # noqa: E402
 
-from har_bench import cli, rundir  # noqa: E402
+from har_bench import cli  # noqa: E402
 from har_bench.deploy import onnx_model  # noqa: E402
 from har_bench.deploy.export import export_run  # noqa: E402
 from har_bench.deploy.predict import predict  # noqa: E402
+from har_bench.runs import rundir  # noqa: E402
 
 PARITY = 1e-4  # max |Δlogit| between ONNX Runtime and PyTorch on the CPU
 # int8 on the synthetic run (180 test windows, a barely trained model whose logits sit close

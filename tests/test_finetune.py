@@ -9,11 +9,11 @@ import pytest
 import torch
 from cli_helpers import SMALL, in_process_cli
 
-from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state
-from har_bench.engine import Trainer
-from har_bench.finetune import FineTune
-from har_bench.image_transforms import ImageAugment, ImageInput
 from har_bench.models import ResNet
+from har_bench.training.checkpoint import LAST_CHECKPOINT, load_resume_state
+from har_bench.training.engine import Trainer
+from har_bench.training.finetune import FineTune
+from har_bench.training.image_transforms import ImageAugment, ImageInput
 
 
 def small_resnet() -> ResNet:

@@ -1,6 +1,6 @@
 import pytest
 
-from har_bench._fs import atomic_write, atomic_write_text, hold_lock, release_lock
+from har_bench.core.fs import atomic_write, atomic_write_text, hold_lock, release_lock
 
 
 def test_atomic_write_replaces_and_keeps_the_suffix(tmp_path):
@@ -45,7 +45,7 @@ def test_a_held_lock_excludes_other_processes_until_released(tmp_path):
     import subprocess
     import sys
 
-    probe = "import sys; from har_bench._fs import hold_lock; print(hold_lock(sys.argv[1]))"
+    probe = "import sys; from har_bench.core.fs import hold_lock; print(hold_lock(sys.argv[1]))"
 
     def other_process_gets_it() -> bool:
         out = subprocess.run(
@@ -78,7 +78,7 @@ def test_locks_never_use_another_users_folder(tmp_path, monkeypatch, caplog):
     import os
     import tempfile
 
-    from har_bench import _fs
+    from har_bench.core import fs as _fs
 
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     me = os.getuid()

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
+from har_bench.core.metrics import classification_metrics, confusion_counts, row_normalise
 from har_bench.data.base import HARData
 from har_bench.data.splits import (
     Split,
@@ -31,9 +32,8 @@ from har_bench.data.splits import (
 )
 from har_bench.data.synthetic import load_synthetic
 from har_bench.deploy.export import Form, build_report
-from har_bench.engine import Trainer
-from har_bench.metrics import classification_metrics, confusion_counts, row_normalise
-from har_bench.stages import Training, prepare_data, refit
+from har_bench.experiment.stages import Training, prepare_data, refit
+from har_bench.training.engine import Trainer
 
 
 def toy(subjects: list[int]) -> HARData:

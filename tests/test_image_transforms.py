@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from har_bench.core.errors import UserError
 from har_bench.data.images import channel_stats, load_cifar10
 from har_bench.data.splits import official_split
-from har_bench.errors import UserError
-from har_bench.image_transforms import (
+from har_bench.experiment.stages import Training, bind_augment, prepare_data
+from har_bench.training.image_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageAugment,
     ImageInput,
     random_resized_boxes,
 )
-from har_bench.stages import Training, bind_augment, prepare_data
 
 
 def images(n: int = 16, h: int = 20, w: int = 28, seed: int = 0) -> torch.Tensor:
@@ -142,7 +142,7 @@ def test_cifar_at_size_224_stays_uint8_at_the_stored_size(tmp_path):
     assert prepared.prepare.mean == tuple(mean) and prepared.prepare.normalisation == "train"
     assert prepared.model_input(prepared.test.X[:2]).shape == (2, 3, 224, 224)
     # The sensor augmentation refuses images, the image one sensor windows.
-    from har_bench.augment import Augment
+    from har_bench.training.augment import Augment
 
     training = Training(None, None, None, 0, augment=Augment(jitter=0.1))  # type: ignore[arg-type]
     with pytest.raises(UserError, match="use augment=image or augment=none"):

@@ -15,7 +15,7 @@ import yaml
 from cli_helpers import SMALL, in_process_cli
 from test_sweep import hparams_sessions
 
-from har_bench.sweep import SUMMARY_CSV
+from har_bench.analysis.sweep import SUMMARY_CSV
 
 
 def _har_bench(tmp_path: Path, *args: str, cores: int | None = None) -> subprocess.CompletedProcess:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score
 
-from har_bench.metrics import (
+from har_bench.core.metrics import (
     classification_metrics,
     confusion_counts,
     macro_f1,

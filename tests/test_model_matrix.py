@@ -30,8 +30,9 @@ from cli_helpers import assert_one_line_error, in_process_cli
 from fixtures_data import ts_text
 from helpers import config_options
 
-from har_bench import cli, rundir
+from har_bench import cli
 from har_bench.config import compose
+from har_bench.runs import rundir
 
 pytestmark = pytest.mark.slow  # about a hundred one-epoch runs
 
@@ -194,7 +195,7 @@ def exportable(model: str) -> bool:
     """A torch module (``model=minirocket`` is a scikit-learn estimator, fitted not trained)."""
     from torch import nn
 
-    from har_bench.components import build_model
+    from har_bench.experiment.components import build_model
 
     cfg = compose([f"model={model}", *small_overrides(model)])
     return isinstance(build_model(cfg, 2, 2), nn.Module)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from helpers import config_options
 
-from har_bench.components import build_model
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
+from har_bench.experiment.components import build_model
 from har_bench.models import (
     CNN,
     LSTM,

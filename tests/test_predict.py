@@ -14,9 +14,10 @@ import pytest
 from cli_helpers import assert_one_line_error
 from deploy_helpers import trained_run
 
-from har_bench import cli, rundir
+from har_bench import cli
 from har_bench.deploy.loaded import FinishedRun, Preprocessing
 from har_bench.deploy.predict import predict, smooth
+from har_bench.runs import rundir
 
 RATE = 50.0  # the synthetic dataset's sampling rate
 

@@ -11,10 +11,15 @@ import torch
 from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 from fixtures_data import Server
 
-from har_bench import pretrained
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
+from har_bench.experiment import pretrained
+from har_bench.experiment.pretrained import (
+    WeightsSource,
+    load_weights,
+    state_dict_in,
+    torchvision_arch,
+)
 from har_bench.models import ResNet
-from har_bench.pretrained import WeightsSource, load_weights, state_dict_in, torchvision_arch
 
 RESNET18 = {"block": "basic", "layers": [2, 2, 2, 2], "layout": "2d_image"}
 

@@ -9,10 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from har_bench.augment import TRANSFORMS, Augment, random_rotations
-from har_bench.engine import Trainer
-from har_bench.schedules import StepSchedule
-from har_bench.stages import SMALL_VALIDATION, Training, apply_step_budget, check_selection
+from har_bench.experiment.stages import (
+    SMALL_VALIDATION,
+    Training,
+    apply_step_budget,
+    check_selection,
+)
+from har_bench.training.augment import TRANSFORMS, Augment, random_rotations
+from har_bench.training.engine import Trainer
+from har_bench.training.schedules import StepSchedule
 
 GROUPS = [[0, 1, 2], [3, 4, 5]]
 
@@ -150,7 +155,7 @@ def test_ema_weights_are_the_ones_validated_and_kept():
 def test_ema_batchnorm_statistics_are_measured_on_the_averaged_weights(validated):
     from torch.optim.swa_utils import update_bn
 
-    from har_bench.ema import calibration_windows
+    from har_bench.training.ema import calibration_windows
 
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(600, 3, 16, generator=g), torch.randint(0, 3, (600,), generator=g)
@@ -178,7 +183,7 @@ def test_ema_batchnorm_statistics_are_measured_on_the_averaged_weights(validated
 
 
 def test_calibration_windows_are_spread_and_capped():
-    from har_bench.ema import calibration_windows
+    from har_bench.training.ema import calibration_windows
 
     idx = calibration_windows(10_000, limit=100)
     assert len(idx) == 100 and idx[0] == 0 and idx[-1] == 9_999
@@ -199,7 +204,7 @@ def test_epochs_without_a_validation_part_say_so(caplog):
     X, y = torch.randn(32, 3, 16, generator=g), torch.randint(0, 3, (32,), generator=g)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
     trainer = Trainer(max_epochs=2, batch_size=16, progress=False, device="cpu")
-    with caplog.at_level("INFO", logger="har_bench.engine"):
+    with caplog.at_level("INFO", logger="har_bench.training.engine"):
         fit = trainer.fit(model, X, y, X[:0], y[:0], lambda p: torch.optim.SGD(p, lr=0.1))
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(epochs) == 2 and all("no validation" in m and "nan" not in m for m in epochs)
@@ -224,7 +229,7 @@ def test_small_validation_is_warned_about_only_when_it_selects(
     trainer = Trainer(patience=patience, progress=False, device="cpu")
     training = Training(trainer, torch.optim.SGD, None, seed=0, refit=refit)
     data = SimpleNamespace(val=SimpleNamespace(y=torch.zeros(n_val)))
-    with caplog.at_level("WARNING", logger="har_bench.stages"):
+    with caplog.at_level("WARNING", logger="har_bench.experiment.stages"):
         check_selection(training, data, by_loop)  # type: ignore[arg-type]
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"only {n_val} windows" in m for m in messages) == warned

@@ -147,7 +147,7 @@ def test_results_archive_copy_is_atomic_and_skips_linked_records(tmp_path, capsy
     a record file that is a symbolic link is refused rather than its target copied."""
     import shutil
 
-    from har_bench import rundir
+    from har_bench.runs import rundir
 
     run = make_run(tmp_path / "outputs" / "best" / "0", acc=0.9, f1=0.9)
     args = _archive_spec(tmp_path, "docs/runs")

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from har_bench.augment import Augment
-from har_bench.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_resume_state
-from har_bench.engine import Trainer
-from har_bench.schedules import StepSchedule
-from har_bench.signals import Interrupted, stop_on_signals
+from har_bench.training.augment import Augment
+from har_bench.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_resume_state
+from har_bench.training.engine import Trainer
+from har_bench.training.schedules import StepSchedule
+from har_bench.training.signals import Interrupted, stop_on_signals
 
 
 class Net(nn.Module):

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 
-from har_bench import resume
 from har_bench.config import compose
+from har_bench.runs import resume
 
 RUN = [*SMALL, "trainer.max_epochs=2"]
 
@@ -50,7 +50,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 
 _HOLD_LOCK = """
 import sys, time
-from har_bench._fs import hold_lock
+from har_bench.core.fs import hold_lock
 assert hold_lock(sys.argv[1])
 print("held", flush=True)
 time.sleep(60)
@@ -196,8 +196,8 @@ def test_paths_with_spaces_and_quotes_survive_hydra(tmp_path):
 
 
 def test_a_run_never_writes_into_a_dir_another_process_trains_in(tmp_path):
-    from har_bench.run import run
-    from har_bench.rundir import RunDirInUseError
+    from har_bench.experiment.run import run
+    from har_bench.runs.rundir import RunDirInUseError
 
     with (
         held_by_another_process(tmp_path),

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from helpers import SHARED_DATA
 
-from har_bench import rundir
-from har_bench.run import run
+from har_bench.experiment.run import run
+from har_bench.runs import rundir
 
 ARTIFACTS = [
     "metrics.json",
@@ -343,7 +343,7 @@ def test_no_validation_part_trains_the_schedule_and_tests_its_last_weights(compo
     reason="no /proc/cpuinfo model name here",
 )
 def test_environment_names_the_cpu_model_not_the_architecture():
-    from har_bench.artifacts import environment_info
+    from har_bench.runs.artifacts import environment_info
 
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     model = next(

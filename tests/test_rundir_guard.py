@@ -17,7 +17,7 @@ from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 from test_resume_cli import RUN, fake_run
 
 import har_bench
-from har_bench import rundir
+from har_bench.runs import rundir
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ import importlib.abc, os, signal, sys
 
 class StopOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "har_bench.run":
+        if name == "har_bench.experiment.run":
             os.kill(os.getpid(), signal.SIGTERM)
         return None
 
@@ -227,7 +227,7 @@ def test_a_sweep_under_torchrun_stops_rather_than_skip_on_one_rank(main, tmp_pat
 
 
 def test_only_a_resume_of_this_very_dir_may_start_in_it(tmp_path):
-    from har_bench.resume import RunDirTakenError, Start, check_new_run
+    from har_bench.runs.resume import RunDirTakenError, Start, check_new_run
 
     run_dir = fake_run(tmp_path, "run", RUN, "interrupted")
     elsewhere = {"trainer": {"resume": str(tmp_path / "other")}}

@@ -15,8 +15,8 @@ from cli_helpers import SMALL, in_process_cli
 from omegaconf import OmegaConf
 from test_compare import make_run
 
-from har_bench import sweep
-from har_bench.sweep import SUMMARY_CSV, configure_job_resources, summarise
+from har_bench.analysis import sweep
+from har_bench.analysis.sweep import SUMMARY_CSV, configure_job_resources, summarise
 
 
 def hparams_sessions(root: Path) -> Counter[str]:

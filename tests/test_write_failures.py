@@ -19,8 +19,10 @@ import pytest
 import torch
 from cli_helpers import SMALL, assert_one_line_error, in_process_cli
 
-from har_bench import _fs, rundir
-from har_bench.checkpoint import (
+from har_bench.core import fs as _fs
+from har_bench.core.errors import UserError
+from har_bench.runs import rundir
+from har_bench.training.checkpoint import (
     BEST_CHECKPOINT,
     BEST_PENDING,
     LAST_CHECKPOINT,
@@ -28,7 +30,6 @@ from har_bench.checkpoint import (
     load_resume_state,
     save_checkpoint,
 )
-from har_bench.errors import UserError
 
 linux_only = pytest.mark.skipif(
     not Path("/proc/self/fd").is_dir(), reason="finds the file being written in /proc/self/fd"
@@ -158,7 +159,7 @@ def test_a_full_disk_mid_commit_keeps_the_last_commit_resumable(tmp_path, monkey
 
 
 def test_the_log_file_says_once_that_the_disk_is_full_and_goes_quiet(tmp_path, capsys):
-    from har_bench.rundir import LogFileHandler
+    from har_bench.runs.rundir import LogFileHandler
 
     handler = LogFileHandler(str(tmp_path / "train.log"))
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "epoch %d", (1,), None)
@@ -258,7 +259,7 @@ def test_a_link_planted_during_a_run_does_not_take_its_writes_out(tmp_path):
 
 
 def test_the_log_file_does_not_follow_a_link(tmp_path, capsys):
-    from har_bench.rundir import LogFileHandler
+    from har_bench.runs.rundir import LogFileHandler
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")

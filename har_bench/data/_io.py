@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import DTypeLike
 
-from har_bench._fs import atomic_write
-from har_bench.errors import MissingInputError, UserError
-
-from .archives import extract_archive
-from .download import download, filename_from_url
+from har_bench.core.download import download, filename_from_url
+from har_bench.core.errors import MissingInputError, UserError
+from har_bench.core.fs import atomic_write
+from har_bench.data.archives import extract_archive
 
 COMPRESSED_SUFFIXES = (".gz", ".xz", ".bz2")
 

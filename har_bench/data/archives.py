@@ -25,8 +25,8 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from har_bench._fs import atomic_write_text, file_lock
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
+from har_bench.core.fs import atomic_write_text, file_lock
 
 # A zip nested deeper than this is not a dataset layout but a zip bomb or a mistake.
 MAX_NESTING = 3

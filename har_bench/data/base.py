@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import MissingInputError, UserError
-
-from ._io import Layout, check_choice, find_file, read_table, resolve_root, strip_compression
-from .base import HARData
-from .windowing import Recording, WindowSpec, channel_names
+from har_bench.core.errors import MissingInputError, UserError
+from har_bench.data._io import (
+    Layout,
+    check_choice,
+    find_file,
+    read_table,
+    resolve_root,
+    strip_compression,
+)
+from har_bench.data.base import HARData
+from har_bench.data.windowing import Recording, WindowSpec, channel_names
 
 DEFAULT_URL = (
     "https://archive.ics.uci.edu/static/public/341/"

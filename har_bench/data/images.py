@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import MissingInputError, UserError, check_memory, check_optional_int
-
-from ._io import Layout, resolve_root
-from .base import HARData, image_spec
+from har_bench.core.errors import MissingInputError, UserError, check_memory, check_optional_int
+from har_bench.data._io import Layout, resolve_root
+from har_bench.data.base import HARData, image_spec
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MEMBER = "cifar-10-batches-py"

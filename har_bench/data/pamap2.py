@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import UserError
-
-from ._io import (
+from har_bench.core.errors import UserError
+from har_bench.data._io import (
     Layout,
     cache_key,
     check_choice,
@@ -29,8 +28,8 @@ from ._io import (
     resolve_root,
     save_cache,
 )
-from .base import HARData
-from .windowing import Recording, WindowSpec, interpolate_nans
+from har_bench.data.base import HARData
+from har_bench.data.windowing import Recording, WindowSpec, interpolate_nans
 
 log = logging.getLogger(__name__)
 

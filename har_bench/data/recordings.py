@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from har_bench.errors import MissingInputError, UserError
-
-from ._io import check_choice
-from .base import HARData
-from .windowing import NAN_POLICIES, Recording, WindowSpec, apply_nan_policy
+from har_bench.core.errors import MissingInputError, UserError
+from har_bench.data._io import check_choice
+from har_bench.data.base import HARData
+from har_bench.data.windowing import NAN_POLICIES, Recording, WindowSpec, apply_nan_policy
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 SUFFIXES = (".csv", ".csv.gz", ".csv.xz", ".parquet", ".pq")

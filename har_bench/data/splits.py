@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from har_bench.core.errors import UserError, check_int, is_number
 from har_bench.data.base import HARData
-from har_bench.errors import UserError, check_int, is_number
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,8 @@ import math
 
 import numpy as np
 
-from har_bench.errors import UserError, check_int, check_memory, is_number
-
-from .base import HARData
+from har_bench.core.errors import UserError, check_int, check_memory, is_number
+from har_bench.data.base import HARData
 
 # As in UCI-HAR, whose official split tests 9 of its 30 subjects.
 TEST_FRACTION = 0.3

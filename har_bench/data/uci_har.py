@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import UserError
-
-from ._io import (
+from har_bench.core.errors import UserError
+from har_bench.data._io import (
     Layout,
     cache_key,
     find_file,
@@ -30,7 +29,7 @@ from ._io import (
     resolve_root,
     save_cache,
 )
-from .base import HARData
+from har_bench.data.base import HARData
 
 DEFAULT_URL = (
     "https://archive.ics.uci.edu/static/public/240/human+activity+recognition+using+smartphones.zip"

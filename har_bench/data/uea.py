@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from har_bench.errors import UserError, check_memory, check_optional_int
-
-from ._io import Layout, check_choice, find_file, read_text, resolve_root
-from .base import HARData
-from .windowing import interpolate_nans
+from har_bench.core.errors import UserError, check_memory, check_optional_int
+from har_bench.data._io import Layout, check_choice, find_file, read_text, resolve_root
+from har_bench.data.base import HARData
+from har_bench.data.windowing import interpolate_nans
 
 DEFAULT_URL = "https://www.timeseriesclassification.com/aeon-toolkit/{name}.zip"
 MODES = ("pad", "resample")

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from har_bench.errors import UserError, check_int, check_memory
-
-from .base import HARData
+from har_bench.core.errors import UserError, check_int, check_memory
+from har_bench.data.base import HARData
 
 # Labels below zero mark samples that belong to no class (e.g. PAMAP2's transient activity 0);
 # a window never covers one.

@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from har_bench.errors import MissingInputError, UserError
-
-from ._io import (
+from har_bench.core.errors import MissingInputError, UserError
+from har_bench.data._io import (
     Layout,
     cache_key,
     check_choice,
@@ -42,8 +41,14 @@ from ._io import (
     resolve_root,
     save_cache,
 )
-from .base import HARData
-from .windowing import NAN_POLICIES, Recording, WindowSpec, apply_nan_policy, channel_names
+from har_bench.data.base import HARData
+from har_bench.data.windowing import (
+    NAN_POLICIES,
+    Recording,
+    WindowSpec,
+    apply_nan_policy,
+    channel_names,
+)
 
 log = logging.getLogger(__name__)
 

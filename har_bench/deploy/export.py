@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_bench import rundir
-from har_bench.artifacts import host_info
-from har_bench.components import as_user_error
+from har_bench.core.errors import UserError, bug_message, save_traceback
+from har_bench.core.metrics import classification_metrics
+from har_bench.core.seeding import seed_everything
+from har_bench.core.timing import alternating_latency
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
-from har_bench.errors import UserError, bug_message, save_traceback
-from har_bench.metrics import classification_metrics
+from har_bench.experiment.components import as_user_error
+from har_bench.experiment.stages import bind_augment
 from har_bench.models.compress import (
     check_ratio,
     count_batchnorms,
@@ -37,9 +38,8 @@ from har_bench.models.compress import (
     prune_residual_channels,
 )
 from har_bench.models.summary import model_summary
-from har_bench.seeding import seed_everything
-from har_bench.stages import bind_augment
-from har_bench.timing import alternating_latency
+from har_bench.runs import rundir
+from har_bench.runs.artifacts import host_info
 
 FORMATS = ("onnx",)
 QUANTIZE = ("int8",)

@@ -1,7 +1,7 @@
 """A finished run read back: its config, the weights it tested, its data and preprocessing.
 
 The run's saved config (``.hydra/config.yaml``) is built into the same typed components a run
-uses (:func:`har_bench.components.from_config`), so the data are loaded, split and
+uses (:func:`har_bench.experiment.components.from_config`), so the data are loaded, split and
 standardised by the run's own code path; the split is then checked against the run's
 ``split_report.json``, so a changed dataset is refused rather than silently evaluated.
 """
@@ -21,12 +21,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from har_bench import rundir
-from har_bench.checkpoint import load_checkpoint
-from har_bench.components import from_config
-from har_bench.engine import Trainer
-from har_bench.errors import UserError
-from har_bench.stages import Choices, Experiment, PreparedData, prepare_data
+from har_bench.core.errors import UserError
+from har_bench.experiment.components import from_config
+from har_bench.experiment.stages import Choices, Experiment, PreparedData, prepare_data
+from har_bench.runs import rundir
+from har_bench.training.checkpoint import load_checkpoint
+from har_bench.training.engine import Trainer
 
 # Config keys holding paths, which a run resolves from the directory it was started in.
 PATH_KEYS = ("dataset.root", "dataset.path")

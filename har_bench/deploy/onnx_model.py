@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_bench._fs import atomic_write
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
+from har_bench.core.fs import atomic_write
 
 # ONNX opset of every exported file: 18 is the first with the reductions-as-inputs form torch's
 # exporter writes, and ONNX Runtime's quantiser and CPU kernels cover it fully.

@@ -39,9 +39,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from har_bench import rundir
-from har_bench._fs import atomic_write
-from har_bench.components import as_user_error
+from har_bench.core.errors import UserError, bug_message, save_traceback
+from har_bench.core.fs import atomic_write
 from har_bench.data.recordings import TIME_UNITS
 from har_bench.data.windowing import Recording, window_recordings
 from har_bench.data.wisdm import (
@@ -57,7 +56,8 @@ from har_bench.deploy.loaded import (
     load_preprocessing,
     save_preprocessing,
 )
-from har_bench.errors import UserError, bug_message, save_traceback
+from har_bench.experiment.components import as_user_error
+from har_bench.runs import rundir
 
 # A recording whose rate is within this fraction of the run's is taken as the same rate (clock
 # jitter: WISDM's 20 Hz watch streams run at 20.2 Hz).

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from har_bench.errors import UserError, check_int, is_number
+from har_bench.core.errors import UserError, check_int, is_number
 from har_bench.models.resnet import init_weights
 
 

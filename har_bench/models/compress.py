@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 from har_bench.models.resnet import BasicBlock, Bottleneck
 
 _CONVS = (nn.Conv1d, nn.Conv2d)

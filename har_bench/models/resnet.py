@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from har_bench.errors import UserError, check_int, is_number
+from har_bench.core.errors import UserError, check_int, is_number
 
 LAYOUTS = ("1d", "2d_sensor", "2d_image")
 BLOCKS = ("basic", "bottleneck")
@@ -261,7 +261,7 @@ class ResNet(nn.Module):
                 )
         self.layout = _Layout(layout)
         # The architecture as built (after shape/kernel defaults): what a pretrained file must
-        # match, and how har_bench.pretrained finds torchvision's file for this network.
+        # match, and how har_bench.experiment.pretrained finds torchvision's file for this network.
         self.arch = {
             "in_channels": in_channels,
             "block": block,

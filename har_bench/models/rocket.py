@@ -8,7 +8,7 @@ fitted on all of them: scikit-learn's leave-one-out is quick while windows do no
 features and far slower once they do. This wraps aeon's implementation (the
 optional extra ``har-bench[rocket]``); it is a scikit-learn estimator, not a torch module, so the
 runner fits and predicts it directly instead of training it with the
-:class:`~har_bench.engine.Trainer`.
+:class:`~har_bench.training.engine.Trainer`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 
 # aeon's grid for the ridge penalty (10^-3 .. 10^3) extended by three of its steps upward, so that
 # a choice of aeon's largest value is not a choice at the grid's edge.

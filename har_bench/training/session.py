@@ -1,6 +1,6 @@
 """One fit's objects and the training they do between two validations.
 
-A :class:`Session` holds what :meth:`har_bench.engine.Trainer.fit` trains with (the model, its
+A :class:`Session` holds what :meth:`har_bench.training.engine.Trainer.fit` trains with (the model, its
 optimizer, scheduler, grad scaler, averaged weights, per-batch transforms and the loop state);
 :meth:`Session.train_epoch` runs one epoch of optimizer steps and :meth:`Session.optimizer_step`
 is the one place where a batch is transformed, its loss computed and the weights moved.
@@ -22,17 +22,22 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.profiler import record_function
 
-from har_bench import distributed
-from har_bench.augment import Augment
-from har_bench.checkpoint import LAST_CHECKPOINT, restore_training, save_checkpoint, training_state
-from har_bench.early_stopping import BestTracker
-from har_bench.ema import moving_average
-from har_bench.errors import UserError
-from har_bench.finetune import FineTune
-from har_bench.image_transforms import ImageAugment
-from har_bench.schedules import StepSchedule
-from har_bench.signals import Interrupted, StopRequest
-from har_bench.train_state import TrainState
+from har_bench.core.errors import UserError
+from har_bench.training import distributed
+from har_bench.training.augment import Augment
+from har_bench.training.checkpoint import (
+    LAST_CHECKPOINT,
+    restore_training,
+    save_checkpoint,
+    training_state,
+)
+from har_bench.training.early_stopping import BestTracker
+from har_bench.training.ema import moving_average
+from har_bench.training.finetune import FineTune
+from har_bench.training.image_transforms import ImageAugment
+from har_bench.training.schedules import StepSchedule
+from har_bench.training.signals import Interrupted, StopRequest
+from har_bench.training.train_state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ Prepare = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 class Settings(Protocol):
-    """What a session reads of its :class:`har_bench.engine.Trainer`."""
+    """What a session reads of its :class:`har_bench.training.engine.Trainer`."""
 
     device: torch.device
     amp_dtype: torch.dtype | None
@@ -104,7 +109,7 @@ class FitResult:
 
 @dataclass
 class Session:
-    """The objects one :meth:`har_bench.engine.Trainer.fit` trains with."""
+    """The objects one :meth:`har_bench.training.engine.Trainer.fit` trains with."""
 
     trainer: Settings
     model: nn.Module  # the plain module: evaluation and checkpoints

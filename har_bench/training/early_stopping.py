@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 
 # Monitored metric -> whether higher ("max") or lower ("min") is better.
 MONITORS = {"val_macro_f1": "max", "val_accuracy": "max", "val_loss": "min"}

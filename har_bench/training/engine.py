@@ -4,12 +4,12 @@ HAR windows are tiny (9 x 128 floats), so the per-sample ``Dataset.__getitem__``
 of a DataLoader costs more than the forward pass. Windows are held as tensors on the device and
 batches are taken by indexing with a shuffled permutation.
 
-:meth:`Trainer.fit` is the loop over epochs: a :class:`~har_bench.session.Session` trains one
+:meth:`Trainer.fit` is the loop over epochs: a :class:`~har_bench.training.session.Session` trains one
 epoch of optimizer steps, then ``_end_epoch`` validates, tracks the best epoch, commits the
 checkpoint and logs. What the loop carries between steps is a
-:class:`~har_bench.train_state.TrainState`; the checkpoint files are :mod:`har_bench.checkpoint`'s,
-the best-epoch bookkeeping :mod:`har_bench.early_stopping`'s and the signal handling
-:mod:`har_bench.signals`'.
+:class:`~har_bench.training.train_state.TrainState`; the checkpoint files are :mod:`har_bench.training.checkpoint`'s,
+the best-epoch bookkeeping :mod:`har_bench.training.early_stopping`'s and the signal handling
+:mod:`har_bench.training.signals`'.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from har_bench import distributed
-from har_bench.augment import Augment
-from har_bench.checkpoint import commit_epoch
-from har_bench.early_stopping import BestTracker
-from har_bench.ema import recalibrate_batchnorm
-from har_bench.errors import UserError, check_int, check_optional_int
-from har_bench.finetune import FineTune
-from har_bench.image_transforms import ImageAugment
-from har_bench.metrics import macro_f1
-from har_bench.session import FitResult, Prepare, Session
-from har_bench.signals import Interrupted, deferred_stop
+from har_bench.core.errors import UserError, check_int, check_optional_int
+from har_bench.core.metrics import macro_f1
+from har_bench.training import distributed
+from har_bench.training.augment import Augment
+from har_bench.training.checkpoint import commit_epoch
+from har_bench.training.early_stopping import BestTracker
+from har_bench.training.ema import recalibrate_batchnorm
+from har_bench.training.finetune import FineTune
+from har_bench.training.image_transforms import ImageAugment
+from har_bench.training.session import FitResult, Prepare, Session
+from har_bench.training.signals import Interrupted, deferred_stop
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Trainer:
     """Fits a classifier on in-memory windows with AMP, gradient accumulation and early stopping.
 
     Per-batch transforms (augmentation, mixup), loss variants and weight averaging plug in at
-    one place, :meth:`har_bench.session.Session.optimizer_step`: a batch is transformed and its
+    one place, :meth:`har_bench.training.session.Session.optimizer_step`: a batch is transformed and its
     loss computed there, and averaged weights are updated right after the optimizer steps.
 
     Args:
@@ -214,10 +214,10 @@ class Trainer:
     ) -> FitResult:
         """Train ``model``; keep the best-on-validation weights (never looks at a test set).
 
-        ``resume`` (from :func:`har_bench.checkpoint.load_resume_state`) continues exactly where
+        ``resume`` (from :func:`har_bench.training.checkpoint.load_resume_state`) continues exactly where
         that checkpoint left off, mid-epoch included. SIGINT/SIGTERM stop training at the next
         optimizer-step boundary, with the mid-epoch state in ``last.pt``. ``augment`` transforms
-        every training batch; a :class:`~har_bench.schedules.StepSchedule` is stepped after
+        every training batch; a :class:`~har_bench.training.schedules.StepSchedule` is stepped after
         every optimizer step, any other scheduler once per epoch. ``prepare`` turns a stored
         batch into the model's input (when there is no ``augment``, which then does it);
         ``finetune`` freezes parts of the model per epoch and sets the backbone's rate.

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from har_bench import rundir
 from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in
-from har_bench.errors import MissingInputError
+from har_bench.core.errors import MissingInputError
+from har_bench.runs import rundir
 
 # Runs that differ only by these are repeats of one configuration.
 REPLICATE_KEYS = ("seed", "split.fold")
@@ -34,7 +34,7 @@ SKIP_DIRS = {rundir.CHECKPOINTS, rundir.HYDRA_DIR, ".submitit", "__pycache__"}
 @dataclass(frozen=True)
 class Metric:
     label: str
-    source: str  # file in the run dir (a har_bench.rundir name)
+    source: str  # file in the run dir (a har_bench.runs.rundir name)
     path: tuple[str, ...]  # keys into that file's JSON
     higher_is_better: bool
     kind: str  # "fraction" (shown in %), "count", "flops", "rate", "ms"
@@ -74,7 +74,7 @@ class Run:
     values: dict[str, float]  # metric name -> value (only those the run has)
     error: str | None = None
     overrides: list[str] = field(default_factory=list)
-    user_error: bool = False  # failed on bad input (see har_bench.errors)
+    user_error: bool = False  # failed on bad input (see har_bench.core.errors)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from har_bench.errors import UserError, check_optional_int
+from har_bench.core.errors import UserError, check_optional_int
 
 FREEZE = ("none", "backbone", "all-but-last-stage")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

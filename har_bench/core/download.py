@@ -17,8 +17,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from har_bench._fs import atomic_write_text, file_lock
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
+from har_bench.core.fs import atomic_write_text, file_lock
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The stages of one experiment, each a plain typed function: prepare data -> build model -> fit
 -> evaluate -> measure -> result.
 
-No Hydra here: :mod:`har_bench.components` turns the config into an :class:`Experiment` of
-typed objects and factories, and :func:`har_bench.run.run` chains the stages. A stage gets what
+No Hydra here: :mod:`har_bench.experiment.components` turns the config into an :class:`Experiment` of
+typed objects and factories, and :func:`har_bench.experiment.run.run` chains the stages. A stage gets what
 it needs and returns a small result; the files a stage must leave behind even when a later one
 fails (the split report, the model summary, the environment) it writes itself, the rest go
-to the reporters (:mod:`har_bench.reporters`).
+to the reporters (:mod:`har_bench.experiment.reporters`).
 """
 
 from __future__ import annotations
@@ -25,24 +25,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_bench import artifacts, distributed, rundir
-from har_bench.augment import Augment
-from har_bench.checkpoint import LAST_CHECKPOINT, load_resume_state
+from har_bench.core.errors import UserError, check_memory
+from har_bench.core.metrics import classification_metrics, confusion_counts
+from har_bench.core.seeding import seed_everything
+from har_bench.core.timing import latency_ms, measure_latency
 from har_bench.data.base import HARData
 from har_bench.data.images import channel_stats
 from har_bench.data.splits import Split, assert_clean, split_report, standardise
-from har_bench.engine import Trainer
-from har_bench.errors import UserError, check_memory
-from har_bench.finetune import FineTune
-from har_bench.image_transforms import ImageAugment, ImageInput
-from har_bench.metrics import classification_metrics, confusion_counts
+from har_bench.experiment.pretrained import WeightsSource, load_weights
 from har_bench.models.resnet import ResNet
 from har_bench.models.summary import model_summary
-from har_bench.pretrained import WeightsSource, load_weights
-from har_bench.schedules import StepSchedule
-from har_bench.seeding import seed_everything
-from har_bench.session import FitResult
-from har_bench.timing import latency_ms, measure_latency
+from har_bench.runs import artifacts, rundir
+from har_bench.training import distributed
+from har_bench.training.augment import Augment
+from har_bench.training.checkpoint import LAST_CHECKPOINT, load_resume_state
+from har_bench.training.engine import Trainer
+from har_bench.training.finetune import FineTune
+from har_bench.training.image_transforms import ImageAugment, ImageInput
+from har_bench.training.schedules import StepSchedule
+from har_bench.training.session import FitResult
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """One experiment: config -> typed components -> stages -> reporters, with a status either way.
 
 :func:`run` owns the run dir's lock and its status; ``_run`` chains the stages of
-:mod:`har_bench.stages`. Hydra and OmegaConf stop at :mod:`har_bench.components`: the stages
+:mod:`har_bench.experiment.stages`. Hydra and OmegaConf stop at :mod:`har_bench.experiment.components`: the stages
 below are plain typed Python, and the group choices (``model=...``) arrive as an argument.
 """
 
@@ -17,14 +17,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from har_bench import rundir, stages
-from har_bench.checkpoint import check_resume_state
-from har_bench.components import as_user_error, from_config
-from har_bench.errors import UserError
-from har_bench.reporters import default_reporters
-from har_bench.seeding import seed_everything
-from har_bench.session import DivergedError
-from har_bench.signals import Interrupted, stop_on_signals
+from har_bench.core.errors import UserError
+from har_bench.core.seeding import seed_everything
+from har_bench.experiment import stages
+from har_bench.experiment.components import as_user_error, from_config
+from har_bench.experiment.reporters import default_reporters
+from har_bench.runs import rundir
+from har_bench.training.checkpoint import check_resume_state
+from har_bench.training.session import DivergedError
+from har_bench.training.signals import Interrupted, stop_on_signals
 
 
 def run(
@@ -45,7 +46,7 @@ def run(
     message, the traceback in ``error.txt``. Only SIGKILL or a power cut leave ``running``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The CLI takes this lock before Hydra writes .hydra/ (har_bench.resume.lock_run_dir); taken
+    # The CLI takes this lock before Hydra writes .hydra/ (har_bench.runs.resume.lock_run_dir); taken
     # here too for callers from Python. The other process's status must stay its own.
     rundir.claim(run_dir)
     try:
@@ -75,7 +76,7 @@ def _run_with_status(cfg: DictConfig, run_dir: Path, choices: stages.Choices) ->
         "running",
         clear=rundir.ENDING_KEYS,
         run_dir=str(run_dir),
-        # Lets a resume refuse a run that is still alive (see har_bench.resume).
+        # Lets a resume refuse a run that is still alive (see har_bench.runs.resume).
         pid=os.getpid(),
         host=socket.gethostname(),
     )

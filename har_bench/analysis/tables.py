@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from har_bench._fs import atomic_write
-from har_bench.grouping import LEGEND, METRICS, MISSING, Comparison, Group
+from har_bench.analysis.grouping import LEGEND, METRICS, MISSING, Comparison, Group
+from har_bench.core.fs import atomic_write
 
 
 def format_value(v: float, kind: str) -> str:

@@ -1,7 +1,7 @@
 """What a run reports as it goes and when it ends: one class per artifact or logger.
 
 A reporter sees every epoch's history row (:meth:`Reporter.on_epoch`), the completed run's
-:class:`~har_bench.stages.RunResult` (:meth:`Reporter.on_end`, before ``metrics.json`` marks the
+:class:`~har_bench.experiment.stages.RunResult` (:meth:`Reporter.on_end`, before ``metrics.json`` marks the
 run completed) and is closed however the run ends. A new artifact or logger is one more class
 in :func:`default_reporters`.
 """
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from har_bench import artifacts, rundir
-from har_bench.stages import RunResult
+from har_bench.experiment.stages import RunResult
+from har_bench.runs import artifacts, rundir
 
 
 class Reporter(Protocol):

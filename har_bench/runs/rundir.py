@@ -1,7 +1,7 @@
 """The run directory: its file names, its status, its saved config, and reading a finished run.
 
 Every other module names a run's files through the constants here (checkpoint file names are
-:mod:`har_bench.checkpoint`'s), so a renamed file is one edit. ``metrics.json`` doubles as the
+:mod:`har_bench.training.checkpoint`'s), so a renamed file is one edit. ``metrics.json`` doubles as the
 status file: :func:`write_status` keeps whatever it holds and updates ``status``; a completed run
 writes it last, so ``completed`` means every other file is in place.
 
@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from har_bench._fs import (
+from har_bench.config import upgrade_targets
+from har_bench.core.errors import UserError
+from har_bench.core.fs import (
     atomic_write_text,
     confine_writes,
     hold_lock,
@@ -33,7 +35,6 @@ from har_bench._fs import (
     release_lock,
     release_writes,
 )
-from har_bench.errors import UserError
 
 METRICS = "metrics.json"
 HISTORY = "history.csv"
@@ -117,7 +118,9 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def _last_checkpoint_name() -> str:
-    from har_bench.checkpoint import LAST_CHECKPOINT  # imports torch: only where a path needs it
+    from har_bench.training.checkpoint import (
+        LAST_CHECKPOINT,  # imports torch: only where a path needs it
+    )
 
     return LAST_CHECKPOINT
 
@@ -129,7 +132,9 @@ def last_checkpoint(run_dir: Path) -> Path:
 def tested_checkpoint(run_dir: Path) -> Path:
     """The weights a completed run tested: the refit's when it refit, else the best-on-validation
     ones."""
-    from har_bench.checkpoint import BEST_CHECKPOINT  # imports torch: only where a path needs it
+    from har_bench.training.checkpoint import (
+        BEST_CHECKPOINT,  # imports torch: only where a path needs it
+    )
 
     refit = read_status(run_dir).get("tested") == "refit"
     folder = checkpoint_dir(run_dir) / (REFIT_CHECKPOINTS if refit else "")
@@ -395,7 +400,7 @@ def _read_yaml(path: Path) -> Any:
 def saved_config(run_dir: Path) -> dict[str, Any]:
     """The run's composed task config (``.hydra/config.yaml``); empty when there is none."""
     config = _read_yaml(Path(run_dir) / SAVED_CONFIG)
-    return config if isinstance(config, dict) else {}
+    return upgrade_targets(config) if isinstance(config, dict) else {}
 
 
 def saved_overrides(run_dir: Path) -> list[str]:
@@ -428,7 +433,7 @@ class RunRecord:
     path: Path
     status: str  # one of STATUSES, or "missing" without metrics.json
     error: str | None
-    user_error: bool  # the failure was bad input (see har_bench.errors)
+    user_error: bool  # the failure was bad input (see har_bench.core.errors)
     config: dict[str, Any]
     choices: dict[str, str]
     overrides: list[str]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import betaincinv
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 
 
 def _check(name: str, value: float, upper: float | None = None) -> float:

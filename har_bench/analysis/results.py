@@ -19,7 +19,7 @@ macro-F1, with params, FLOPs and training time, all read from the runs' own file
             published: {accuracy: 0.964}
 
 With ``archive: DIR`` (relative to the base folder) the command first copies the record files
-of every completed run it finds (``har_bench.rundir.RECORD_FILES``: metrics, history, config,
+of every completed run it finds (``har_bench.runs.rundir.RECORD_FILES``: metrics, history, config,
 split report, confusion matrix; no checkpoints) to ``DIR/<the run's path>``, then reads every
 row from ``DIR``. Committed with RESULTS.md, the archive keeps each figure traceable to its
 run's own files after ``outputs/`` is gone, and rows re-run later replace their old copies.
@@ -37,14 +37,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from har_bench import rundir
-from har_bench._fs import atomic_write_text
-from har_bench.errors import UserError, is_number
-from har_bench.grouping import find_run_dirs, load_run, mean_std
-from har_bench.tables import format_stat
+from har_bench.analysis.grouping import find_run_dirs, load_run, mean_std
+from har_bench.analysis.tables import format_stat
+from har_bench.core.errors import UserError, is_number
+from har_bench.core.fs import atomic_write_text
+from har_bench.runs import rundir
 
 COLUMNS = ("n", "test acc %", "test macro-F1 %", "params", "MFLOPs", "train s", "command")
-# metric name in har_bench.grouping -> (how it is shown, scale)
+# metric name in har_bench.analysis.grouping -> (how it is shown, scale)
 SHOWN = {
     "accuracy": ("fraction", 1.0),
     "macro_f1": ("fraction", 1.0),
@@ -211,7 +211,7 @@ def main(argv: Sequence[str]) -> int:
         prog="har-bench results",
         description="Write RESULTS.md from a spec of tables of run directories.",
     )
-    p.add_argument("spec", type=Path, help="YAML spec (see har_bench/results.py)")
+    p.add_argument("spec", type=Path, help="YAML spec (see har_bench/analysis/results.py)")
     p.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     p.add_argument(
         "--base",

@@ -1,4 +1,4 @@
-"""From the composed config to an :class:`~har_bench.stages.Experiment` of typed objects.
+"""From the composed config to an :class:`~har_bench.experiment.stages.Experiment` of typed objects.
 
 Hydra's ``instantiate`` and OmegaConf stop here. The trainer, optimizer and scheduler are built
 (and tried on a dummy parameter) at once, so that a bad setting fails before any data is read;
@@ -20,16 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from torch import nn
 
-from har_bench.errors import (
+from har_bench.core.errors import (
     UserError,
     check_finite_settings,
     check_int,
     check_optional_int,
 )
-from har_bench.finetune import FineTune
-from har_bench.pretrained import WeightsSource
-from har_bench.schedules import StepSchedule
-from har_bench.stages import Choices, Experiment, Training
+from har_bench.experiment.pretrained import WeightsSource
+from har_bench.experiment.stages import Choices, Experiment, Training
+from har_bench.training.finetune import FineTune
+from har_bench.training.schedules import StepSchedule
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ at 224 x 224); each batch is resized, cropped and normalised where the network r
   resize (aspect kept) to cover ``size / crop_ratio``, cut out the centre ``size``, normalise.
 * :class:`ImageAugment` (``augment=image``), the training path: random resized crop,
   horizontal flip and light colour jitter, then the same normalisation. Like the sensor
-  :class:`~har_bench.augment.Augment` it draws from its own seeded CPU generator, whose state
+  :class:`~har_bench.training.augment.Augment` it draws from its own seeded CPU generator, whose state
   is part of the resumable training state, so a batch is transformed alike on any device.
 
 Resizing is ``torch.nn.functional.interpolate`` (bilinear, antialiased as torchvision's
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
 
 # The statistics torchvision's ImageNet weights were trained with (RGB, [0, 1] units).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

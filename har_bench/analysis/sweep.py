@@ -19,8 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from har_bench._fs import atomic_write
-from har_bench.rundir import HYDRA_DIR, METRICS
+from har_bench.core.fs import atomic_write
+from har_bench.runs.rundir import HYDRA_DIR, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
     """Write ``sweep_summary.csv`` (one row per job) and print it as a table."""
     import csv
 
-    from har_bench.grouping import load_run
+    from har_bench.analysis.grouping import load_run
 
     result = SweepResult(sweep_dir)
     rows: list[dict[str, Any]] = []
@@ -300,8 +300,8 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
 def _print(rows: list[dict[str, Any]], sweep_dir: Path, result: SweepResult) -> None:
     from rich.table import Table
 
-    from har_bench.grouping import METRICS
-    from har_bench.tables import format_value, rich_console
+    from har_bench.analysis.grouping import METRICS
+    from har_bench.analysis.tables import format_value, rich_console
 
     shown = ("val_macro_f1", "accuracy", "macro_f1", "params", "flops", "train_sps", "latency_ms")
     # The overrides every job shares say nothing about which job is which.

@@ -1,7 +1,7 @@
 """Checkpoint files: their names, the best/last commit, resume, and the RNG state they carry.
 
 ``last.pt`` holds everything needed to continue bit-for-bit (model, optimizer, scheduler, AMP
-scaler, :class:`~har_bench.train_state.TrainState`, RNGs); ``best.pt`` the best-on-validation
+scaler, :class:`~har_bench.training.train_state.TrainState`, RNGs); ``best.pt`` the best-on-validation
 weights with their epoch. Every file is loadable with ``torch.load(weights_only=True)``.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from har_bench._fs import atomic_write
-from har_bench.errors import MissingInputError, UserError
-from har_bench.seeding import rng_state, set_rng_state
-from har_bench.train_state import TrainState
+from har_bench.core.errors import MissingInputError, UserError
+from har_bench.core.fs import atomic_write
+from har_bench.core.seeding import rng_state, set_rng_state
+from har_bench.training.train_state import TrainState
 
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = "last.pt"

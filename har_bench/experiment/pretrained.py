@@ -5,7 +5,7 @@
 * ``imagenet`` / ``imagenet_v2``: torchvision's ImageNet file for this architecture (found from
   the model's own settings, see :data:`TORCHVISION_ARCHS`), or ``imagenet:<arch>`` to name it;
 * an ``http(s)://`` URL: downloaded once into ``paths.data_dir/weights/`` by the project's
-  downloader (:func:`har_bench.data.download.download`), checked against
+  downloader (:func:`har_bench.core.download.download`), checked against
   ``model.weights_sha256`` when given, else against the hash recorded at first download;
 * a file: torchvision's plain state dict, a har-bench ``best.pt``/``last.pt`` or any
   ``{"model" | "state_dict": state dict}``; or a har-bench run directory (its
@@ -38,11 +38,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from har_bench import rundir
-from har_bench.checkpoint import BEST_CHECKPOINT, load_checkpoint
-from har_bench.data.download import DownloadError, download, filename_from_url, sha256_file
-from har_bench.errors import MissingInputError, UserError
-from har_bench.image_transforms import IMAGENET_MEAN, IMAGENET_STD
+from har_bench.core.download import DownloadError, download, filename_from_url, sha256_file
+from har_bench.core.errors import MissingInputError, UserError
+from har_bench.runs import rundir
+from har_bench.training.checkpoint import BEST_CHECKPOINT, load_checkpoint
+from har_bench.training.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from har_bench.errors import UserError, check_int, is_number
+from har_bench.core.errors import UserError, check_int, is_number
 
 KINDS = ("warmup_cosine", "one_cycle")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from har_bench.early_stopping import BestTracker
+from har_bench.training.early_stopping import BestTracker
 
 
 @dataclass

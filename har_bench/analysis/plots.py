@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from har_bench.errors import is_number
-from har_bench.grouping import METRICS, Comparison, Group, hashable, sort_value
-from har_bench.tables import format_key
+from har_bench.analysis.grouping import METRICS, Comparison, Group, hashable, sort_value
+from har_bench.analysis.tables import format_key
+from har_bench.core.errors import is_number
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -30,7 +30,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def plot(
     comp: Comparison, metrics: Sequence[str], out_dir: Path, groups: Sequence[Group]
 ) -> list[Path]:
-    from har_bench.artifacts import pyplot, save_figure  # matplotlib only when plotting
+    from har_bench.runs.artifacts import pyplot, save_figure  # matplotlib only when plotting
 
     plt = pyplot()
     written: list[Path] = []

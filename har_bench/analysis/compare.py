@@ -1,8 +1,8 @@
 """``har-bench compare PATH...``: many runs -> one table of mean ± std per configuration.
 
 Runs are found under the given paths (run dirs, sweep dirs, parent folders or globs) by their
-``metrics.json`` and grouped by :mod:`har_bench.grouping`; :mod:`har_bench.tables` prints and
-writes the table, :mod:`har_bench.plots` the figures. Nothing here imports torch, so the
+``metrics.json`` and grouped by :mod:`har_bench.analysis.grouping`; :mod:`har_bench.analysis.tables` prints and
+writes the table, :mod:`har_bench.analysis.plots` the figures. Nothing here imports torch, so the
 command answers in a fraction of a second.
 """
 
@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from har_bench import rundir
-from har_bench._fs import atomic_write_text
-from har_bench.grouping import (
+from har_bench.analysis.grouping import (
     DEFAULT_METRICS,
     METRICS,
     compare,
@@ -23,7 +21,9 @@ from har_bench.grouping import (
     load_run,
     sort_groups,
 )
-from har_bench.tables import markdown, print_table, write_csv
+from har_bench.analysis.tables import markdown, print_table, write_csv
+from har_bench.core.fs import atomic_write_text
+from har_bench.runs import rundir
 
 # -- command -----------------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ def main(argv: Sequence[str]) -> int:
     atomic_write_text(out / "comparison.md", md)
     written = [out / "comparison.csv", out / "comparison.md"]
     if args.plot:
-        from har_bench.plots import plot  # matplotlib only when plotting
+        from har_bench.analysis.plots import plot  # matplotlib only when plotting
 
         written += plot(comp, metrics, out, groups)
     print("wrote " + ", ".join(str(p) for p in written))

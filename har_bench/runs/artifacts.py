@@ -1,6 +1,6 @@
 """The content of a run's artifacts: history, confusion matrix, curves, environment, TensorBoard.
 
-File names are :mod:`har_bench.rundir`'s. Files are written to a temp name and renamed, so a
+File names are :mod:`har_bench.runs.rundir`'s. Files are written to a temp name and renamed, so a
 crash never leaves half an artifact.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from har_bench._fs import atomic_write
-from har_bench.metrics import row_normalise
-from har_bench.rundir import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, HISTORY
+from har_bench.core.fs import atomic_write
+from har_bench.core.metrics import row_normalise
+from har_bench.runs.rundir import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, HISTORY
 
 
 def write_history(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:

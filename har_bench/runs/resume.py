@@ -1,7 +1,7 @@
 """``trainer.resume`` on the command line: find the run, check it, point Hydra at its directory.
 
 This runs before Hydra starts, so a refused resume (another model, say) writes nothing; a
-checkpoint that cannot be loaded is refused by :func:`har_bench.run.run` before its first write.
+checkpoint that cannot be loaded is refused by :func:`har_bench.experiment.run.run` before its first write.
 :func:`check_new_run` decides, once Hydra made the run directory, whether a new run may start
 there.
 
@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from har_bench import rundir
-from har_bench._fs import hold_lock
 from har_bench.config import (
     BOOKKEEPING_KEYS,
     compose_container,
@@ -37,7 +35,9 @@ from har_bench.config import (
     override_key,
     parse_command_line,
 )
-from har_bench.errors import UserError
+from har_bench.core.errors import UserError
+from har_bench.core.fs import hold_lock
+from har_bench.runs import rundir
 
 RESUME_KEY = "trainer.resume"
 OVERWRITE_KEY = "trainer.overwrite"
@@ -104,7 +104,7 @@ def prepare(args: Sequence[str]) -> list[str]:
             f"{RESUME_KEY}={value}: that run has a different config ({shown}); resume it with "
             "its own settings or start a new run"
         )
-    # Held until the run ends (har_bench.run releases it): two resumes of one run started
+    # Held until the run ends (har_bench.experiment.run releases it): two resumes of one run started
     # together would both pass the checks above and then train into the same files.
     if not hold_lock(run_dir):
         raise ResumeError(
@@ -125,7 +125,7 @@ def lock_run_dir(args: Sequence[str]) -> None:
     Default run dirs are new (timestamped to the microsecond); a directory given by hand may
     be one another process is training in (a run, or a resume of it). Refused here, that
     run's saved config, which a later resume compares against, is never overwritten. The
-    lock is held until the run ends (``har_bench.run`` releases it).
+    lock is held until the run ends (``har_bench.experiment.run`` releases it).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -1,0 +1,1 @@
+"""Reading finished runs: compare, results tables, sweep summaries."""

@@ -1,0 +1,1 @@
+"""Shared foundations every layer may use: errors, crash-safe files, metrics, downloads."""

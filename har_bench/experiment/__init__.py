@@ -1,0 +1,1 @@
+"""One run from config to metrics.json: components, stages, reporters, the run."""

@@ -1,0 +1,1 @@
+"""The run directory as a format: file names and status, artifacts, resume."""
