@@ -1,7 +1,7 @@
 """Peak memory of the data stage for CIFAR-10 at a given network input size.
 
 Loads a CIFAR-format folder (the official one, or ``scripts/cifar_fixture.py``'s), splits it and
-prepares it as a run does (``stages.prepare_data``), then turns one training batch into the
+prepares it as a run does (``prepare_data``), then turns one training batch into the
 network's input. Reports the process's peak RSS before and after, and what the images take::
 
     python scripts/cifar_fixture.py /tmp/cifar_fixture --images 2000
@@ -36,7 +36,7 @@ def main() -> None:
 
     from har_bench.data.images import load_cifar10
     from har_bench.data.splits import official_split
-    from har_bench.experiment.stages import prepare_data
+    from har_bench.experiment.prepare import prepare_data
 
     torch.zeros(1)  # torch's own allocations before the baseline
     before = peak_mb()

@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from har_bench.config import compose
 from har_bench.experiment.components import from_config
-from har_bench.experiment.stages import Choices
+from har_bench.experiment.spec import Choices
 from har_bench.models.summary import model_summary
 from har_bench.runs.artifacts import host_info
 

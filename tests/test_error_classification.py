@@ -36,9 +36,9 @@ def assert_bug_line(code: int, err: str) -> str:
 def test_an_internal_value_error_during_evaluation_is_a_bug_not_bad_input(
     main, tmp_path, monkeypatch
 ):
-    from har_bench.experiment import stages
+    from har_bench.experiment import run as experiment_run
 
-    monkeypatch.setattr(stages, "evaluate", internal_failure)
+    monkeypatch.setattr(experiment_run, "evaluate", internal_failure)
     run_dir = tmp_path / "run"
     code, err = main(*SMALL, f"hydra.run.dir={run_dir}")
     line = assert_bug_line(code, err)
@@ -50,12 +50,12 @@ def test_an_internal_value_error_during_evaluation_is_a_bug_not_bad_input(
 
 
 def test_a_library_missing_file_is_a_bug_unless_a_check_named_it(main, tmp_path, monkeypatch):
-    from har_bench.experiment import stages
+    from har_bench.experiment import run as experiment_run
 
     def missing(*args, **kwargs):
         raise FileNotFoundError("[Errno 2] No such file or directory: '/tmp/cache.bin'")
 
-    monkeypatch.setattr(stages, "evaluate", missing)
+    monkeypatch.setattr(experiment_run, "evaluate", missing)
     run_dir = tmp_path / "run"
     code, err = main(*SMALL, f"hydra.run.dir={run_dir}")
     assert code == 1 and "bug in har-bench" in err and "Traceback" not in err

@@ -22,7 +22,7 @@ from fixtures_uci import write_uci_dataset, zip_dataset
 from har_bench import cli
 from har_bench.data.base import HARData
 from har_bench.data.splits import Split
-from har_bench.experiment.stages import check_split_labels
+from har_bench.experiment.prepare import check_split_labels
 
 
 def cli_subprocess(*args: str, cwd: Path) -> tuple[int, str]:

@@ -32,7 +32,9 @@ from har_bench.data.splits import (
 )
 from har_bench.data.synthetic import load_synthetic
 from har_bench.deploy.export import Form, build_report
-from har_bench.experiment.stages import Training, prepare_data, refit
+from har_bench.experiment.fit import refit
+from har_bench.experiment.prepare import prepare_data
+from har_bench.experiment.spec import Training
 from har_bench.training.engine import Trainer
 
 

@@ -11,7 +11,9 @@ import torch
 from har_bench.core.errors import UserError
 from har_bench.data.images import channel_stats, load_cifar10
 from har_bench.data.splits import official_split
-from har_bench.experiment.stages import Training, bind_augment, prepare_data
+from har_bench.experiment.fit import bind_augment
+from har_bench.experiment.prepare import prepare_data
+from har_bench.experiment.spec import Training
 from har_bench.training.image_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

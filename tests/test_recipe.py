@@ -9,12 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from har_bench.experiment.stages import (
-    SMALL_VALIDATION,
-    Training,
-    apply_step_budget,
-    check_selection,
-)
+from har_bench.experiment.fit import apply_step_budget
+from har_bench.experiment.prepare import SMALL_VALIDATION, check_selection
+from har_bench.experiment.spec import Training
 from har_bench.training.augment import TRANSFORMS, Augment, random_rotations
 from har_bench.training.engine import Trainer
 from har_bench.training.schedules import StepSchedule
@@ -229,7 +226,7 @@ def test_small_validation_is_warned_about_only_when_it_selects(
     trainer = Trainer(patience=patience, progress=False, device="cpu")
     training = Training(trainer, torch.optim.SGD, None, seed=0, refit=refit)
     data = SimpleNamespace(val=SimpleNamespace(y=torch.zeros(n_val)))
-    with caplog.at_level("WARNING", logger="har_bench.experiment.stages"):
+    with caplog.at_level("WARNING", logger="har_bench.experiment"):
         check_selection(training, data, by_loop)  # type: ignore[arg-type]
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"only {n_val} windows" in m for m in messages) == warned

@@ -160,7 +160,7 @@ def test_each_joblib_worker_gets_its_own_gpu(restore_threads, monkeypatch, tmp_p
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     # Another live worker (a process while this one holds slot 0) gets the other GPU.
     code = (
-        "import os, sys; from omegaconf import OmegaConf; from har_bench import sweep; "
+        "import os, sys; from omegaconf import OmegaConf; from har_bench.analysis import sweep; "
         "sweep.configure_job_resources(OmegaConf.create(sys.argv[1])); "
         "print(os.environ['CUDA_VISIBLE_DEVICES'])"
     )

@@ -30,7 +30,7 @@ from har_bench.core.timing import alternating_latency
 from har_bench.deploy import onnx_model
 from har_bench.deploy.loaded import FinishedRun, save_preprocessing
 from har_bench.experiment.components import as_user_error
-from har_bench.experiment.stages import bind_augment
+from har_bench.experiment.fit import bind_augment
 from har_bench.models.compress import (
     check_ratio,
     count_batchnorms,

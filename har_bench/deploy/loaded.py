@@ -23,7 +23,8 @@ from torch import nn
 
 from har_bench.core.errors import UserError
 from har_bench.experiment.components import from_config
-from har_bench.experiment.stages import Choices, Experiment, PreparedData, prepare_data
+from har_bench.experiment.prepare import PreparedData, prepare_data
+from har_bench.experiment.spec import Choices, Experiment
 from har_bench.runs import rundir
 from har_bench.training.checkpoint import load_checkpoint
 from har_bench.training.engine import Trainer

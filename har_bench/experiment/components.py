@@ -1,4 +1,4 @@
-"""From the composed config to an :class:`~har_bench.experiment.stages.Experiment` of typed objects.
+"""From the composed config to a :class:`~har_bench.experiment.spec.Experiment` of typed objects.
 
 Hydra's ``instantiate`` and OmegaConf stop here. The trainer, optimizer and scheduler are built
 (and tried on a dummy parameter) at once, so that a bad setting fails before any data is read;
@@ -27,7 +27,7 @@ from har_bench.core.errors import (
     check_optional_int,
 )
 from har_bench.experiment.pretrained import WeightsSource
-from har_bench.experiment.stages import Choices, Experiment, Training
+from har_bench.experiment.spec import Choices, Experiment, Training
 from har_bench.training.finetune import FineTune
 from har_bench.training.schedules import StepSchedule
 

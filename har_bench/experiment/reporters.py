@@ -1,8 +1,8 @@
 """What a run reports as it goes and when it ends: one class per artifact or logger.
 
 A reporter sees every epoch's history row (:meth:`Reporter.on_epoch`), the completed run's
-:class:`~har_bench.experiment.stages.RunResult` (:meth:`Reporter.on_end`, before ``metrics.json`` marks the
-run completed) and is closed however the run ends. A new artifact or logger is one more class
+:class:`~har_bench.experiment.evaluate.RunResult` (:meth:`Reporter.on_end`, before
+``metrics.json`` marks the run completed) and is closed however the run ends. A new artifact or logger is one more class
 in :func:`default_reporters`.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from har_bench.experiment.stages import RunResult
+from har_bench.experiment.evaluate import RunResult
 from har_bench.runs import artifacts, rundir
 
 

@@ -1,8 +1,8 @@
 """One experiment: config -> typed components -> stages -> reporters, with a status either way.
 
-:func:`run` owns the run dir's lock and its status; ``_run`` chains the stages of
-:mod:`har_bench.experiment.stages`. Hydra and OmegaConf stop at :mod:`har_bench.experiment.components`: the stages
-below are plain typed Python, and the group choices (``model=...``) arrive as an argument.
+:func:`run` owns the run dir's lock and its status; ``_run`` chains the stages (``prepare``,
+``build``, ``fit``, ``evaluate``). Hydra and OmegaConf stop at :mod:`.components`: the stages are
+plain typed Python, and the group choices (``model=...``) arrive as an argument.
 """
 
 from __future__ import annotations
@@ -19,9 +19,26 @@ from omegaconf import DictConfig
 
 from har_bench.core.errors import UserError
 from har_bench.core.seeding import seed_everything
-from har_bench.experiment import stages
+from har_bench.experiment.build import build_model, finetune_record
 from har_bench.experiment.components import as_user_error, from_config
+from har_bench.experiment.evaluate import (
+    best_weights_scorer,
+    collect_result,
+    estimator_scorer,
+    evaluate,
+    measure,
+)
+from har_bench.experiment.fit import (
+    apply_step_budget,
+    fit,
+    fit_estimator,
+    load_resume,
+    refit,
+    write_environment,
+)
+from har_bench.experiment.prepare import check_selection, prepare_data
 from har_bench.experiment.reporters import default_reporters
+from har_bench.experiment.spec import Choices, Experiment
 from har_bench.runs import rundir
 from har_bench.training.checkpoint import check_resume_state
 from har_bench.training.session import DivergedError
@@ -54,7 +71,7 @@ def run(
             _check_resume(cfg, run_dir)
             if on_start is not None:
                 on_start()
-            return _run_with_status(cfg, run_dir, stages.Choices.of(choices))
+            return _run_with_status(cfg, run_dir, Choices.of(choices))
     finally:
         rundir.release(run_dir)
 
@@ -70,7 +87,7 @@ def _check_resume(cfg: DictConfig, run_dir: Path) -> None:
             raise UserError(str(e)) from None
 
 
-def _run_with_status(cfg: DictConfig, run_dir: Path, choices: stages.Choices) -> dict[str, Any]:
+def _run_with_status(cfg: DictConfig, run_dir: Path, choices: Choices) -> dict[str, Any]:
     rundir.write_status(
         run_dir,
         "running",
@@ -119,41 +136,39 @@ def _run_with_status(cfg: DictConfig, run_dir: Path, choices: stages.Choices) ->
         raise
 
 
-def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
+def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
     """The stages, in order; returns metrics.json's content."""
     seed_everything(experiment.seed)
     training, choices = experiment.training, experiment.choices
     trainer = training.trainer
-    resume = stages.load_resume(experiment.resume, run_dir)
-    stages.write_environment(run_dir, str(trainer.device), resume)
+    resume = load_resume(experiment.resume, run_dir)
+    write_environment(run_dir, str(trainer.device), resume)
     weights = experiment.weights
-    data = stages.prepare_data(
+    data = prepare_data(
         experiment.load_data, experiment.make_split, choices.split, run_dir, weights
     )
-    built = stages.build_model(experiment.make_model, data, choices.model, run_dir, weights)
-    stages.check_selection(training, data, built.trained_by_loop)
+    built = build_model(experiment.make_model, data, choices.model, run_dir, weights)
+    check_selection(training, data, built.trained_by_loop)
     step_budget = None
     if built.trained_by_loop:
-        training, step_budget = stages.apply_step_budget(training, len(data.train))
+        training, step_budget = apply_step_budget(training, len(data.train))
         trainer = training.trainer
     resumed_history = resume["history"] if resume is not None else None
     with default_reporters(run_dir, experiment.hparams, resumed_history) as reporters:
         refitted, score_test = None, None
         if built.trained_by_loop:
-            fitted = stages.fit(training, built.model, data, run_dir, resume, reporters.on_epoch)
-            score = stages.best_weights_scorer(trainer, built.model, fitted, data.prepare)
+            fitted = fit(training, built.model, data, run_dir, resume, reporters.on_epoch)
+            score = best_weights_scorer(trainer, built.model, fitted, data.prepare)
             if training.refit:
-                refitted = stages.refit(
-                    training, experiment.make_model, data, fitted, run_dir, weights
-                )
-                score_test = stages.best_weights_scorer(
+                refitted = refit(training, experiment.make_model, data, fitted, run_dir, weights)
+                score_test = best_weights_scorer(
                     trainer, refitted.model, refitted.fitted, data.prepare
                 )
         else:
-            fitted = stages.fit_estimator(built, data, run_dir, training.refit)
-            score = stages.estimator_scorer(built.model)
-        evaluation = stages.evaluate(score, data, score_test)
-        timings = stages.measure(
+            fitted = fit_estimator(built, data, run_dir, training.refit)
+            score = estimator_scorer(built.model)
+        evaluation = evaluate(score, data, score_test)
+        timings = measure(
             trainer,
             refitted.model if refitted is not None else built.model,
             data,
@@ -162,7 +177,7 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
             experiment.latency_repeats,
             experiment.latency_warmup,
         )
-        result = stages.collect_result(
+        result = collect_result(
             fitted,
             evaluation,
             built,
@@ -173,7 +188,7 @@ def _run(experiment: stages.Experiment, run_dir: Path) -> dict[str, Any]:
             run_dir,
             resume,
             refitted,
-            stages.finetune_record(training, built, fitted),
+            finetune_record(training, built, fitted),
             step_budget,
         )
         reporters.on_end(result)

@@ -52,7 +52,7 @@ HYDRA_DIR = ".hydra"
 SAVED_CONFIG = f"{HYDRA_DIR}/config.yaml"
 SAVED_HYDRA_CONFIG = f"{HYDRA_DIR}/hydra.yaml"
 SAVED_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
-# checkpoints/refit/: where a trainer.refit run keeps the model it tested (stages.refit).
+# checkpoints/refit/: where a trainer.refit run keeps the model it tested (experiment.fit.refit).
 REFIT_CHECKPOINTS = "refit"
 # har-bench export RUN_DIR writes into export/; har-bench predict reads from there.
 EXPORT_DIR = "export"

@@ -1,0 +1,76 @@
+"""What one run is made of, typed: the group choices, how a network is trained, and the whole
+experiment built from the config (by :mod:`har_bench.experiment.components`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from har_bench.data.base import HARData
+from har_bench.data.splits import Split
+from har_bench.experiment.pretrained import WeightsSource
+from har_bench.training.augment import Augment
+from har_bench.training.engine import Trainer
+from har_bench.training.finetune import FineTune
+from har_bench.training.image_transforms import ImageAugment
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The option chosen per config group (``model=resnext50``); None outside Hydra."""
+
+    model: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def of(cls, choices: Mapping[str, str] | None) -> Choices:
+        choices = choices or {}
+        return cls(choices.get("model"), choices.get("dataset"), choices.get("split"))
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a neural model is trained: the trainer, optimizer and scheduler groups, built."""
+
+    trainer: Trainer
+    optimizer_factory: Callable[..., torch.optim.Optimizer]
+    scheduler_factory: Callable[..., Any] | None
+    seed: int
+    augment: Augment | ImageAugment | None = None  # None also when every transform is off
+    # After the epoch count is chosen on validation, train again on train + validation.
+    refit: bool = False
+    # model.freeze / unfreeze_after / backbone_lr; None = every parameter trains at optimizer.lr.
+    finetune: FineTune | None = None
+    # trainer.max_steps: a budget of optimizer steps, applied by :func:`apply_step_budget`.
+    max_steps: int | None = None
+
+    @property
+    def selects_on_validation(self) -> bool:
+        """Whether the validation part picks anything: early stopping's epoch, or the best
+        epoch's weights when they are the ones tested. A fixed schedule refit on train +
+        validation picks nothing there."""
+        return self.trainer.patience is not None or not self.refit
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything one run needs, built from the config; data and model are built by the stages
+    (factories), so that a bad trainer or optimizer setting fails before any data is read."""
+
+    seed: int
+    training: Training
+    load_data: Callable[[], HARData]
+    make_split: Callable[[HARData], Split]
+    make_model: Callable[[int, int], nn.Module]  # (in_channels, num_classes) -> model
+    choices: Choices
+    latency_repeats: int
+    latency_warmup: int
+    resume: str | None
+    hparams: dict[str, Any]  # scalar config values that identify the run (TensorBoard)
+    weights: WeightsSource | None = None  # model.weights: loaded into every model built
