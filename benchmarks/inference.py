@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from har_bench.config import config_dir
 from har_bench.core.timing import alternating_latency
 from har_bench.deploy import onnx_model
-from har_bench.experiment.components import build_model
+from har_bench.experiment.components import model_from_config
 from har_bench.models.compress import fold_batchnorm
 
 MODELS = ("resnext_har", "resnet18", "resnext50")
@@ -39,7 +39,7 @@ def build(name: str) -> torch.nn.Module:
         cfg = compose(config_name="config", overrides=[f"model={name}", "model.layout=1d"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_model(cfg, CHANNELS, CLASSES).eval()
+        return model_from_config(cfg, CHANNELS, CLASSES).eval()
 
 
 def bench(name: str, repeats: int, threads: int, tmp: Path) -> list[dict]:

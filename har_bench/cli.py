@@ -88,8 +88,7 @@ def _train(cfg: object) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from har_bench.config import hydra_choices
-    from har_bench.experiment.components import as_user_error
+    from har_bench.config import as_user_error, hydra_choices
     from har_bench.experiment.run import run
     from har_bench.training.session import DivergedError
 
@@ -262,13 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     try:
         with _hydra_raises(), _stop_on_signals_while_starting():
             if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/training/distributed.py)
-                from har_bench.training.distributed import prepare_process
+                from har_bench.training.distributed import worker_args
 
-                args = prepare_process(args)
+                args = worker_args(args)
             if any("trainer.resume" in a for a in args):
-                from har_bench.runs.resume import prepare
+                from har_bench.runs.resume import resolve_resume
 
-                args = prepare(args)
+                args = resolve_resume(args)
             if any("hydra.run.dir" in a for a in args):
                 from har_bench.runs.resume import lock_run_dir
 

@@ -1,4 +1,5 @@
-"""The configuration: where the YAML lives, how a command line composes it, which keys matter.
+"""The configuration: where the YAML lives, how a command line composes it, which keys matter,
+and which errors are bad input (:func:`as_user_error`).
 
 The CLI, ``trainer.resume`` and the tests compose through :func:`compose`, so a config composed
 outside a run equals the one Hydra hands a run. Hydra is imported only inside the functions
@@ -12,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from har_bench.core.errors import UserError
 
 CONFIG_NAME = "config"
 VERSION_BASE = "1.3"
@@ -168,3 +171,27 @@ def key_in(key: str, keys: Sequence[str]) -> bool:
     """Whether ``key`` is one of ``keys`` or lies below one of them (``paths.data_dir`` in
     ``paths``)."""
     return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def as_user_error(e: BaseException) -> UserError | None:
+    """``e`` as bad input with its one-line message, or None for a bug.
+
+    The one classification of user errors: the CLI exits 2 on them and ``metrics.json``
+    records them (``user_error``) for the sweep summary. Bad input is what the code that checked
+    it raised as :class:`UserError`, and OmegaConf's errors about the config; an exception of any
+    other type is a bug, a ValueError or a missing file deep in a library included.
+    """
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    if isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, MissingMandatoryValue):
+        key = e.full_key or "a config value"
+        return UserError(f"{key} is required (it is ??? in the config): set it, e.g. {key}=...")
+    if isinstance(e, OmegaConfBaseException):
+        # Interpolation and type errors: OmegaConf's first line names the key.
+        return UserError(str(e).strip().splitlines()[0])
+    return None

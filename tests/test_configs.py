@@ -5,7 +5,7 @@ import torch
 from helpers import config_options
 from hydra.utils import instantiate
 
-from har_bench.experiment.components import RUNNER_KEYS, build, build_model
+from har_bench.experiment.components import RUNNER_KEYS, build, model_from_config
 from har_bench.training.engine import Trainer
 from har_bench.training.schedules import StepSchedule
 
@@ -102,7 +102,7 @@ def test_synthetic_dataset_and_split_instantiate(compose_cfg):
 def test_experiments_compose(compose_cfg, name):
     cfg = compose_cfg(f"experiment={name}")
     build_trainer(cfg)
-    build_model(cfg, in_channels=3, num_classes=4)
+    model_from_config(cfg, in_channels=3, num_classes=4)
 
 
 @pytest.mark.parametrize("name", config_options("ablation"))

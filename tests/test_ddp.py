@@ -39,7 +39,7 @@ def test_without_torchrun_nothing_changes(monkeypatch):
     assert distributed.shard(perm) is perm
     assert distributed.wrap(model) is model
     assert distributed.report({}) is None
-    assert distributed.prepare_process(["a=1"]) == ["a=1"]
+    assert distributed.worker_args(["a=1"]) == ["a=1"]
 
 
 _AGREE = """

@@ -272,8 +272,8 @@ def test_as_user_error_classifies_bad_input_and_bugs():
     from hydra.errors import InstantiationException
     from omegaconf import OmegaConf
 
+    from har_bench.config import as_user_error
     from har_bench.core.errors import UserError
-    from har_bench.experiment.components import as_user_error
 
     mine = UserError("model.width=0 is invalid")
     assert as_user_error(mine) is mine

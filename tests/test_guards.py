@@ -31,7 +31,7 @@ from har_bench.data.splits import (
     subjects_split,
 )
 from har_bench.data.synthetic import load_synthetic
-from har_bench.deploy.export import Form, build_report
+from har_bench.deploy.report import Form, build_report
 from har_bench.experiment.fit import refit
 from har_bench.experiment.prepare import prepare_data
 from har_bench.experiment.spec import Training

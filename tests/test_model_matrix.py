@@ -195,10 +195,10 @@ def exportable(model: str) -> bool:
     """A torch module (``model=minirocket`` is a scikit-learn estimator, fitted not trained)."""
     from torch import nn
 
-    from har_bench.experiment.components import build_model
+    from har_bench.experiment.components import model_from_config
 
     cfg = compose([f"model={model}", *small_overrides(model)])
-    return isinstance(build_model(cfg, 2, 2), nn.Module)
+    return isinstance(model_from_config(cfg, 2, 2), nn.Module)
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -3,7 +3,7 @@ import torch
 from helpers import config_options
 
 from har_bench.core.errors import UserError
-from har_bench.experiment.components import build_model
+from har_bench.experiment.components import model_from_config
 from har_bench.models import (
     CNN,
     LSTM,
@@ -35,7 +35,7 @@ def count(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
 def test_image_layout_matches_torchvision_param_counts(compose_cfg, name):
     cfg = compose_cfg(f"model={name}", "model.layout=2d_image")
-    model = build_model(cfg, in_channels=3, num_classes=1000)
+    model = model_from_config(cfg, in_channels=3, num_classes=1000)
     assert count(model) == TORCHVISION_PARAMS[name]
 
 
@@ -54,7 +54,7 @@ def test_every_model_config_forward_backward_1d(compose_cfg, name):
     # so the test checks structure rather than waiting on 60M-parameter inits.
     thin = ["model.stem_width=16"] if name in RESNET_PRESETS else []
     cfg = compose_cfg(f"model={name}", *thin)
-    model = build_model(cfg, in_channels=9, num_classes=6)
+    model = model_from_config(cfg, in_channels=9, num_classes=6)
     out = model(torch.randn(2, 9, 128))
     assert out.shape == (2, 6)
     out.sum().backward()
@@ -136,7 +136,7 @@ def test_resnet50_image_flops_match_published_4_1_gmacs():
 def test_every_preset_in_every_layout_trains_a_step(compose_cfg, name, layout):
     cfg = compose_cfg(f"model={name}", f"model.layout={layout}", "model.stem_width=16")
     channels = 3 if layout == "2d_image" else 6
-    model = build_model(cfg, in_channels=channels, num_classes=4)
+    model = model_from_config(cfg, in_channels=channels, num_classes=4)
     x = torch.randn(2, 3, 32, 32) if layout == "2d_image" else torch.randn(2, 6, 64)
     out = model(x)
     assert out.shape == (2, 4)
@@ -149,7 +149,7 @@ def test_complexity_matched_shapes_have_matched_flops(compose_cfg, layout, shape
     flops = {}
     for name in RESNEXT50_SHAPES:
         cfg = compose_cfg("model=resnext50", f"model.shape={name}", f"model.layout={layout}")
-        model = build_model(cfg, in_channels=shape[1], num_classes=6)
+        model = model_from_config(cfg, in_channels=shape[1], num_classes=6)
         assert (model.groups, model.base_width) == RESNEXT50_SHAPES[name]
         flops[name] = count_flops(model, torch.randn(*shape))
     ref = flops["1x64d"]

@@ -168,7 +168,7 @@ def test_wisdm_raw_needs_every_sensor_of_the_run(tmp_path):
     """The WISDM line format: a watch run given only the accelerometer file says what is
     missing (no sibling gyro file in this layout)."""
     from har_bench.deploy.loaded import Preprocessing
-    from har_bench.deploy.predict import RecordingError, read_recording
+    from har_bench.deploy.recording import RecordingError, read_recording
 
     prep = Preprocessing(
         dataset="wisdm",
@@ -272,7 +272,7 @@ def _recording(tmp_path, time: list[float]) -> Path:
     ids=["duplicated", "backwards", "nan"],
 )
 def test_broken_time_column_is_refused_with_its_row(tmp_path, time, needle):
-    from har_bench.deploy.predict import RecordingError, read_recording
+    from har_bench.deploy.recording import RecordingError, read_recording
 
     path = _recording(tmp_path, list(time))
     prep = _prep(["ch0", "ch1"])
@@ -290,7 +290,7 @@ def test_broken_time_column_is_refused_with_its_row(tmp_path, time, needle):
 
 
 def test_wisdm_time_stamp_on_two_lines_is_refused(tmp_path):
-    from har_bench.deploy.predict import RecordingError, read_recording
+    from har_bench.deploy.recording import RecordingError, read_recording
 
     accel = tmp_path / "data_1600_accel_watch.txt"
     lines = [f"1600,A,{i * 50_000_000},1.0,2.0,3.0;\n" for i in range(10)]

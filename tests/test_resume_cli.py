@@ -180,11 +180,11 @@ def test_resume_last_picks_the_newest_unfinished_run_with_this_config(tmp_path):
     older = fake_run(out / "day", "a", [*base, "seed=1"], "interrupted")
     fake_run(out / "day", "b", [*base, "seed=2"], "interrupted")
     fake_run(out / "day", "c", [*base, "seed=1"], "completed")  # newest, but done
-    args = resume.prepare(["trainer.resume=last", *base, "seed=1"])
+    args = resume.resolve_resume(["trainer.resume=last", *base, "seed=1"])
     assert f"hydra.run.dir={older.resolve()}" in args
     assert f"trainer.resume={older.resolve()}" in args
     with pytest.raises(resume.ResumeError, match="no unfinished run under .* has this config"):
-        resume.prepare(["trainer.resume=last", *base, "seed=3"])
+        resume.resolve_resume(["trainer.resume=last", *base, "seed=3"])
 
 
 def test_paths_with_spaces_and_quotes_survive_hydra(tmp_path):

@@ -134,7 +134,7 @@ def _walk_runs(root: Path) -> Iterable[Path]:
 
 
 def load_run(run_dir: Path) -> Run:
-    record = rundir.load_run(run_dir)
+    record = rundir.read_record(run_dir)
     values: dict[str, float] = {}
     for name, m in METRICS.items():
         v: Any = record.documents[m.source]

@@ -5,7 +5,7 @@ A user error is shown as one ``error:`` line (exit code 2, no traceback) and rec
 the run's ``error.txt``, ``user_error: false``. Input is recognised where it is checked: the code
 that knows a value, a file or a shape came from the user raises :class:`UserError` (or
 :class:`MissingInputError`) there. An exception of any other type, a ValueError deep in a library
-included, is a bug, whatever its type. :func:`har_bench.experiment.components.as_user_error` adds only
+included, is a bug, whatever its type. :func:`har_bench.config.as_user_error` adds only
 OmegaConf's errors about a config at the edge. Standard library only, so that every module may
 import it.
 """

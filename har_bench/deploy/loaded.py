@@ -72,7 +72,7 @@ class Preprocessing:
         return ((X - mean) / std).astype(np.float32)
 
 
-def check_run_dir(run_dir: Path) -> dict[str, Any]:
+def check_finished(run_dir: Path) -> dict[str, Any]:
     """The run's ``metrics.json`` when it is a completed run of a neural model whose tested
     weights are on disk; a one-line :class:`RunNotReadyError` otherwise."""
     run_dir = Path(run_dir)
@@ -143,7 +143,7 @@ class FinishedRun:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir).resolve()
-        self.metrics = check_run_dir(self.path)
+        self.metrics = check_finished(self.path)
         self.config = run_config(self.path)
         self.choices = Choices.of(rundir.saved_choices(self.path))
         self.experiment: Experiment = from_config(self.config, self.choices)

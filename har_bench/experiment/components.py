@@ -3,8 +3,7 @@
 Hydra's ``instantiate`` and OmegaConf stop here. The trainer, optimizer and scheduler are built
 (and tried on a dummy parameter) at once, so that a bad setting fails before any data is read;
 dataset, split and model become factories the stages call. A constructor's error reaches the
-user as its own one-line message, tagged with the config key it came from; :func:`as_user_error`
-is the one classification of bad input versus bugs, for a run and the subcommands.
+user as its own one-line message, tagged with the config key it came from.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from har_bench.core.errors import (
@@ -67,7 +66,9 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
         ),
         load_data=lambda: build(cfg, "dataset"),
         make_split=lambda data: build(cfg, "split")(data),
-        make_model=lambda in_channels, num_classes: build_model(cfg, in_channels, num_classes),
+        make_model=lambda in_channels, num_classes: model_from_config(
+            cfg, in_channels, num_classes
+        ),
         choices=choices,
         # Checked now: a bad value must not fail the run after it has trained.
         latency_repeats=check_int("efficiency.latency_repeats", cfg.efficiency.latency_repeats),
@@ -87,7 +88,7 @@ def settings(cfg: DictConfig) -> Any:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def build_model(cfg: DictConfig, in_channels: int, num_classes: int) -> Any:
+def model_from_config(cfg: DictConfig, in_channels: int, num_classes: int) -> Any:
     """The model group's network (its fine-tuning keys left to :func:`fine_tuning`)."""
     return build(
         cfg, "model", exclude=FINETUNE_KEYS, in_channels=in_channels, num_classes=num_classes
@@ -122,29 +123,6 @@ def _unexpected_keyword(error: BaseException) -> str | None:
     """The keyword a call rejected (``... got an unexpected keyword argument 'x'``), or None."""
     m = re.search(r"unexpected keyword argument '(\w+)'", str(error))
     return m[1] if m else None
-
-
-def as_user_error(e: BaseException) -> UserError | None:
-    """``e`` as bad input with its one-line message, or None for a bug.
-
-    The one classification of user errors: the CLI exits 2 on them and ``metrics.json``
-    records them (``user_error``) for the sweep summary. Bad input is what the code that checked
-    it raised as :class:`UserError`, and OmegaConf's errors about the config; an exception of any
-    other type is a bug, a ValueError or a missing file deep in a library included.
-    """
-    from hydra.errors import InstantiationException
-
-    if isinstance(e, InstantiationException) and e.__cause__ is not None:
-        e = e.__cause__
-    if isinstance(e, UserError):
-        return e
-    if isinstance(e, MissingMandatoryValue):
-        key = e.full_key or "a config value"
-        return UserError(f"{key} is required (it is ??? in the config): set it, e.g. {key}=...")
-    if isinstance(e, OmegaConfBaseException):
-        # Interpolation and type errors: OmegaConf's first line names the key.
-        return UserError(str(e).strip().splitlines()[0])
-    return None
 
 
 def build(cfg: DictConfig, group: str, exclude: Sequence[str] = (), **kwargs: Any) -> Any:

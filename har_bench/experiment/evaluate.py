@@ -105,6 +105,7 @@ def measure(
     data: PreparedData,
     fitted: FitResult,
     evaluation: Evaluation,
+    *,
     repeats: int,
     warmup: int,
 ) -> Timings:
@@ -153,6 +154,7 @@ def collect_result(
     built: BuiltModel,
     timings: Timings,
     data: PreparedData,
+    *,
     monitor: str,
     choices: Choices,
     run_dir: Path,

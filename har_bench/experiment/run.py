@@ -17,10 +17,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from har_bench.config import as_user_error
 from har_bench.core.errors import UserError
 from har_bench.core.seeding import seed_everything
 from har_bench.experiment.build import build_model, finetune_record
-from har_bench.experiment.components import as_user_error, from_config
+from har_bench.experiment.components import from_config
 from har_bench.experiment.evaluate import (
     best_weights_scorer,
     collect_result,
@@ -168,14 +169,15 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
             fitted = fit_estimator(built, data, run_dir, training.refit)
             score = estimator_scorer(built.model)
         evaluation = evaluate(score, data, score_test)
+        tested = refitted.model if refitted is not None else built.model
         timings = measure(
             trainer,
-            refitted.model if refitted is not None else built.model,
+            tested,
             data,
             fitted,
             evaluation,
-            experiment.latency_repeats,
-            experiment.latency_warmup,
+            repeats=experiment.latency_repeats,
+            warmup=experiment.latency_warmup,
         )
         result = collect_result(
             fitted,
@@ -183,13 +185,13 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
             built,
             timings,
             data,
-            trainer.monitor,
-            choices,
-            run_dir,
-            resume,
-            refitted,
-            finetune_record(training, built, fitted),
-            step_budget,
+            monitor=trainer.monitor,
+            choices=choices,
+            run_dir=run_dir,
+            resume=resume,
+            refitted=refitted,
+            finetune=finetune_record(training, built, fitted),
+            step_budget=step_budget,
         )
         reporters.on_end(result)
         # metrics.json last: its status "completed" means every other artifact is in place.

@@ -53,7 +53,7 @@ class ResumeError(UserError):
     """A ``trainer.resume`` that cannot be honoured; the message says why."""
 
 
-def prepare(args: Sequence[str]) -> list[str]:
+def resolve_resume(args: Sequence[str]) -> list[str]:
     """The command line with ``trainer.resume`` resolved, or unchanged when it has none."""
     args = list(args)
     if not any(RESUME_KEY in a for a in args):
@@ -88,7 +88,7 @@ def prepare(args: Sequence[str]) -> list[str]:
         run_dir = find_last(others)
     else:
         run_dir = Path(str(value)).expanduser().resolve()
-        check_run_dir(run_dir, str(value))
+        check_resumable(run_dir, str(value))
     saved = [
         o
         for o in rundir.saved_overrides(run_dir)
@@ -214,7 +214,7 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def check_run_dir(run_dir: Path, value: str) -> None:
+def check_resumable(run_dir: Path, value: str) -> None:
     """Refuse what cannot be resumed: not a run, no checkpoint, completed, still running."""
     prefix = f"{RESUME_KEY}={value}"
     if not run_dir.is_dir():
@@ -297,7 +297,7 @@ def find_last(overrides: Sequence[str]) -> Path:
         if rundir.read_status(run_dir).get("status") == "completed":
             completed = completed or run_dir
             continue
-        check_run_dir(run_dir, "last")
+        check_resumable(run_dir, "last")
         return run_dir
     detail = (
         f"the newest one, {completed}, already completed"

@@ -441,7 +441,7 @@ class RunRecord:
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_run(run_dir: Path) -> RunRecord:
+def read_record(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     documents = {}
     for name in (METRICS, MODEL_SUMMARY, TIMINGS):

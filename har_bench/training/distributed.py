@@ -8,7 +8,7 @@ for a DataLoader) through a DDP-wrapped model (:func:`wrap`), so gradients are a
 all processes at each step. Validation and test run in full on every process: HAR sets are
 small, and identical evaluations keep early stopping and the best epoch identical everywhere
 without further messages. Only rank 0 writes the run directory; the others write into a
-temporary one that is deleted when they exit (see :func:`prepare_process`).
+temporary one that is deleted when they exit (see :func:`worker_args`).
 
 Without torchrun (no ``WORLD_SIZE`` > 1 in the environment) every function here is a no-op.
 """
@@ -35,7 +35,7 @@ def enabled() -> bool:
     return world_size() > 1
 
 
-def prepare_process(args: Sequence[str]) -> list[str]:
+def worker_args(args: Sequence[str]) -> list[str]:
     """Called by the CLI before Hydra (and torch) start in a torchrun worker.
 
     Pins the process to its GPU (``LOCAL_RANK``-th visible device) before CUDA can be
