@@ -76,15 +76,14 @@ VERBS["predict"] = _predict
 
 
 @dataclass
-class _Sweep:
+class Tally:
+    """The jobs this process ran (one for a single run) and how the failed ones failed."""
+
     jobs: int = 0
     failures: list[bool] = field(default_factory=list)  # per failed job: was it bad input?
 
 
-_SWEEP = _Sweep()
-
-
-def _train(cfg: object) -> float | None:
+def _train(cfg: object, tally: Tally) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -95,7 +94,7 @@ def _train(cfg: object) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    _SWEEP.jobs += 1
+    tally.jobs += 1
     try:
         completed = _make_way(run_dir, cfg, multirun)
         if completed is not None:
@@ -126,7 +125,7 @@ def _train(cfg: object) -> float | None:
             overrides = " ".join(hc.overrides.task)
             what = write_failed or user_error or e
             print(f"error: job {hc.job.num} ({overrides}): {what}{where}", file=sys.stderr)
-            _SWEEP.failures.append(user)
+            tally.failures.append(user)
             # None, not NaN: hydra-optuna-sweeper (optuna 2.x) then marks the trial failed and
             # goes on; a NaN makes optuna's tell() raise and the sweeper crash on its retry.
             return None
@@ -254,10 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return VERBS[args[0]](args[1:])
     import hydra
 
-    _SWEEP.jobs, _SWEEP.failures = 0, []
     from har_bench.analysis import sweep
 
-    sweep.LAST = None
+    tally = Tally()
+
+    def task(cfg: object) -> float | None:  # Hydra's task function: the config, nothing else
+        return _train(cfg, tally)
+
+    os.environ.pop(sweep.SWEEP_DIR_ENV, None)
     try:
         with _hydra_raises(), _stop_on_signals_while_starting():
             if "WORLD_SIZE" in os.environ:  # a torchrun worker (har_bench/training/distributed.py)
@@ -275,10 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             sys.argv = [sys.argv[0], *args]
             hydra.main(
                 version_base=VERSION_BASE, config_path=str(config_dir()), config_name=CONFIG_NAME
-            )(_train)()
+            )(task)()
     except KeyboardInterrupt as e:
         name = getattr(e, "signal_name", "SIGINT")
-        if not _SWEEP.jobs:
+        if not tally.jobs:
             msg = f"stopped by {name} while starting, before any training; nothing to resume"
         else:
             msg = f"stopped by {name}; each job's directory records how its run ended"
@@ -297,18 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             raise
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    if not _SWEEP.jobs and sweep.LAST is not None:
-        # The jobs ran in other processes (joblib, submitit): the sweep summary read their
-        # statuses from their run dirs.
-        _SWEEP.jobs, _SWEEP.failures = sweep.LAST.jobs, list(sweep.LAST.failures)
-    if _SWEEP.failures:
-        n, total = len(_SWEEP.failures), _SWEEP.jobs
+    sweep_dir = os.environ.pop(sweep.SWEEP_DIR_ENV, None)
+    if not tally.jobs and sweep_dir is not None:
+        # The jobs ran in other processes (joblib, submitit): their run dirs say how they ended.
+        outcome = sweep.outcome(Path(sweep_dir))
+        tally = Tally(outcome.jobs, list(outcome.failures))
+    if tally.failures:
+        n, total = len(tally.failures), tally.jobs
         print(
             f"error: {n} of {total} sweep jobs failed (see the error lines above; each job's "
             f"directory has {rundir.METRICS} with its status)",
             file=sys.stderr,
         )
-        return 2 if all(_SWEEP.failures) else 1
+        return 2 if all(tally.failures) else 1
     return 0
 
 

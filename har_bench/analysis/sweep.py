@@ -29,6 +29,8 @@ SUMMARY_CSV = "sweep_summary.csv"
 GPUS_ENV = "HAR_BENCH_SWEEP_GPUS"
 SLOTS_ENV = "HAR_BENCH_SWEEP_SLOTS"
 MAIN_PID_ENV = "HAR_BENCH_SWEEP_PID"  # the process that launched the joblib workers
+# The sweep directory, for the process that started the sweep to read its jobs' outcome.
+SWEEP_DIR_ENV = "HAR_BENCH_SWEEP_DIR"
 _JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 _SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
 
@@ -40,15 +42,9 @@ class SweepResult:
     failures: list[bool] = field(default_factory=list)  # per failed job: was it bad input?
 
 
-# The last summary this process wrote; cli.main reads it for the exit code when the jobs ran
-# in other processes and so never reported their failures to it.
-LAST: SweepResult | None = None
-
-
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global LAST
-        LAST = None
+        os.environ[SWEEP_DIR_ENV] = str(config.hydra.sweep.dir)
         launcher = config.hydra.launcher
         if launcher.get("_target_") == _JOBLIB:
             n_jobs = _joblib_jobs(launcher.get("n_jobs"))
@@ -64,10 +60,9 @@ class SweepCallback(Callback):
         configure_job_resources(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global LAST
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            LAST = summarise(sweep_dir)
+            summarise(sweep_dir)
         except Exception as e:  # the jobs' own results must never be lost to a summary bug
             log.exception("could not write the sweep summary: %s", e)
         for key in (GPUS_ENV, SLOTS_ENV):
@@ -252,10 +247,34 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=order)
 
 
+def outcome(sweep_dir: Path) -> SweepResult:
+    """How the sweep's jobs ended, read from their run directories."""
+    return _read_jobs(sweep_dir)[0]
+
+
 def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
     """Write ``sweep_summary.csv`` (one row per job) and print it as a table."""
     import csv
 
+    result, rows = _read_jobs(sweep_dir)
+    path = sweep_dir / SUMMARY_CSV
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
+            w.writeheader()
+            for r in rows:
+                w.writerow(
+                    {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                )
+
+    atomic_write(path, write)
+    if print_table:
+        _print(rows, sweep_dir, result)
+    return result
+
+
+def _read_jobs(sweep_dir: Path) -> tuple[SweepResult, list[dict[str, Any]]]:
     from har_bench.analysis.grouping import load_run
 
     result = SweepResult(sweep_dir)
@@ -280,21 +299,7 @@ def summarise(sweep_dir: Path, print_table: bool = True) -> SweepResult:
                 "run_dir": str(d),
             }
         )
-    path = sweep_dir / SUMMARY_CSV
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
-            w.writeheader()
-            for r in rows:
-                w.writerow(
-                    {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-                )
-
-    atomic_write(path, write)
-    if print_table:
-        _print(rows, sweep_dir, result)
-    return result
+    return result, rows
 
 
 def _print(rows: list[dict[str, Any]], sweep_dir: Path, result: SweepResult) -> None:
