@@ -325,13 +325,9 @@ def _stop_on_signals_while_starting() -> Any:
     gone and stop their jobs with a checkpoint (har_bench.analysis.sweep), where an exception here
     would make joblib kill them outright."""
     import signal
-    import threading
 
     from har_bench.analysis.sweep import MAIN_PID_ENV
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    from har_bench.training.signals import signal_handlers
 
     def handler(signum: int, frame: Any) -> None:
         if signum == signal.SIGTERM and os.environ.get(MAIN_PID_ENV) == str(os.getpid()):
@@ -340,12 +336,8 @@ def _stop_on_signals_while_starting() -> Any:
             return
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signal_handlers(handler):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from har_bench.experiment.components import from_config
 from har_bench.experiment.prepare import PreparedData, prepare_data
 from har_bench.experiment.spec import Choices, Experiment
 from har_bench.runs import rundir
-from har_bench.training.checkpoint import load_checkpoint
+from har_bench.training.checkpoint import load_checkpoint, load_model_state
 from har_bench.training.engine import Trainer
 
 # Config keys holding paths, which a run resolves from the directory it was started in.
@@ -76,12 +76,9 @@ def check_finished(run_dir: Path) -> dict[str, Any]:
     """The run's ``metrics.json`` when it is a completed run of a neural model whose tested
     weights are on disk; a one-line :class:`RunNotReadyError` otherwise."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunNotReadyError(f"{run_dir}: no such run directory")
-    if not rundir.is_run_dir(run_dir):
-        raise RunNotReadyError(
-            f"{run_dir} is not a har-bench run directory (no {rundir.SAVED_CONFIG})"
-        )
+    problem = rundir.not_a_run(run_dir)
+    if problem is not None:
+        raise RunNotReadyError(problem)
     metrics = rundir.read_status(run_dir)
     if metrics.get("status") != "completed":
         raise RunNotReadyError(
@@ -169,13 +166,11 @@ class FinishedRun:
         model = self.experiment.make_model(num_channels, num_classes)
         checkpoint = rundir.tested_checkpoint(self.path)
         state = load_checkpoint(checkpoint, what=str(self.path))
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise UserError(
-                f"{checkpoint} does not fit the model of the run's config ({first})"
-            ) from None
+        load_model_state(
+            model,
+            state["model"],
+            f"{checkpoint} does not fit the model of the run's config ({{reason}})",
+        )
         return model.eval()
 
     @cached_property

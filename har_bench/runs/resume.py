@@ -217,12 +217,9 @@ def hydra_quote(value: str) -> str:
 def check_resumable(run_dir: Path, value: str) -> None:
     """Refuse what cannot be resumed: not a run, no checkpoint, completed, still running."""
     prefix = f"{RESUME_KEY}={value}"
-    if not run_dir.is_dir():
-        raise ResumeError(f"{prefix}: no such run directory ({run_dir})")
-    if not rundir.is_run_dir(run_dir):
-        raise ResumeError(
-            f"{prefix}: {run_dir} is not a har-bench run directory (no {rundir.SAVED_CONFIG})"
-        )
+    problem = rundir.not_a_run(run_dir)
+    if problem is not None:
+        raise ResumeError(f"{prefix}: {problem}")
     last = rundir.last_checkpoint(run_dir)
     if not last.is_file():
         raise ResumeError(

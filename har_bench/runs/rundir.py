@@ -384,6 +384,15 @@ def is_run_dir(path: Path) -> bool:
     return (Path(path) / SAVED_CONFIG).is_file()
 
 
+def not_a_run(run_dir: Path) -> str | None:
+    """Why ``run_dir`` is not a run directory, as a phrase for an error line; None when it is."""
+    if not run_dir.is_dir():
+        return f"no such run directory ({run_dir})"
+    if not is_run_dir(run_dir):
+        return f"{run_dir} is not a har-bench run directory (no {SAVED_CONFIG})"
+    return None
+
+
 def _read_yaml(path: Path) -> Any:
     """A YAML file Hydra wrote, as plain dicts and lists (interpolations kept); None when it is
     missing or unreadable. Read with OmegaConf, which wrote it."""

@@ -187,6 +187,16 @@ def _read_resume_state(checkpoint_dir: Path, mmap: bool) -> tuple[dict[str, Any]
     return state, best_file
 
 
+def load_model_state(model: nn.Module, state: Mapping[str, Any], mismatch: str) -> None:
+    """``state`` loaded into ``model`` strictly; a mismatch is the user's: ``mismatch`` with
+    ``{reason}`` (torch's first line) as one line."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0]
+        raise UserError(mismatch.replace("{reason}", reason)) from None
+
+
 def restore_training(
     checkpoint: Mapping[str, Any],
     model: nn.Module,
@@ -200,14 +210,12 @@ def restore_training(
     Each mismatch with the run's own settings is refused in one line rather than silently
     training something else.
     """
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(
-            f"trainer.resume: the checkpoint was saved from a different model ({first}); "
-            "resume with the run's own model settings"
-        ) from None
+    load_model_state(
+        model,
+        checkpoint["model"],
+        "trainer.resume: the checkpoint was saved from a different model ({reason}); resume "
+        "with the run's own model settings",
+    )
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
     except ValueError as e:

@@ -54,8 +54,9 @@ class StopRequest:
 
 
 @contextmanager
-def _signal_handlers(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    # signal.signal only works in the main thread; elsewhere the defaults stay.
+def signal_handlers(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM inside the block, the previous ones restored after;
+    signal.signal only works in the main thread, so elsewhere the defaults stay."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -78,7 +79,7 @@ def stop_on_signals() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
-    with _signal_handlers(handler):
+    with signal_handlers(handler):
         yield
 
 
@@ -101,5 +102,5 @@ def deferred_stop() -> Iterator[StopRequest]:
             signal.Signals(signum).name,
         )
 
-    with _signal_handlers(handler):
+    with signal_handlers(handler):
         yield request
