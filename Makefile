@@ -23,9 +23,9 @@ MUTATE ?= "har_bench.data.splits.x_check_disjoint__*" "har_bench.data.splits.x_s
 	"har_bench.core.metrics.x_row_normalise__*" \
 	"har_bench.training.checkpoint.x_save_checkpoint__*" "har_bench.training.checkpoint.x_load_checkpoint__*" \
 	"har_bench.training.checkpoint.x_commit_epoch__*" \
-	"har_bench.core.fs.*" "har_bench.deploy.export.x_build_report__*" \
-	"har_bench.experiment.stages.x_refit__*" "har_bench.experiment.stages.x_record_refit__*" \
-	"har_bench.experiment.stages.xǁPartǁjoined__*"
+	"har_bench.core.fs.*" "har_bench.deploy.report.x_build_report__*" \
+	"har_bench.experiment.fit.x_refit__*" "har_bench.experiment.fit.x_record_refit__*" \
+	"har_bench.experiment.prepare.xǁPartǁjoined__*"
 MUTATE_JOBS ?= 1
 
 .PHONY: help install run test test-fast lint format bench mutate clean
