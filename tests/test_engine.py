@@ -226,3 +226,27 @@ def test_compiled_training_matches_eager():
     compiled = one_step(copy.deepcopy(base), X, y, batch_size=16, compile=True)
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_mixed_with_grad_scaler_trains_on_cpu(monkeypatch):
+    """The CUDA default (16-mixed: fp16 autocast + GradScaler) runs through the same loop on the
+    CPU: the scaler is on and scales every loss it steps with."""
+    from torch.amp import GradScaler
+
+    scales = []
+    original = GradScaler.scale
+
+    def scale(self, outputs):
+        scales.append(self.get_scale())
+        return original(self, outputs)
+
+    monkeypatch.setattr(GradScaler, "scale", scale)
+    torch.manual_seed(0)
+    X, y = torch.randn(32, 3, 32), torch.randint(0, 4, (32,))
+    trainer = make_trainer(max_epochs=2, batch_size=8, precision="16-mixed")
+    assert trainer.amp_dtype is torch.float16
+    fit = trainer.fit(
+        NoBN(), X, y, X[:8], y[:8], optimizer_factory=lambda p: torch.optim.Adam(p, 1e-3)
+    )
+    assert len(fit.history) == 2 and math.isfinite(fit.history[-1]["train_loss"])
+    assert len(scales) == 8 and all(s > 1 for s in scales)  # 2 epochs x 4 steps, scaled
