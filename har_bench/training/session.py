@@ -209,7 +209,9 @@ class Session:
         broadcasts from rank 0), compiled with ``trainer.compile``."""
         self.train_model = distributed.wrap(self.model)
         if self.trainer.compile:
-            self.train_model = torch.compile(self.train_model)
+            # Static shapes: the last, shorter batch of an epoch gets a graph of its own rather
+            # than turning every batch into dynamic-shape code.
+            self.train_model = torch.compile(self.train_model, dynamic=False)
             self.compile_checked = False
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
