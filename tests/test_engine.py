@@ -192,7 +192,7 @@ def test_compile_that_fails_falls_back_to_eager_with_one_warning(monkeypatch, ca
         def forward(self, x):
             raise RuntimeError("no C++ compiler found\nsecond line of the compiler's output")
 
-    def broken_compile(module):
+    def broken_compile(module, **kwargs):
         return Broken(module)
 
     monkeypatch.setattr(torch, "compile", broken_compile)
