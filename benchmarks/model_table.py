@@ -11,10 +11,10 @@ import argparse
 import warnings
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from torch import nn
 
-from har_bench.config import config_dir
+from har_bench.config import compose, config_dir
+from har_bench.experiment.components import model_from_config
 from har_bench.models import RESNEXT50_SHAPES, model_summary
 
 
@@ -29,25 +29,28 @@ def main() -> None:
     rows = [(name, []) for name in presets]
     rows += [("resnext50", [f"model.shape={s}"]) for s in RESNEXT50_SHAPES]
     x = torch.randn(1, args.channels, args.length)
+    if args.layout == "2d_sensor":  # [N, 1, T, C]
+        x = x.transpose(1, 2).unsqueeze(1)
     print(
         f"| preset | overrides | params | MFLOPs / sample | size MB |  (layout {args.layout}, "
         f"input {args.channels} x {args.length})"
     )
     print("| --- | --- | ---: | ---: | ---: |")
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        for name, extra in rows:
-            overrides = [f"model={name}", *extra]
-            cfg = compose(config_name="config", overrides=overrides)
-            if "layout" in cfg.model:
-                cfg.model.layout = args.layout
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = instantiate(cfg.model, in_channels=args.channels, num_classes=args.classes)
-            s = model_summary(model, x)
-            print(
-                f"| {name} | {' '.join(extra)} | {s['params']:,} | "
-                f"{s['flops_per_sample'] / 1e6:,.1f} | {s['size_mb']:.1f} |"
-            )
+    for name, extra in rows:
+        cfg = compose([f"model={name}", *extra])
+        if "layout" in cfg.model:
+            cfg.model.layout = args.layout
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = model_from_config(cfg, args.channels, args.classes)
+        if not isinstance(model, nn.Module):  # MiniRocket: fitted, not a network of weights
+            print(f"| {name} | {' '.join(extra)} | (fitted, not a network) | | |")
+            continue
+        s = model_summary(model, x)
+        print(
+            f"| {name} | {' '.join(extra)} | {s['params']:,} | "
+            f"{s['flops_per_sample'] / 1e6:,.1f} | {s['size_mb']:.1f} |"
+        )
 
 
 if __name__ == "__main__":
