@@ -32,6 +32,17 @@ BOOKKEEPING_KEYS = (
 )
 
 
+# Keys added to the configs after runs were saved without them, with the value that does what
+# those runs did: a saved run without the key equals a new one that has it at this value (a key
+# added with a null default needs no entry).
+ADDED_KEYS: dict[str, Any] = {"trainer.compile": False, "dataset.nan_policy": "error"}
+
+
+def setting(flat: Mapping[str, Any], key: str, missing: Any = None) -> Any:
+    """``key``'s value in a flattened config, or what a run saved before it existed did."""
+    return flat.get(key, ADDED_KEYS.get(key, missing))
+
+
 # Modules that moved when the package took its layered layout. A run directory saved before
 # names the old ones in its config's ``_target_``s and must still resume, export and predict.
 MOVED_MODULES = {

@@ -1,6 +1,7 @@
 """Run directories saved before the package took its layered layout name the old modules in
-their config's ``_target_``s (``har_bench.engine.Trainer``, ``har_bench.augment.Augment``, ...).
-They must still resume, export and predict."""
+their config's ``_target_``s (``har_bench.engine.Trainer``, ``har_bench.augment.Augment``, ...)
+and lack the keys added since (``trainer.compile``). They must still resume, export and predict,
+and compare as the same configuration as a new run."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_helpers import SMALL, in_process_cli
+from omegaconf import OmegaConf
 
-from har_bench.config import MOVED_MODULES, upgrade_targets
+from har_bench.config import ADDED_KEYS, MOVED_MODULES, upgrade_targets
 from har_bench.runs import rundir
 
 
@@ -22,9 +24,15 @@ def main(tmp_path, monkeypatch, capsys):
 
 
 def as_saved_before(run_dir: Path) -> str:
-    """Rewrite the run's saved config with the module names the earlier layout wrote."""
+    """Rewrite the run's saved config as the earlier layout wrote it: the old module names, and
+    none of the keys added since."""
     path = run_dir / rundir.SAVED_CONFIG
-    text = path.read_text()
+    config = OmegaConf.load(path)
+    for key in ADDED_KEYS:
+        group, _, name = key.partition(".")
+        if group in config and name in config[group]:
+            del config[group][name]
+    text = OmegaConf.to_yaml(config)
     for old, new in MOVED_MODULES.items():
         text = text.replace(f"_target_: {new}.", f"_target_: {old}.")
     path.write_text(text)
@@ -56,6 +64,7 @@ def test_a_run_saved_by_the_earlier_layout_resumes_exports_and_predicts(main, tm
     (run_dir,) = [p.parent for p in (tmp_path / "outputs").glob("*/*/metrics.json")]
     text = as_saved_before(run_dir)
     assert "_target_: har_bench.engine.Trainer" in text  # the test really writes old names
+    assert "compile:" not in text
     metrics = json.loads((run_dir / rundir.METRICS).read_text())
     metrics.update(status="interrupted", error="interrupted by SIGINT")
     (run_dir / rundir.METRICS).write_text(json.dumps(metrics))
@@ -78,3 +87,19 @@ def test_a_run_saved_by_the_earlier_layout_resumes_exports_and_predicts(main, tm
     df.to_csv(tmp_path / "rec.csv", index=False)
     table, _ = predict(run_dir, [tmp_path / "rec.csv"])
     assert len(table) > 0 and table["predicted"].isin(run.data.class_names).all()
+
+
+def test_committed_records_of_earlier_runs_compare_equal_to_their_config_today():
+    """The run records in docs/runs were saved by earlier versions: composed again from their
+    own overrides, their configs must show no difference (else resume and compare split them)."""
+    from har_bench.config import compose
+    from har_bench.runs.resume import config_differences
+
+    records = sorted((Path(__file__).parents[1] / "docs" / "runs").glob("**/.hydra/config.yaml"))
+    if not records:
+        pytest.skip("no committed run records")
+    for path in records[:5]:
+        run_dir = path.parents[1]
+        saved = rundir.saved_config(run_dir)
+        new = OmegaConf.to_container(compose(rundir.saved_overrides(run_dir)), resolve=False)
+        assert config_differences(saved, new) == [], run_dir

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in
+from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in, setting
 from har_bench.core.errors import MissingInputError
 from har_bench.runs import rundir
 
@@ -189,7 +189,7 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
     for k in keys:
         if _ignored(k):
             continue
-        if len({hashable(r.config.get(k, MISSING)) for r in runs}) > 1:
+        if len({hashable(setting(r.config, k, MISSING)) for r in runs}) > 1:
             out.append(k)
     return out
 
@@ -199,8 +199,8 @@ def _explained_by_choice(key: str, choice: str, runs: Sequence[Run]) -> bool:
     then the key only follows the preset and needs no column of its own."""
     seen: dict[Any, Any] = {}
     for r in runs:
-        c = hashable(r.config.get(choice, MISSING))
-        v = hashable(r.config.get(key, MISSING))
+        c = hashable(setting(r.config, choice, MISSING))
+        v = hashable(setting(r.config, key, MISSING))
         if seen.setdefault(c, v) != v:
             return False
     return True
@@ -221,10 +221,10 @@ def compare(runs: Sequence[Run]) -> Comparison:
     keys.sort(key=lambda k: (k not in CHOICE_GROUPS, 0))
     groups: dict[tuple[Any, ...], Group] = {}
     for r in runs:
-        ident = tuple(hashable(r.config.get(k, MISSING)) for k in keys)
+        ident = tuple(hashable(setting(r.config, k, MISSING)) for k in keys)
         g = groups.get(ident)
         if g is None:
-            groups[ident] = g = Group({k: r.config.get(k, MISSING) for k in keys}, [])
+            groups[ident] = g = Group({k: setting(r.config, k, MISSING) for k in keys}, [])
         g.runs.append(r)
     constant = {
         c: runs[0].config[c]

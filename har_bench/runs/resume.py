@@ -34,6 +34,7 @@ from har_bench.config import (
     key_in,
     override_key,
     parse_command_line,
+    setting,
 )
 from har_bench.core.errors import UserError
 from har_bench.core.fs import hold_lock
@@ -270,8 +271,8 @@ def config_differences(
     for key in sorted(set(a) | set(b)):
         if key_in(key, ignored):
             continue
-        # A key added to the configs later (with a null default) is absent from older runs.
-        if a.get(key) != b.get(key):
+        # A key added to the configs later is absent from older runs (config.ADDED_KEYS).
+        if setting(a, key) != setting(b, key):
             out.append(f"{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}")
     return out
 
