@@ -130,6 +130,24 @@ def test_a_sweep_rerun_skips_completed_jobs_and_refuses_unfinished_ones(main, tm
     assert "sweep_summary.csv" in after
 
 
+def test_runs_moved_aside_are_not_jobs_runs_or_resume_candidates(tmp_path):
+    """trainer.overwrite=true moves a sweep job's old run to <job>.old-<time> inside the sweep
+    dir: the sweep's outcome, compare and trainer.resume=last must not count it."""
+    from har_bench.analysis.grouping import find_run_dirs
+    from har_bench.analysis.sweep import outcome
+
+    sweep_dir = tmp_path / "sweep"
+    fake_run(sweep_dir, "0", [*SMALL, "seed=0"], "completed")
+    old = fake_run(sweep_dir, "1", [*SMALL, "seed=1"], "failed")
+    moved = rundir.move_aside(old)
+    fake_run(sweep_dir, "1", [*SMALL, "seed=1"], "completed")
+    assert rundir.set_aside(moved.relative_to(sweep_dir))
+    result = outcome(sweep_dir)
+    assert (result.jobs, result.failures) == (2, [])
+    assert sorted(p.name for p in find_run_dirs([sweep_dir])) == ["0", "1"]
+    assert all(".old-" not in str(p) for p in rundir.checkpointed_runs(sweep_dir))
+
+
 def test_a_completed_sweep_job_of_another_config_is_refused(main, tmp_path):
     sweep_dir = tmp_path / "sweep"
     fake_run(sweep_dir, "0", [*SMALL, "seed=0", "optimizer.lr=0.5"], "completed")

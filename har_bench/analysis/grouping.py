@@ -126,8 +126,13 @@ def _walk_runs(root: Path) -> Iterable[Path]:
         yield root
         return
     for dirpath, dirnames, filenames in os.walk(root):
-        # Hidden folders are not runs: a copy being made (results' temporary folders), .git.
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        # Hidden folders are not runs: a copy being made (results' temporary folders), .git;
+        # and runs that trainer.overwrite moved aside.
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if d not in SKIP_DIRS and not d.startswith(".") and not rundir.set_aside(Path(d))
+        )
         if rundir.METRICS in filenames:
             dirnames[:] = []  # a run dir holds no further runs
             yield Path(dirpath)

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from har_bench.core.fs import atomic_write
-from har_bench.runs.rundir import HYDRA_DIR, METRICS
+from har_bench.runs.rundir import HYDRA_DIR, METRICS, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,11 @@ SUMMARY_COLUMNS = ("job", "status", "overrides", *_METRIC_COLS, "error", "run_di
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's job directories (those Hydra wrote a .hydra/ into), in job order; nested
     ones too, for a ``hydra.sweep.subdir`` such as ``<model>/<seed>``."""
-    dirs = [p.parent for p in sweep_dir.rglob(HYDRA_DIR) if p.is_dir() and p.parent != sweep_dir]
+    dirs = [
+        p.parent
+        for p in sweep_dir.rglob(HYDRA_DIR)
+        if p.is_dir() and p.parent != sweep_dir and not set_aside(p.parent.relative_to(sweep_dir))
+    ]
 
     def order(d: Path) -> list[tuple[bool, int, str]]:
         parts = d.relative_to(sweep_dir).parts

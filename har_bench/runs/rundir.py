@@ -149,11 +149,22 @@ def onnx_file(run_dir: Path, form: str = "fp32") -> Path:
     return export_dir(run_dir) / ONNX_FILES[form]
 
 
+# trainer.overwrite=true renames a run to <dir>.old-<time>: kept, but no longer a run of the
+# sweep or folder it sits in.
+OLD_SUFFIX = ".old-"
+
+
+def set_aside(path: Path) -> bool:
+    """Whether ``path`` lies in a run that ``trainer.overwrite`` moved aside."""
+    return any(OLD_SUFFIX in part for part in Path(path).parts)
+
+
 def checkpointed_runs(root: Path) -> list[Path]:
     """The run dirs at or below ``root`` that hold a last checkpoint, newest checkpoint first."""
     pattern = f"**/{CHECKPOINTS}/{_last_checkpoint_name()}"
     lasts = sorted(Path(root).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [last.parent.parent.resolve() for last in lasts]
+    runs = [last.parent.parent.resolve() for last in lasts]
+    return [r for r in runs if not set_aside(r.relative_to(Path(root).resolve()))]
 
 
 def resume_command(run_dir: Path) -> str | None:
@@ -269,9 +280,6 @@ def holds_run(path: Path) -> bool:
         (path / name).exists() or (path / name).is_symlink()
         for name in (SAVED_CONFIG, METRICS, CHECKPOINTS)
     )
-
-
-OLD_SUFFIX = ".old-"
 
 
 def move_aside(run_dir: Path) -> Path:
