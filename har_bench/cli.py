@@ -121,10 +121,13 @@ def _train(cfg: object, tally: Tally) -> float | None:
             # batch (traceback, exit 1, later batches never run). The job's own dir already
             # says failed/diverged (+ error.txt); note it and let the sweep go on.
             plain = user or diverged or write_failed is not None
-            where = "" if plain else f" (traceback in {run_dir / rundir.ERROR})"
+            what = (
+                write_failed
+                or user_error
+                or (e if plain else bug_message(e, run_dir / rundir.ERROR))
+            )
             overrides = " ".join(hc.overrides.task)
-            what = write_failed or user_error or e
-            print(f"error: job {hc.job.num} ({overrides}): {what}{where}", file=sys.stderr)
+            print(f"error: job {hc.job.num} ({overrides}): {what}", file=sys.stderr)
             tally.failures.append(user)
             # None, not NaN: hydra-optuna-sweeper (optuna 2.x) then marks the trial failed and
             # goes on; a NaN makes optuna's tell() raise and the sweeper crash on its retry.

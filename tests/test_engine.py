@@ -250,3 +250,20 @@ def test_fp16_mixed_with_grad_scaler_trains_on_cpu(monkeypatch):
     )
     assert len(fit.history) == 2 and math.isfinite(fit.history[-1]["train_loss"])
     assert len(scales) == 8 and all(s > 1 for s in scales)  # 2 epochs x 4 steps, scaled
+
+
+def test_compile_does_not_hide_the_models_own_refusal(caplog):
+    """A model refusing its input (a UserError) is not a compiler failure: it is raised as it
+    is, with no compile warning."""
+    from har_bench.core.errors import UserError
+
+    class Refuses(NoBN):
+        def forward(self, x):
+            raise UserError("model: needs at least 17 samples, got 32")
+
+    X, y = torch.randn(16, 3, 32), torch.randint(0, 4, (16,))
+    with caplog.at_level("WARNING"), pytest.raises(UserError, match="at least 17"):
+        make_trainer(max_epochs=1, batch_size=8, compile=True).fit(
+            Refuses(), X, y, X[:0], y[:0], lambda p: torch.optim.SGD(p, lr=0.1)
+        )
+    assert not [r for r in caplog.records if "trainer.compile" in r.getMessage()]

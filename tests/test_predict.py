@@ -289,6 +289,16 @@ def test_broken_time_column_is_refused_with_its_row(tmp_path, time, needle):
     assert stream.rate_hz == pytest.approx(RATE)
 
 
+def test_a_non_numeric_channel_value_is_bad_input_with_its_row(tmp_path):
+    from har_bench.deploy.recording import RecordingError, read_recording
+
+    path = tmp_path / "rec.csv"
+    rows = pd.DataFrame({"time": [0.0, 0.02, 0.04], "ch0": ["1.0", "abc", "2.0"], "ch1": 1.0})
+    rows.to_csv(path, index=False)
+    with pytest.raises(RecordingError, match="row 2 has an empty or non-numeric channel value"):
+        read_recording([path], _prep(["ch0", "ch1"]))
+
+
 def test_wisdm_time_stamp_on_two_lines_is_refused(tmp_path):
     from har_bench.deploy.recording import RecordingError, read_recording
 

@@ -36,6 +36,10 @@ class MissingInputError(UserError, FileNotFoundError):
     """
 
 
+class MissingExtraError(UserError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
 def bug_message(e: BaseException, traceback_at: object | None = None) -> str:
     """The one line shown for an exception that is not bad input."""
     where = f"; the traceback is in {traceback_at}" if traceback_at is not None else ""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_bench.core.errors import UserError
+from har_bench.core.errors import MissingExtraError, UserError
 from har_bench.core.fs import atomic_write
 
 # ONNX opset of every exported file: 18 is the first with the reductions-as-inputs form torch's
@@ -37,10 +37,6 @@ OUTPUT_NAME = "logits"
 # ONNX ops that only dynamic quantisation handles (weights int8, activations at run time).
 DYNAMIC_ONLY_OPS = ("LSTM", "GRU", "RNN")
 EXTRA_HINT = "pip install 'har-bench[export]' (onnx, onnxruntime, onnxscript)"
-
-
-class MissingExtraError(UserError):
-    """onnx / onnxruntime / onnxscript are not installed."""
 
 
 class ExportError(UserError):

@@ -166,7 +166,9 @@ def read_recording_table(
         time_s = raw_time.astype(np.float64) * TIME_UNITS[time_unit]
     except (TypeError, ValueError):
         raise RecordingError(f"{path}: time column {tcol!r} is not numeric") from None
-    signal = df[[column(c) for c in prep.channel_names]].to_numpy(dtype=np.float32)
+    # Non-numeric values become NaN here and are refused with their row just below.
+    channels = df[[column(c) for c in prep.channel_names]].apply(pd.to_numeric, errors="coerce")
+    signal = channels.to_numpy(dtype=np.float32)
     if not np.isfinite(signal).all():
         row = int(np.flatnonzero(~np.isfinite(signal).all(axis=1))[0])
         raise RecordingError(f"{path}: {_data_row(row)} has an empty or non-numeric channel value")

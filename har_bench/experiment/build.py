@@ -45,7 +45,7 @@ def build_model(
 ) -> BuiltModel:
     """The model for this data's channels and classes, with ``weights`` loaded;
     ``model_summary.json`` written (for a model fitted outside the loop, by
-    :func:`fit_estimator`, once there is something to count)."""
+    :func:`~har_bench.experiment.fit.fit_estimator`, once there is something to count)."""
     model, loaded = new_model(make_model, data, weights)
     if not isinstance(model, nn.Module):
         return BuiltModel(model, {"model": name, "architecture": type(model).__name__})

@@ -18,7 +18,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from har_bench.config import as_user_error
-from har_bench.core.errors import UserError
 from har_bench.core.seeding import seed_everything
 from har_bench.experiment.build import build_model, finetune_record
 from har_bench.experiment.components import from_config
@@ -82,10 +81,7 @@ def _check_resume(cfg: DictConfig, run_dir: Path) -> None:
     stopped run keeps its status, its resume command and its saved config."""
     resume = cfg.trainer.get("resume")
     if resume not in (None, "") and Path(str(resume)).expanduser().resolve() == run_dir.resolve():
-        try:
-            check_resume_state(rundir.checkpoint_dir(run_dir))
-        except (OSError, ValueError) as e:
-            raise UserError(str(e)) from None
+        check_resume_state(rundir.checkpoint_dir(run_dir))
 
 
 def _run_with_status(cfg: DictConfig, run_dir: Path, choices: Choices) -> dict[str, Any]:

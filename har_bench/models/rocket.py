@@ -20,7 +20,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
-from har_bench.core.errors import UserError
+from har_bench.core.errors import MissingExtraError, UserError
 
 # aeon's grid for the ridge penalty (10^-3 .. 10^3) extended by three of its steps upward, so that
 # a choice of aeon's largest value is not a choice at the grid's edge.
@@ -98,7 +98,7 @@ class MiniRocket:
         try:
             from aeon.classification.convolution_based import MiniRocketClassifier
         except ImportError:
-            raise ImportError(
+            raise MissingExtraError(
                 "model=minirocket needs aeon: pip install 'har-bench[rocket]'"
             ) from None
         if isinstance(n_kernels, bool) or not isinstance(n_kernels, int) or n_kernels < 84:

@@ -310,7 +310,7 @@ def save_record(run_dir: Path, config: Any, hydra_config: Any, overrides: Sequen
         atomic_write_text(Path(run_dir) / name, OmegaConf.to_yaml(node))
 
 
-# -- the saved config --------------------------------------------------------------------------
+# -- copies of a run's record ------------------------------------------------------------------
 
 
 def overlaps(a: Path, b: Path) -> bool:
@@ -399,6 +399,9 @@ def not_a_run(run_dir: Path) -> str | None:
     if not is_run_dir(run_dir):
         return f"{run_dir} is not a har-bench run directory (no {SAVED_CONFIG})"
     return None
+
+
+# -- the saved config --------------------------------------------------------------------------
 
 
 def _read_yaml(path: Path) -> Any:

@@ -124,7 +124,7 @@ class Session:
     step_scheduler: bool  # stepped after every optimizer step, not every epoch
     prepare: Prepare = None
     finetune: FineTune | None = None
-    # Whether the compiled training forward has run once (see :meth:`forward`).
+    # Whether the compiled training step has run once (see :meth:`forward_backward`).
     compile_checked: bool = True
 
     @property
@@ -214,19 +214,41 @@ class Session:
             self.train_model = torch.compile(self.train_model, dynamic=False)
             self.compile_checked = False
 
-    def forward(self, xb: torch.Tensor) -> torch.Tensor:
-        """The training forward pass. torch.compile compiles at the first call, so that is
-        where it fails on a machine without a working compiler: training goes on eagerly."""
+    def forward_backward(
+        self, xb: torch.Tensor, target: torch.Tensor, window_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and loss of one micro-batch, its gradient accumulated. torch.compile compiles
+        the forward and backward graphs at the first step, so that is where it fails on a
+        machine without a working compiler: the step is redone eagerly and training goes on so.
+        """
         if self.compile_checked:
-            return self.train_model(xb)
+            return self._forward_backward(xb, target, window_samples)
         self.compile_checked = True
         try:
-            return self.train_model(xb)
+            return self._forward_backward(xb, target, window_samples)
+        except UserError:
+            raise  # the model refusing its input is not the compiler's failure
         except Exception as e:  # any compiler failure; the eager module is the fallback
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.warning("trainer.compile: torch.compile failed (%s); training eagerly", reason)
+            self.optimizer.zero_grad(set_to_none=True)
             self.train_model = distributed.wrap(self.model)
-            return self.train_model(xb)
+            return self._forward_backward(xb, target, window_samples)
+
+    def _forward_backward(
+        self, xb: torch.Tensor, target: torch.Tensor, window_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        trainer = self.trainer
+        with record_function("forward"), trainer.autocast():
+            logits = self.train_model(xb)
+            # Sum / window size: the gradient of a window equals that of one big batch.
+            loss = F.cross_entropy(
+                logits.float(), target, reduction="sum", label_smoothing=trainer.label_smoothing
+            )
+            loss = loss / window_samples
+        with record_function("backward"):
+            self.scaler.scale(loss).backward()
+        return logits, loss
 
     def result(self, train_windows: int) -> FitResult:
         state, tracker = self.state, self.state.tracker
@@ -348,18 +370,7 @@ class Session:
                     xb, target = self.augment(xb, target)  # soft targets [B, K] after mixup
                 elif self.prepare is not None:
                     xb = self.prepare(xb)
-            with record_function("forward"), trainer.autocast():
-                logits = self.forward(xb)
-                # Sum / window size: the gradient of a window equals that of one big batch.
-                loss = F.cross_entropy(
-                    logits.float(),
-                    target,
-                    reduction="sum",
-                    label_smoothing=trainer.label_smoothing,
-                )
-                loss = loss / window_samples
-            with record_function("backward"):
-                self.scaler.scale(loss).backward()
+            logits, loss = self.forward_backward(xb, target, window_samples)
             window_loss += loss.detach()
             labels = target.argmax(1) if target.ndim == 2 else target
             correct += (logits.argmax(1) == labels).sum()
