@@ -230,3 +230,31 @@ def test_a_key_added_later_with_a_null_default_does_not_block_a_resume():
     assert resume.config_differences(saved, {"trainer": {"max_epochs": 2, "max_steps": 9}}) == [
         "trainer.max_steps: <absent> -> 9"
     ]
+
+
+@pytest.mark.slow
+def test_a_job_of_a_preset_sweep_resumes_as_one_run(main, tmp_path):
+    """A preset that sets hydra.mode=MULTIRUN (cardinality_sweep, s0_table, ...) is in the saved
+    overrides of each of its jobs: the resume command a stopped job prints must continue that
+    job in its own directory, not start a new one-job sweep."""
+    job = tmp_path / "sweep" / "0"
+    small = [
+        "experiment=cardinality_sweep",
+        "dataset=synthetic",
+        "model.shape=1x64d",
+        "model.stem_width=8",
+        "model.layers=[1,1,1,1]",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_eval_batches=1",
+        "trainer.progress=false",
+        "efficiency.latency_repeats=1",
+        "scheduler=none",
+    ]
+    code, err = main(*small, "trainer.max_epochs=1", "hydra.mode=RUN", f"hydra.run.dir={job}")
+    assert code == 0, err
+    set_status(job, "interrupted", error="interrupted by SIGINT")
+    code, err = main(f"trainer.resume={job}", "trainer.max_epochs=2")
+    assert code == 0, err
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_trained"] == 2
+    assert not (tmp_path / "outputs" / "multirun").exists()  # no new sweep was started

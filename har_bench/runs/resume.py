@@ -117,6 +117,8 @@ def resolve_resume(args: Sequence[str]) -> list[str]:
         *merged,
         f"{RESUME_KEY}={hydra_quote(str(run_dir))}",
         f"hydra.run.dir={hydra_quote(str(run_dir))}",
+        # One run, also when it was a job of a preset that sets hydra.mode=MULTIRUN.
+        "hydra.mode=RUN",
     ]
 
 
