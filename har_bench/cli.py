@@ -5,13 +5,13 @@ are dispatched before Hydra sees the command line. Heavy imports (torch) happen 
 starts, so ``har-bench --help`` stays fast.
 
 Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr, no traceback); 1 the run failed
-(diverged, or a bug: one line saying so on stderr, the traceback in the run's error.txt); 74 the machine refused a
-write into the run directory (disk full, over quota, read-only or failing filesystem: one
-``error:`` line naming the file, the run marked failed, the command that resumes it from its last
-checkpoint); 130 / 143 stopped by SIGINT / SIGTERM (the command that resumes the run is
-printed; a stop while starting says so). A sweep runs every job even when some fail, then exits
-2 (all failures were bad input) or 1; re-run into its directory, it skips the jobs that
-completed.
+(diverged, or a bug: one line saying so on stderr, the traceback in the run's error.txt); 74 the
+machine refused a write into the run directory (disk full, over quota, read-only or failing
+filesystem: one ``error:`` line naming the file, the run marked failed, the command that resumes
+it from its last checkpoint); 130 / 143 stopped by SIGINT / SIGTERM (the command that resumes
+the run is printed; a stop while starting says so). A sweep runs every job even when some fail,
+then exits 2 (all failures were bad input) or 1; re-run into its directory, it skips the jobs
+that completed.
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def _after_write_failure(failure: str, run_dir: Path) -> str:
 
 def _make_way(run_dir: Path, cfg: Any, multirun: bool) -> dict[str, Any] | None:
     """Lock the run dir and check that the run may start there (see
-    :func:`har_bench.runs.resume.check_new_run`); the metrics of a sweep job that already completed
-    (then skipped), else None."""
+    :func:`har_bench.runs.resume.check_new_run`); the metrics of a sweep job that already
+    completed (then skipped), else None."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 

@@ -1,9 +1,9 @@
 """``har-bench compare PATH...``: many runs -> one table of mean ± std per configuration.
 
 Runs are found under the given paths (run dirs, sweep dirs, parent folders or globs) by their
-``metrics.json`` and grouped by :mod:`har_bench.analysis.grouping`; :mod:`har_bench.analysis.tables` prints and
-writes the table, :mod:`har_bench.analysis.plots` the figures. Nothing here imports torch, so the
-command answers in a fraction of a second.
+``metrics.json`` and grouped by :mod:`har_bench.analysis.grouping`; :mod:`har_bench.analysis.tables`
+prints and writes the table, :mod:`har_bench.analysis.plots` the figures. Nothing here imports
+torch, so the command answers in a fraction of a second.
 """
 
 from __future__ import annotations

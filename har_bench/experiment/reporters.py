@@ -2,8 +2,8 @@
 
 A reporter sees every epoch's history row (:meth:`Reporter.on_epoch`), the completed run's
 :class:`~har_bench.experiment.evaluate.RunResult` (:meth:`Reporter.on_end`, before
-``metrics.json`` marks the run completed) and is closed however the run ends. A new artifact or logger is one more class
-in :func:`default_reporters`.
+``metrics.json`` marks the run completed) and is closed however the run ends. A new artifact or
+logger is one more class in :func:`default_reporters`.
 """
 
 from __future__ import annotations

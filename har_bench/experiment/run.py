@@ -63,8 +63,8 @@ def run(
     message, the traceback in ``error.txt``. Only SIGKILL or a power cut leave ``running``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The CLI takes this lock before Hydra writes .hydra/ (har_bench.runs.resume.lock_run_dir); taken
-    # here too for callers from Python. The other process's status must stay its own.
+    # The CLI takes this lock before Hydra writes .hydra/ (har_bench.runs.resume.lock_run_dir);
+    # taken here too for callers from Python. The other process's status must stay its own.
     rundir.claim(run_dir)
     try:
         with stop_on_signals():

@@ -47,7 +47,8 @@ class Training:
     refit: bool = False
     # model.freeze / unfreeze_after / backbone_lr; None = every parameter trains at optimizer.lr.
     finetune: FineTune | None = None
-    # trainer.max_steps: a budget of optimizer steps, applied by :func:`~har_bench.experiment.fit.apply_step_budget`.
+    # trainer.max_steps: a budget of optimizer steps, applied by
+    # :func:`~har_bench.experiment.fit.apply_step_budget`.
     max_steps: int | None = None
 
     @property

@@ -1,9 +1,8 @@
 """``trainer.resume`` on the command line: find the run, check it, point Hydra at its directory.
 
-This runs before Hydra starts, so a refused resume (another model, say) writes nothing; a
-checkpoint that cannot be loaded is refused by :func:`har_bench.experiment.run.run` before its first write.
-:func:`check_new_run` decides, once Hydra made the run directory, whether a new run may start
-there.
+This runs before Hydra starts, so a refused resume (another model, say) writes nothing; a checkpoint
+that cannot be loaded is refused by :func:`har_bench.experiment.run.run` before its first write.
+:func:`check_new_run` decides, once Hydra made the run directory, whether a new run may start there.
 
 Resolution:
 

@@ -1,9 +1,9 @@
 """The run directory: its file names, its status, its saved config, and reading a finished run.
 
 Every other module names a run's files through the constants here (checkpoint file names are
-:mod:`har_bench.training.checkpoint`'s), so a renamed file is one edit. ``metrics.json`` doubles as the
-status file: :func:`write_status` keeps whatever it holds and updates ``status``; a completed run
-writes it last, so ``completed`` means every other file is in place.
+:mod:`har_bench.training.checkpoint`'s), so a renamed file is one edit. ``metrics.json`` doubles as
+the status file: :func:`write_status` keeps whatever it holds and updates ``status``; a completed
+run writes it last, so ``completed`` means every other file is in place.
 
 No torch here (checkpoint names are imported where a path needs one): ``har-bench compare``
 and the sweep summary read run dirs in a fraction of a second.

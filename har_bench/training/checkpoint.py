@@ -1,8 +1,9 @@
 """Checkpoint files: their names, the best/last commit, resume, and the RNG state they carry.
 
 ``last.pt`` holds everything needed to continue bit-for-bit (model, optimizer, scheduler, AMP
-scaler, :class:`~har_bench.training.train_state.TrainState`, RNGs); ``best.pt`` the best-on-validation
-weights with their epoch. Every file is loadable with ``torch.load(weights_only=True)``.
+scaler, :class:`~har_bench.training.train_state.TrainState`, RNGs); ``best.pt`` the
+best-on-validation weights with their epoch. Every file is loadable with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations

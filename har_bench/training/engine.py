@@ -4,11 +4,12 @@ HAR windows are tiny (9 x 128 floats), so the per-sample ``Dataset.__getitem__``
 of a DataLoader costs more than the forward pass. Windows are held as tensors on the device and
 batches are taken by indexing with a shuffled permutation.
 
-:meth:`Trainer.fit` is the loop over epochs: a :class:`~har_bench.training.session.Session` trains one
-epoch of optimizer steps, then ``_end_epoch`` validates, tracks the best epoch, commits the
+:meth:`Trainer.fit` is the loop over epochs: a :class:`~har_bench.training.session.Session` trains
+one epoch of optimizer steps, then ``_end_epoch`` validates, tracks the best epoch, commits the
 checkpoint and logs. What the loop carries between steps is a
-:class:`~har_bench.training.train_state.TrainState`; the checkpoint files are :mod:`har_bench.training.checkpoint`'s,
-the best-epoch bookkeeping :mod:`har_bench.training.early_stopping`'s and the signal handling
+:class:`~har_bench.training.train_state.TrainState`; the checkpoint files are
+:mod:`har_bench.training.checkpoint`'s, the best-epoch bookkeeping
+:mod:`har_bench.training.early_stopping`'s and the signal handling
 :mod:`har_bench.training.signals`'.
 """
 
@@ -77,8 +78,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 class Trainer:
     """Fits a classifier on in-memory windows with AMP, gradient accumulation and early stopping.
 
-    Per-batch transforms (augmentation, mixup), loss variants and weight averaging plug in at
-    one place, :meth:`har_bench.training.session.Session.optimizer_step`: a batch is transformed and its
+    Per-batch transforms (augmentation, mixup), loss variants and weight averaging plug in at one
+    place, :meth:`har_bench.training.session.Session.optimizer_step`: a batch is transformed and its
     loss computed there, and averaged weights are updated right after the optimizer steps.
 
     Args:
@@ -214,13 +215,13 @@ class Trainer:
     ) -> FitResult:
         """Train ``model``; keep the best-on-validation weights (never looks at a test set).
 
-        ``resume`` (from :func:`har_bench.training.checkpoint.load_resume_state`) continues exactly where
-        that checkpoint left off, mid-epoch included. SIGINT/SIGTERM stop training at the next
+        ``resume`` (from :func:`har_bench.training.checkpoint.load_resume_state`) continues exactly
+        where that checkpoint left off, mid-epoch included. SIGINT/SIGTERM stop training at the next
         optimizer-step boundary, with the mid-epoch state in ``last.pt``. ``augment`` transforms
         every training batch; a :class:`~har_bench.training.schedules.StepSchedule` is stepped after
-        every optimizer step, any other scheduler once per epoch. ``prepare`` turns a stored
-        batch into the model's input (when there is no ``augment``, which then does it);
-        ``finetune`` freezes parts of the model per epoch and sets the backbone's rate.
+        every optimizer step, any other scheduler once per epoch. ``prepare`` turns a stored batch
+        into the model's input (when there is no ``augment``, which then does it); ``finetune``
+        freezes parts of the model per epoch and sets the backbone's rate.
         """
         if len(X_train) == 0:
             raise UserError("the training split has no windows")

@@ -7,8 +7,8 @@ at 224 x 224); each batch is resized, cropped and normalised where the network r
   resize (aspect kept) to cover ``size / crop_ratio``, cut out the centre ``size``, normalise.
 * :class:`ImageAugment` (``augment=image``), the training path: random resized crop,
   horizontal flip and light colour jitter, then the same normalisation. Like the sensor
-  :class:`~har_bench.training.augment.Augment` it draws from its own seeded CPU generator, whose state
-  is part of the resumable training state, so a batch is transformed alike on any device.
+  :class:`~har_bench.training.augment.Augment` it draws from its own seeded CPU generator, whose
+  state is part of the resumable training state, so a batch is transformed alike on any device.
 
 Resizing is ``torch.nn.functional.interpolate`` (bilinear, antialiased as torchvision's
 ``Resize``), so nothing here needs torchvision. The colour operations follow torchvision's

@@ -1,9 +1,9 @@
 """One fit's objects and the training they do between two validations.
 
-A :class:`Session` holds what :meth:`har_bench.training.engine.Trainer.fit` trains with (the model, its
-optimizer, scheduler, grad scaler, averaged weights, per-batch transforms and the loop state);
-:meth:`Session.train_epoch` runs one epoch of optimizer steps and :meth:`Session.optimizer_step`
-is the one place where a batch is transformed, its loss computed and the weights moved.
+A :class:`Session` holds what :meth:`har_bench.training.engine.Trainer.fit` trains with (the model,
+its optimizer, scheduler, grad scaler, averaged weights, per-batch transforms and the loop state);
+:meth:`Session.train_epoch` runs one epoch of optimizer steps and :meth:`Session.optimizer_step` is
+the one place where a batch is transformed, its loss computed and the weights moved.
 """
 
 from __future__ import annotations
