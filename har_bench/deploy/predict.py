@@ -335,10 +335,13 @@ def predict(
     label_column: str | None = "label",
     sort_time: bool = False,
     reject: float | None = None,
-    predictor: Predictor | None = None,
+    on_ready: Callable[[Predictor], None] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """One row per window (start, predicted class, probabilities) and a summary."""
-    predictor = predictor or Predictor(run_dir, onnx)
+    """One row per window (start, predicted class, probabilities) and a summary;
+    ``on_ready`` sees the predictor before the recording is read (the CLI prints its notes)."""
+    predictor = Predictor(run_dir, onnx)
+    if on_ready is not None:
+        on_ready(predictor)
     stream = read_recording(inputs, predictor.prep, time_column, time_unit, label_column, sort_time)
     return predict_stream(
         predictor, stream, smooth_k=smooth_k, resample=resample, step=step, reject=reject
@@ -630,10 +633,9 @@ def main(argv: Sequence[str]) -> int:
             check_live_options(args)
         elif args.output is not None:
             check_output(args.output, args.run_dir, args.input)
-        predictor = Predictor(args.run_dir, args.onnx)
-        for note in predictor.notes:
-            print(f"note: {note}", file=sys.stderr)
         if live:
+            predictor = Predictor(args.run_dir, args.onnx)
+            say_notes(predictor)
             predict_live(
                 predictor,
                 sys.stdin,
@@ -657,7 +659,8 @@ def main(argv: Sequence[str]) -> int:
             label_column=args.label_column,
             sort_time=args.sort_time,
             reject=reject,
-            predictor=predictor,
+            on_ready=say_notes,
+            onnx=args.onnx,
         )
     except BrokenPipeError:
         # The reader of a live stream went away (`| head`): stop quietly, as a pipe's writer does.
@@ -681,6 +684,11 @@ def main(argv: Sequence[str]) -> int:
         return 2
     print_summary(table, summary, args.output)
     return 0
+
+
+def say_notes(predictor: Predictor) -> None:
+    for note in predictor.notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def check_live_options(args: argparse.Namespace) -> None:
