@@ -634,6 +634,9 @@ def main(argv: Sequence[str]) -> int:
         elif args.output is not None:
             check_output(args.output, args.run_dir, args.input)
         if live:
+            # One window at a time gains nothing from intra-op threads, and on a busy machine
+            # their barrier waits for a descheduled thread: latency jumps by a time slice.
+            torch.set_num_threads(1)
             predictor = Predictor(args.run_dir, args.onnx)
             say_notes(predictor)
             predict_live(
