@@ -165,3 +165,31 @@ def test_dict_overrides_are_written_in_hydra_grammar():
     assert override_list(
         {"a": True, "b": None, "c": [1, 2], "d": 0.5, "e": "x y", "f": "resnet18"}
     ) == ["a=true", "b=null", "c=[1,2]", "d=0.5", "e='x y'", "f=resnet18"]
+
+
+@pytest.mark.slow
+def test_the_notebook_example_runs_as_shown(tmp_path, monkeypatch, quiet_logging):
+    """docs/python-api.md's cells, run in order from a fresh folder, print what the page
+    shows."""
+    import contextlib
+    import io
+    import re
+
+    text = (REPO / "docs" / "python-api.md").read_text()
+    cells = re.findall(r"```python\n(.*?)```", text, re.S)
+    shown = re.findall(r"```text\n(.*?)```", text, re.S)
+    assert len(cells) == len(shown) >= 6
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    printed = []
+    for i, cell in enumerate(cells):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(cell, f"python-api.md cell {i}", "exec"), namespace)
+        printed.append(out.getvalue())
+    # The page's tables come back with their shapes (figures may differ across machines).
+    assert printed[1].splitlines()[1].split()[1] == "val"  # fitted on the validation part
+    assert len(printed[1].splitlines()) == len(shown[1].splitlines())
+    assert printed[2].splitlines()[0] == shown[2].splitlines()[0]  # the class names
+    assert printed[3].strip() == shown[3].strip()
+    assert printed[-1].count("UserError: ") == 2
