@@ -98,7 +98,8 @@ def check_finished(run_dir: Path) -> dict[str, Any]:
         if metrics.get("weights") == "fitted":
             raise RunNotReadyError(
                 f"{run_dir}: model={metrics.get('model')} is fitted outside the training loop "
-                "and has no torch weights to export; export works on the neural models"
+                "and has no torch weights to export or predict with; export and predict work on the "
+                "neural models"
             )
         raise RunNotReadyError(
             f"{run_dir} has no {checkpoint.relative_to(run_dir)}: the tested weights are missing"
