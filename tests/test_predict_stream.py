@@ -78,10 +78,10 @@ def reader(stream) -> queue.Queue:
 
 
 def test_stream_gives_the_offline_windows_and_labels_line_by_line(run_dir, recording):
-    offline, _ = predict(run_dir, [recording], reject=0.5)
+    offline, _ = predict(run_dir, [recording], reject=0.5, smooth_k=3)
     window = FinishedRun(run_dir).preprocessing.window
     rows = recording.read_text().splitlines(keepends=True)
-    proc = start_stream(run_dir, "--reject", "0.5")
+    proc = start_stream(run_dir, "--reject", "0.5", "--smooth", "3")
     lines = reader(proc.stdout)
     try:
         proc.stdin.write(rows[0])
@@ -103,6 +103,7 @@ def test_stream_gives_the_offline_windows_and_labels_line_by_line(run_dir, recor
     live = pd.read_csv(pd.io.common.StringIO(header + first + "".join(rest)))
     assert len(live) == len(offline) > 10
     assert list(live["predicted"]) == list(offline["predicted"])
+    assert list(live["smoothed"]) == list(offline["smoothed"])
     assert list(live["true"]) == list(offline["true"])
     assert np.allclose(live["start_s"], offline["start_s"])
     probs = [c for c in offline if c.startswith("p_")]
