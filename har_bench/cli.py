@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from har_bench.config import CONFIG_NAME, VERSION_BASE, compose, config_dir
+from har_bench.config import CONFIG_NAME, VERSION_BASE, config_dir, describe_config_error
 from har_bench.core.errors import UserError, bug_message
 from har_bench.core.fs import storage_failure
 from har_bench.runs import rundir
@@ -357,60 +356,6 @@ def _hydra_raises() -> Any:
         os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
-def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
-    """One line for a composition error (unknown option, unknown key, bad override syntax) or
-    a refused resume; None for anything else (a bug keeps its traceback)."""
-    from hydra.errors import (
-        ConfigCompositionException,
-        HydraException,
-        MissingConfigException,
-        OverrideParseException,
-    )
-    from omegaconf.errors import OmegaConfBaseException
-
-    # A refused resume, or a run dir another process trains in: before Hydra starts.
-    if isinstance(e, UserError):
-        return str(e)
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
-    if isinstance(e, MissingConfigException):
-        group, _, name = (e.missing_cfg_file or "").rpartition("/")
-        if group and e.options:
-            options = sorted(str(o) for o in e.options)
-            msg = f"{group}={name} is unknown: expected one of {', '.join(options)}"
-            close = _closest(name, options)
-            return msg + (f" (did you mean {group}={close}?)" if close else "")
-        return first
-    if isinstance(e, OverrideParseException):
-        bad = _unparsable(args)
-        return (
-            f"cannot parse the override {bad!r} ({first}); quote values with special "
-            "characters, e.g. 'dataset.root=\"/data/UCI HAR Dataset\"'"
-            if bad
-            else first
-        )
-    if isinstance(e, ConfigCompositionException):
-        m = re.match(r"Could not override '([^']+)'", text)
-        cause = e.__cause__
-        if m and cause is not None and "not in struct" in str(cause):
-            key = m[1]
-            close = closest_key(key, args)
-            param = (close or "").removeprefix("hydra.sweeper.params.")
-            if close and param != close and "." in param:
-                # A sweeper's param named "a.b" is one key holding a dot, which no dotted
-                # override path reaches; the command line's own sweep replaces it.
-                hint = f"; sweep that parameter as `-m {param}=...`, which wins over the preset's"
-            else:
-                hint = f"; did you mean {close}?" if close else ""
-            return f"{key} is not a config key{hint} (har-bench --help lists every key)"
-        if m and cause is not None:
-            return f"cannot set {m[1]}: {str(cause).strip().splitlines()[0]}"
-        return " ".join(line.strip() for line in text.splitlines()[:2])
-    if isinstance(e, HydraException | OmegaConfBaseException):
-        return first
-    return None
-
-
 def describe_output_error(e: OSError) -> str:
     """One line for a run or sweep directory Hydra could not create or write into (a file is
     in its place, a read-only or virtual filesystem, no permission)."""
@@ -425,62 +370,6 @@ def describe_output_error(e: OSError) -> str:
         f"cannot create or write {where}: {reason}; set hydra.run.dir (hydra.sweep.dir for "
         "-m) to a folder you can write"
     )
-
-
-def _closest(word: str, candidates: Sequence[str]) -> str | None:
-    import difflib
-
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def _unparsable(args: Sequence[str]) -> str | None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    for a in args:
-        if a.startswith("-"):
-            continue
-        try:
-            parser.parse_override(a)
-        except Exception:
-            return a
-    return None
-
-
-def closest_key(key: str, args: Sequence[str]) -> str | None:
-    """The existing config key nearest to a misspelled one, looked up in the config the
-    command's group choices (model=..., dataset=...) give, siblings first."""
-    from omegaconf import OmegaConf
-
-    choices = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and a[0] not in "+~-"]
-    cfg = None
-    for overrides in (choices, []):
-        try:
-            cfg = compose(overrides, return_hydra_config=True)
-            break
-        except Exception:
-            continue
-    if cfg is None:
-        return None
-    keys: list[str] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        for k in node:
-            full = f"{prefix}{k}"
-            keys.append(full)
-            child = OmegaConf.select(node, str(k), throw_on_resolution_failure=False)
-            if OmegaConf.is_dict(child):
-                walk(child, full + ".")
-
-    walk(cfg, "")
-    parent, _, leaf = key.rpartition(".")
-    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
-    if parent and siblings:
-        close = _closest(leaf, siblings)
-        if close:
-            return f"{parent}.{close}"
-    return _closest(key, keys)
 
 
 if __name__ == "__main__":

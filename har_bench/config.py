@@ -9,6 +9,7 @@ that need it: the CLI imports this module before it knows whether a run starts a
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,3 +207,116 @@ def as_user_error(e: BaseException) -> UserError | None:
         # Interpolation and type errors: OmegaConf's first line names the key.
         return UserError(str(e).strip().splitlines()[0])
     return None
+
+
+# -- composition errors as one line -----------------------------------------------------------
+
+
+def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
+    """One line for a composition error (unknown option, unknown key, bad override syntax) or
+    a refused resume; None for anything else (a bug keeps its traceback)."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        HydraException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    # A refused resume, or a run dir another process trains in: before Hydra starts.
+    if isinstance(e, UserError):
+        return str(e)
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if isinstance(e, MissingConfigException):
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        if group and e.options:
+            options = sorted(str(o) for o in e.options)
+            msg = f"{group}={name} is unknown: expected one of {', '.join(options)}"
+            close = _closest(name, options)
+            return msg + (f" (did you mean {group}={close}?)" if close else "")
+        return first
+    if isinstance(e, OverrideParseException):
+        bad = _unparsable(args)
+        return (
+            f"cannot parse the override {bad!r} ({first}); quote values with special "
+            "characters, e.g. 'dataset.root=\"/data/UCI HAR Dataset\"'"
+            if bad
+            else first
+        )
+    if isinstance(e, ConfigCompositionException):
+        m = re.match(r"Could not override '([^']+)'", text)
+        cause = e.__cause__
+        if m and cause is not None and "not in struct" in str(cause):
+            key = m[1]
+            close = closest_key(key, args)
+            param = (close or "").removeprefix("hydra.sweeper.params.")
+            if close and param != close and "." in param:
+                # A sweeper's param named "a.b" is one key holding a dot, which no dotted
+                # override path reaches; the command line's own sweep replaces it.
+                hint = f"; sweep that parameter as `-m {param}=...`, which wins over the preset's"
+            else:
+                hint = f"; did you mean {close}?" if close else ""
+            return f"{key} is not a config key{hint} (har-bench --help lists every key)"
+        if m and cause is not None:
+            return f"cannot set {m[1]}: {str(cause).strip().splitlines()[0]}"
+        return " ".join(line.strip() for line in text.splitlines()[:2])
+    if isinstance(e, HydraException | OmegaConfBaseException):
+        return first
+    return None
+
+
+def _closest(word: str, candidates: Sequence[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _unparsable(args: Sequence[str]) -> str | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for a in args:
+        if a.startswith("-"):
+            continue
+        try:
+            parser.parse_override(a)
+        except Exception:
+            return a
+    return None
+
+
+def closest_key(key: str, args: Sequence[str]) -> str | None:
+    """The existing config key nearest to a misspelled one, looked up in the config the
+    command's group choices (model=..., dataset=...) give, siblings first."""
+    from omegaconf import OmegaConf
+
+    choices = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and a[0] not in "+~-"]
+    cfg = None
+    for overrides in (choices, []):
+        try:
+            cfg = compose(overrides, return_hydra_config=True)
+            break
+        except Exception:
+            continue
+    if cfg is None:
+        return None
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for k in node:
+            full = f"{prefix}{k}"
+            keys.append(full)
+            child = OmegaConf.select(node, str(k), throw_on_resolution_failure=False)
+            if OmegaConf.is_dict(child):
+                walk(child, full + ".")
+
+    walk(cfg, "")
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    if parent and siblings:
+        close = _closest(leaf, siblings)
+        if close:
+            return f"{parent}.{close}"
+    return _closest(key, keys)

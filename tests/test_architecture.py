@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "analysis": ("har_bench.analysis",),
     "deploy": ("har_bench.deploy",),
     "cli": ("har_bench.cli",),
+    "api": ("har_bench.api",),
 }
 # Layer -> the layers it may import from (its own always). The package itself (``__version__``)
 # may be imported by anyone.
@@ -40,6 +41,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "analysis": {"core", "config", "runs"},
     "deploy": {"core", "config", "models", "data", "training", "runs", "experiment"},
     "cli": {"core", "config", "runs", "experiment", "analysis", "training", "deploy"},
+    "api": {"core", "config", "runs", "experiment", "analysis", "training", "deploy"},
 }
 # The modules that may know Hydra (never its internals), and OmegaConf; a name covers its
 # submodules.
@@ -50,12 +52,15 @@ HYDRA_MODULES = (
     "har_bench.runs.resume",
     "har_bench.analysis.sweep",
     "har_bench.cli",
+    "har_bench.api",
 )
 # rundir reads and writes the YAML of .hydra/; deploy rebuilds a finished run from it.
 OMEGACONF_MODULES = (*HYDRA_MODULES, "har_bench.runs.rundir", "har_bench.deploy")
 # Loaded without torch (module-level imports, followed through har_bench): the CLI's start,
 # `har-bench compare` and the sweep summary answer in a fraction of a second.
 TORCH_FREE = (
+    "har_bench",
+    "har_bench.api",
     "har_bench.cli",
     "har_bench.analysis.compare",
     "har_bench.analysis.grouping",

@@ -90,21 +90,29 @@ def write_csv(
 
 def _write_rows(w: Any, comp: Comparison, metrics: Sequence[str], groups: Sequence[Group]) -> None:
     """The comparison table as CSV rows: the swept keys, counts, then mean/std/n per metric."""
+    header, rows = csv_rows(comp, metrics, groups)
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+
+
+def csv_rows(
+    comp: Comparison, metrics: Sequence[str], groups: Sequence[Group]
+) -> tuple[list[str], list[list[Any]]]:
+    """The comparison table as numbers (NaN where a metric is missing): the swept keys, counts,
+    then mean/std/n per metric; comparison.csv and ``har_bench.compare`` hold these."""
     header = [*comp.keys, "n", "n_runs"]
     for m in metrics:
         header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
-    w.writerow(header)
+    rows = []
     for g in groups:
         row: list[Any] = [format_key(g.key[k]) for k in comp.keys]
         row += [len(g.completed), len(g.runs)]
         for m in metrics:
             mean, std, n = g.stats(m)
-            row += [
-                "" if math.isnan(mean) else repr(mean),
-                "" if math.isnan(std) else repr(std),
-            ]
-            row.append(n)
-        w.writerow(row)
+            row += [float(mean), float(std), n]
+        rows.append(row)
+    return header, rows
 
 
 def markdown(comp: Comparison, metrics: Sequence[str], groups: Sequence[Group], title: str) -> str:

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from har_bench.core.calibration import Calibration
 from har_bench.core.errors import UserError
 from har_bench.experiment.components import from_config
 from har_bench.experiment.prepare import PreparedData, prepare_data
@@ -72,9 +73,9 @@ class Preprocessing:
         return ((X - mean) / std).astype(np.float32)
 
 
-def check_finished(run_dir: Path) -> dict[str, Any]:
-    """The run's ``metrics.json`` when it is a completed run of a neural model whose tested
-    weights are on disk; a one-line :class:`RunNotReadyError` otherwise."""
+def check_completed(run_dir: Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` when it is a completed run (of any model); a one-line
+    :class:`RunNotReadyError` otherwise."""
     run_dir = Path(run_dir)
     problem = rundir.not_a_run(run_dir)
     if problem is not None:
@@ -84,12 +85,21 @@ def check_finished(run_dir: Path) -> dict[str, Any]:
         raise RunNotReadyError(
             f"{run_dir} has no finished model: {why_unfinished(run_dir, metrics)}"
         )
+    return metrics
+
+
+def check_finished(run_dir: Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` when it is a completed run of a neural model whose tested
+    weights are on disk; a one-line :class:`RunNotReadyError` otherwise."""
+    run_dir = Path(run_dir)
+    metrics = check_completed(run_dir)
     checkpoint = rundir.tested_checkpoint(run_dir)
     if not checkpoint.is_file():
         if metrics.get("weights") == "fitted":
             raise RunNotReadyError(
                 f"{run_dir}: model={metrics.get('model')} is fitted outside the training loop "
-                "and has no torch weights to export; export works on the neural models"
+                "and has no torch weights to export or predict with; export and predict work on the "
+                "neural models"
             )
         raise RunNotReadyError(
             f"{run_dir} has no {checkpoint.relative_to(run_dir)}: the tested weights are missing"
@@ -266,3 +276,17 @@ def save_preprocessing(run_dir: Path, prep: Preprocessing) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rundir.write_json(path, prep.to_json())
     return path
+
+
+def load_calibration(run_dir: Path) -> Calibration | None:
+    """The run's ``calibration.json``; None for a run trained before runs were calibrated. A
+    damaged file is refused rather than silently read as temperature 1."""
+    path = Path(run_dir) / rundir.CALIBRATION
+    if not path.is_file():
+        return None
+    try:
+        return Calibration.from_json(rundir.read_json(path))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise RunNotReadyError(
+            f"{path} cannot be read ({e}); delete it to predict with uncalibrated probabilities"
+        ) from None

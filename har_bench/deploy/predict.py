@@ -30,16 +30,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from har_bench.config import as_user_error
+from har_bench.core.calibration import UNKNOWN, check_reject, labels_with_reject, softmax
 from har_bench.core.errors import UserError, bug_message, save_traceback
 from har_bench.core.fs import atomic_write
 from har_bench.data.recordings import TIME_UNITS
@@ -47,10 +55,17 @@ from har_bench.data.windowing import Recording, window_recordings
 from har_bench.deploy.loaded import (
     FinishedRun,
     Preprocessing,
+    load_calibration,
     load_preprocessing,
     save_preprocessing,
 )
-from har_bench.deploy.recording import RecordingError, Stream, read_recording
+from har_bench.deploy.recording import (
+    RecordingError,
+    Stream,
+    data_row,
+    match_columns,
+    read_recording,
+)
 from har_bench.runs import rundir
 
 # A recording whose rate is within this fraction of the run's is taken as the same rate (clock
@@ -177,15 +192,135 @@ def onnx_path(run: FinishedRun, form: str) -> Path:
     return path
 
 
-def logits_for(
-    run: FinishedRun, prep: Preprocessing, X: np.ndarray, onnx: Path | None
-) -> np.ndarray:
-    if onnx is not None:
-        from har_bench.deploy import onnx_model
+class Predictor:
+    """A finished run ready to classify windows: its preprocessing, its model (torch, or an
+    exported ONNX file through ONNX Runtime) loaded once, and its temperature.
 
-        return onnx_model.ort_logits(onnx_model.session(onnx), X)
-    model = run.load_model(len(prep.channel_names), len(prep.class_names))
-    return run.trainer.predict(model, torch.from_numpy(X)).numpy()
+    The one path from standardised windows to calibrated probabilities and labels, shared by
+    ``har-bench predict`` (a recording file, or rows live from stdin) and
+    :meth:`har_bench.api.Run.predict`.
+    """
+
+    def __init__(self, run_dir: Path, onnx: str | None = None) -> None:
+        self.run = FinishedRun(run_dir)
+        self.prep = preprocessing_for(self.run)
+        self.onnx_file = onnx_path(self.run, onnx) if onnx is not None else None
+        self.runtime = f"onnxruntime ({rundir.ONNX_FILES[onnx]})" if onnx else "torch"
+        calibration = load_calibration(self.run.path)
+        self.temperature = calibration.temperature if calibration is not None else 1.0
+        # Said once by the caller (stderr for the CLI, a warning for the API).
+        self.notes: list[str] = []
+        if calibration is None:
+            self.notes.append(
+                f"{self.run.path} has no {rundir.CALIBRATION} (trained before runs were "
+                "calibrated): probabilities are the model's softmax (temperature 1)"
+            )
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.prep.class_names)
+
+    @cached_property
+    def forward(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Standardised windows [N, C, window] -> logits [N, classes]."""
+        if self.onnx_file is not None:
+            from har_bench.deploy import onnx_model
+
+            session = onnx_model.session(self.onnx_file)
+            return lambda X: onnx_model.ort_logits(session, X)
+        model = self.model
+        trainer = self.run.trainer
+        return lambda X: trainer.predict(model, torch.from_numpy(X)).numpy()
+
+    @cached_property
+    def model(self) -> nn.Module:
+        """The tested weights, in eval mode on the CPU."""
+        return self.run.load_model(len(self.prep.channel_names), len(self.prep.class_names))
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities [N, classes] of standardised windows [N, C, window]."""
+        return softmax(self.forward(np.ascontiguousarray(X, dtype=np.float32)), self.temperature)
+
+    def labels(self, probs: np.ndarray, reject: float | None = None) -> np.ndarray:
+        """The predicted class per window; ``unknown`` below the ``reject`` probability."""
+        return labels_with_reject(probs, self.class_names, reject)
+
+    def window_table(self, X: np.ndarray, reject: float | None = None) -> pd.DataFrame:
+        """Raw (unstandardised) windows [N, C, window] -> ``predicted`` and ``p_<class>``."""
+        X = np.asarray(X, dtype=np.float32)
+        shape = [len(self.prep.channel_names), self.prep.window]
+        if X.ndim != 3 or list(X.shape[1:]) != shape:
+            raise UserError(
+                f"windows of shape {list(X.shape)}: expected [N, {shape[0]}, {shape[1]}] (the "
+                f"run's channels {', '.join(self.prep.channel_names)} x {shape[1]} samples)"
+            )
+        probs = self.probabilities(self.prep.standardise(X))
+        table = pd.DataFrame({"predicted": self.labels(probs, reject)})
+        return add_probabilities(table, probs, self.class_names)
+
+
+def add_probabilities(table: pd.DataFrame, probs: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    for k, name in enumerate(names):
+        table[f"p_{name}"] = probs[:, k]
+    return table
+
+
+def predict_stream(
+    predictor: Predictor,
+    stream: Stream,
+    *,
+    smooth_k: int | None = None,
+    resample: bool = False,
+    step: int | None = None,
+    reject: float | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """One row per window of a recording read whole (start, predicted class, calibrated
+    probabilities) and a summary."""
+    prep = predictor.prep
+    windows = cut_windows(stream, prep, resample=resample, step=step)
+    probs = predictor.probabilities(windows.X)
+    pred = probs.argmax(1)
+    names = np.asarray(prep.class_names)
+    duration = prep.window / windows.rate_hz
+    table = pd.DataFrame(
+        {
+            "start_s": windows.start_s,
+            "end_s": windows.start_s + duration,
+            "start_time": stream.raw_time[windows.start_index],
+            "predicted": predictor.labels(probs, reject),
+        }
+    )
+    if smooth_k and smooth_k > 1:
+        table["smoothed"] = names[smooth(pred, probs, smooth_k)]
+    summary: dict = {
+        "source": stream.source,
+        "windows": len(table),
+        "window": prep.window,
+        "step": step or prep.step,
+        "rate_hz": windows.rate_hz,
+        "resampled_from_hz": windows.resampled_from,
+        "runtime": predictor.runtime,
+        "temperature": predictor.temperature,
+    }
+    accepted = np.ones(len(table), bool)
+    if reject is not None:
+        accepted = table["predicted"].to_numpy() != UNKNOWN
+        summary["reject"] = reject
+        summary["rejected"] = int((~accepted).sum())
+    if stream.labels is not None:
+        t_rel = stream.time_s - stream.time_s[0]
+        centre = np.clip(np.searchsorted(t_rel, windows.start_s + duration / 2), 0, len(t_rel) - 1)
+        table["true"] = stream.labels[centre]
+        known = np.isin(table["true"], names)
+        if (known & accepted).any():
+            kept = known & accepted  # a rejected window claims no class
+            summary["agreement"] = float((table["predicted"] == table["true"])[kept].mean())
+            if "smoothed" in table:
+                summary["agreement_smoothed"] = float(
+                    (table["smoothed"] == table["true"])[known].mean()
+                )
+            summary["windows_with_known_label"] = int(known.sum())
+    return add_probabilities(table, probs, prep.class_names), summary
 
 
 def predict(
@@ -199,53 +334,150 @@ def predict(
     time_unit: str = "s",
     label_column: str | None = "label",
     sort_time: bool = False,
+    reject: float | None = None,
+    on_ready: Callable[[Predictor], None] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """One row per window (start, predicted class, probabilities) and a summary."""
-    run = FinishedRun(run_dir)
-    prep = preprocessing_for(run)
-    onnx_file = onnx_path(run, onnx) if onnx is not None else None
-    stream = read_recording(inputs, prep, time_column, time_unit, label_column, sort_time)
-    windows = cut_windows(stream, prep, resample=resample, step=step)
-    logits = logits_for(run, prep, windows.X, onnx_file)
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    pred = probs.argmax(1)
-    names = np.asarray(prep.class_names)
-    duration = prep.window / windows.rate_hz
-    table = pd.DataFrame(
-        {
-            "start_s": windows.start_s,
-            "end_s": windows.start_s + duration,
-            "start_time": stream.raw_time[windows.start_index],
-            "predicted": names[pred],
-        }
+    """One row per window (start, predicted class, probabilities) and a summary;
+    ``on_ready`` sees the predictor before the recording is read (the CLI prints its notes)."""
+    predictor = Predictor(run_dir, onnx)
+    if on_ready is not None:
+        on_ready(predictor)
+    stream = read_recording(inputs, predictor.prep, time_column, time_unit, label_column, sort_time)
+    return predict_stream(
+        predictor, stream, smooth_k=smooth_k, resample=resample, step=step, reject=reject
     )
-    if smooth_k and smooth_k > 1:
-        table["smoothed"] = names[smooth(pred, probs, smooth_k)]
-    summary: dict = {
-        "source": stream.source,
-        "windows": len(table),
-        "window": prep.window,
-        "step": step or prep.step,
-        "rate_hz": windows.rate_hz,
-        "resampled_from_hz": windows.resampled_from,
-        "runtime": f"onnxruntime ({rundir.ONNX_FILES[onnx]})" if onnx else "torch",
-    }
-    if stream.labels is not None:
-        t_rel = stream.time_s - stream.time_s[0]
-        centre = np.clip(np.searchsorted(t_rel, windows.start_s + duration / 2), 0, len(t_rel) - 1)
-        table["true"] = stream.labels[centre]
-        known = np.isin(table["true"], names)
-        if known.any():
-            summary["agreement"] = float((table["predicted"] == table["true"])[known].mean())
-            if "smoothed" in table:
-                summary["agreement_smoothed"] = float(
-                    (table["smoothed"] == table["true"])[known].mean()
+
+
+# -- live: rows from stdin ---------------------------------------------------------------------
+
+
+def predict_live(
+    predictor: Predictor,
+    rows: TextIO,
+    out: TextIO,
+    *,
+    time_column: str = "time",
+    time_unit: str = "s",
+    label_column: str | None = "label",
+    smooth_k: int | None = None,
+    step: int | None = None,
+    reject: float | None = None,
+) -> int:
+    """Read recording rows (CSV with a header, the columns a recording file has) from ``rows``
+    as they arrive and write one CSV line per window to ``out`` as soon as its last row is in,
+    flushed, with ``latency_ms`` from that row's arrival to the line. Windows are those of
+    ``predict`` on the whole recording (the run's window and step, a new stretch after a gap in
+    time over the run's ``max_gap_s``). Returns the number of windows."""
+    prep = predictor.prep
+    window, step = prep.window, step or prep.step
+    rate = prep.resample_hz or prep.sampling_rate_hz
+    names = np.asarray(prep.class_names)
+    source = "--input - (stdin)"
+    # Loaded and run once before the first row, so the first window's latency is a window's.
+    predictor.probabilities(np.zeros((1, len(prep.channel_names), window), np.float32))
+    header_line = rows.readline()
+    if not header_line.strip():
+        raise RecordingError(f"{source}: no header line with the column names")
+    header = next(csv.reader([header_line]))
+    cols = match_columns(header, prep, source, time_column, label_column)
+    t_i = header.index(cols.time)
+    ch_i = [header.index(c) for c in cols.channels]
+    lab_i = header.index(cols.label) if cols.label is not None else None
+    scale = TIME_UNITS[time_unit]
+    out_cols = ["start_s", "end_s", "start_time", "predicted"]
+    out_cols += ["smoothed"] * bool(smooth_k and smooth_k > 1) + ["true"] * (lab_i is not None)
+    out_cols += [f"p_{n}" for n in prep.class_names] + ["latency_ms"]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(out_cols)
+    out.flush()
+    # The last window's rows of the current stretch (no gap in time over max_gap_s).
+    times: deque[float] = deque(maxlen=window)
+    raw: deque[str] = deque(maxlen=window)
+    samples: deque[list[float]] = deque(maxlen=window)
+    labels: deque[str] = deque(maxlen=window)
+    in_stretch = 0  # rows of the current stretch: windows start every step rows from its first
+    t0: float | None = None
+    n_rows = n_windows = 0
+    preds: list[int] = []
+    all_probs: list[np.ndarray] = []
+    rate_checked = rate is None
+    for line in iter(rows.readline, ""):
+        arrived = time.perf_counter()
+        if not line.strip():
+            continue
+        n_rows += 1
+        fields = next(csv.reader([line]))
+        where = f"{source}: {data_row(n_rows - 1)}"
+        try:
+            t = float(fields[t_i]) * scale
+            values = [float(fields[i]) for i in ch_i]
+        except (IndexError, ValueError):
+            raise RecordingError(
+                f"{where} has {len(fields)} fields, a missing or non-numeric time or channel "
+                f"value: expected the header's {len(header)} columns ({line.strip()[:80]})"
+            ) from None
+        if not (np.isfinite(t) and np.isfinite(values).all()):
+            raise RecordingError(f"{where} has an empty or non-numeric time or channel value")
+        if times and t <= times[-1]:
+            how = "repeats" if t == times[-1] else "is earlier than"
+            raise RecordingError(
+                f"{where}: its time stamp ({fields[t_i]}) {how} that of the row before: "
+                "expected increasing time stamps"
+            )
+        if t0 is None:
+            t0 = t
+        if times and t - times[-1] > prep.max_gap_s:  # a new stretch, as predict cuts it
+            for buffer in (times, raw, samples, labels):
+                buffer.clear()
+            in_stretch = 0
+        in_stretch += 1
+        times.append(t)
+        raw.append(fields[t_i])
+        samples.append(values)
+        labels.append(fields[lab_i] if lab_i is not None and lab_i < len(fields) else "")
+        if in_stretch < window or (in_stretch - window) % step:
+            continue
+        if not rate_checked:
+            d = np.diff(np.asarray(times))
+            measured = float(1.0 / np.median(d))
+            if abs(measured / rate - 1) > RATE_TOLERANCE:
+                raise RecordingError(
+                    f"{source} is sampled at {measured:.4g} Hz but the run's windows are "
+                    f"{rate:.4g} Hz: live prediction reads a recording at the run's rate (to "
+                    "resample, predict from a file with --resample)"
                 )
-            summary["windows_with_known_label"] = int(known.sum())
-    for k, name in enumerate(prep.class_names):
-        table[f"p_{name}"] = probs[:, k]
-    return table, summary
+            rate_checked = True
+        X = np.asarray(samples, np.float32).T[None]
+        probs = predictor.probabilities(prep.standardise(X))
+        start = times[0] - t0
+        duration = window / rate if rate else times[-1] - times[0]
+        record: list[object] = [
+            f"{start:.6g}",
+            f"{start + duration:.6g}",
+            raw[0],
+            predictor.labels(probs, reject)[0],
+        ]
+        preds.append(int(probs.argmax(1)[0]))
+        all_probs.append(probs[0])
+        if smooth_k and smooth_k > 1:
+            k = min(smooth_k, len(preds))
+            recent = np.asarray(preds[-k:])
+            record.append(names[smooth(recent, np.asarray(all_probs[-k:]), smooth_k)[-1]])
+        if lab_i is not None:
+            t_win = np.asarray(times) - t0
+            centre = min(int(np.searchsorted(t_win, start + duration / 2)), window - 1)
+            record.append(labels[centre])
+        record += [f"{p:.6g}" for p in probs[0]]
+        record.append(f"{(time.perf_counter() - arrived) * 1e3:.3g}")
+        writer.writerow(record)
+        out.flush()
+        n_windows += 1
+    if n_windows == 0:
+        raise RecordingError(
+            f"{source} ended after {n_rows} rows without a whole window of {window} samples "
+            "(without a gap in time over the run's max_gap_s)"
+        )
+    return n_windows
 
 
 def check_output(output: Path, run_dir: Path, inputs: Sequence[Path]) -> None:
@@ -301,6 +533,8 @@ def print_summary(table: pd.DataFrame, summary: dict, output: Path | None, tail:
         f"{summary['rate_hz']:.4g} Hz via {summary['runtime']}; most predicted: "
         + ", ".join(f"{k} {v:.0%}" for k, v in counts.items())
     )
+    if "rejected" in summary:
+        line += f"; {summary['rejected']} rejected as {UNKNOWN} (top probability < {summary['reject']:g})"
     if summary.get("resampled_from_hz"):
         line += f"; resampled from {summary['resampled_from_hz']:.4g} Hz"
     if "agreement" in summary:
@@ -327,7 +561,8 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         metavar="REC",
         help="CSV/Parquet with a time column and the run's channels, or WISDM raw "
-        "text (repeat for each sensor's file)",
+        "text (repeat for each sensor's file); '-' reads CSV rows from stdin and writes each "
+        "window's line as soon as it is complete",
     )
     p.add_argument(
         "--output",
@@ -359,6 +594,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--step", type=int, default=None, help="samples between windows (default: the run's)"
     )
+    p.add_argument(
+        "--reject",
+        default=None,
+        metavar="P",
+        help="label a window 'unknown' when its calibrated top probability is below P (0<P<1); "
+        "the run's reject_curve.csv shows the coverage and accuracy each P gives on its test set",
+    )
     p.add_argument("--time-column", default="time")
     p.add_argument("--time-unit", default="s", choices=list(TIME_UNITS))
     p.add_argument(
@@ -375,19 +617,43 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+LIVE = "-"  # --input -: rows from stdin
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
+    live = any(str(p) == LIVE for p in args.input)
     try:
         for name in ("smooth", "step"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name}={value} is invalid: expected an integer >= 1")
-        if args.output is not None:
+        reject = check_reject(args.reject) if args.reject is not None else None
+        if live:
+            check_live_options(args)
+        elif args.output is not None:
             check_output(args.output, args.run_dir, args.input)
+        if live:
+            # One window at a time gains nothing from intra-op threads, and on a busy machine
+            # their barrier waits for a descheduled thread: latency jumps by a time slice.
+            torch.set_num_threads(1)
+            predictor = Predictor(args.run_dir, args.onnx)
+            say_notes(predictor)
+            predict_live(
+                predictor,
+                sys.stdin,
+                sys.stdout,
+                time_column=args.time_column,
+                time_unit=args.time_unit,
+                label_column=args.label_column,
+                smooth_k=args.smooth,
+                step=args.step,
+                reject=reject,
+            )
+            return 0
         table, summary = predict(
             args.run_dir,
             args.input,
-            onnx=args.onnx,
             smooth_k=args.smooth,
             resample=args.resample,
             step=args.step,
@@ -395,7 +661,15 @@ def main(argv: Sequence[str]) -> int:
             time_unit=args.time_unit,
             label_column=args.label_column,
             sort_time=args.sort_time,
+            reject=reject,
+            on_ready=say_notes,
+            onnx=args.onnx,
         )
+    except BrokenPipeError:
+        # The reader of a live stream went away (`| head`): stop quietly, as a pipe's writer does.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         user_error = as_user_error(e)
         if user_error is None:
@@ -413,3 +687,26 @@ def main(argv: Sequence[str]) -> int:
         return 2
     print_summary(table, summary, args.output)
     return 0
+
+
+def say_notes(predictor: Predictor) -> None:
+    for note in predictor.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def check_live_options(args: argparse.Namespace) -> None:
+    """``--input -`` reads one table's rows as they come: refuse what needs the whole recording."""
+    if len(args.input) != 1:
+        raise UserError("--input - reads one recording from stdin: give no other --input")
+    for flag, given in (
+        ("--output", args.output is not None),
+        ("--resample", args.resample),
+        ("--sort-time", args.sort_time),
+    ):
+        if given:
+            why = (
+                "each window's line goes to stdout as it completes (redirect stdout instead)"
+                if flag == "--output"
+                else "it needs the whole recording; predict from a file instead"
+            )
+            raise UserError(f"{flag} cannot be used with --input -: {why}")

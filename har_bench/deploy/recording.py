@@ -114,12 +114,53 @@ def time_order(
     return np.arange(len(t))
 
 
-def _data_row(i: int) -> str:
+def data_row(i: int) -> str:
     return f"row {i + 1}"
 
 
 def _a_line(i: int) -> str:
     return "a line"  # a WISDM file is sorted before it is checked: its rows are not its lines
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where the run's channels, the time and the labels are among a table's columns."""
+
+    time: str
+    channels: list[str]  # in the run's channel order
+    label: str | None
+
+
+def match_columns(
+    columns: Sequence[object],
+    prep: Preprocessing,
+    source: str,
+    time_column: str,
+    label_column: str | None,
+) -> Columns:
+    """The columns the run needs, matched by name (case-insensitively when no exact match),
+    or a RecordingError naming what is missing."""
+    names = [str(c) for c in columns]
+    by_lower = {c.lower(): c for c in names}
+
+    def column(wanted: str) -> str | None:
+        return wanted if wanted in names else by_lower.get(wanted.lower())
+
+    missing = [c for c in prep.channel_names if column(c) is None]
+    if missing:
+        raise RecordingError(
+            f"{source} lacks channel(s) {', '.join(missing)} the run was trained on (it needs "
+            f"{', '.join(prep.channel_names)}; the file has {', '.join(names[:20])})"
+        )
+    tcol = column(time_column)
+    if tcol is None:
+        raise RecordingError(
+            f"{source} has no time column {time_column!r} (name it with --time-column; its unit "
+            f"with --time-unit {'/'.join(TIME_UNITS)})"
+        )
+    channels = [column(c) for c in prep.channel_names]
+    lcol = column(label_column) if label_column else None
+    return Columns(tcol, [c for c in channels if c is not None], lcol)
 
 
 def read_recording_table(
@@ -144,39 +185,38 @@ def read_recording_table(
         ) from None
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise RecordingError(f"{path} cannot be read ({str(e).splitlines()[0]})") from None
-    by_lower = {str(c).lower(): c for c in df.columns}
+    return recording_from_frame(
+        df, prep, str(path), time_column, time_unit, label_column, sort_time
+    )
 
-    def column(wanted: str) -> str | None:
-        return wanted if wanted in df.columns else by_lower.get(wanted.lower())
 
-    missing = [c for c in prep.channel_names if column(c) is None]
-    if missing:
-        raise RecordingError(
-            f"{path} lacks channel(s) {', '.join(missing)} the run was trained on (it needs "
-            f"{', '.join(prep.channel_names)}; the file has {', '.join(map(str, df.columns[:20]))})"
-        )
-    tcol = column(time_column)
-    if tcol is None:
-        raise RecordingError(
-            f"{path} has no time column {time_column!r} (name it with --time-column; its unit "
-            f"with --time-unit {'/'.join(TIME_UNITS)})"
-        )
-    raw_time = df[tcol].to_numpy()
+def recording_from_frame(
+    df: pd.DataFrame,
+    prep: Preprocessing,
+    source: str,
+    time_column: str = "time",
+    time_unit: str = "s",
+    label_column: str | None = "label",
+    sort_time: bool = False,
+) -> Stream:
+    """A recording table (a time column, the run's channels, optional labels) as a Stream."""
+    cols = match_columns(df.columns, prep, source, time_column, label_column)
+    df = df.rename(columns=str)
+    raw_time = df[cols.time].to_numpy()
     try:
         time_s = raw_time.astype(np.float64) * TIME_UNITS[time_unit]
     except (TypeError, ValueError):
-        raise RecordingError(f"{path}: time column {tcol!r} is not numeric") from None
+        raise RecordingError(f"{source}: time column {cols.time!r} is not numeric") from None
     # Non-numeric values become NaN here and are refused with their row just below.
-    channels = df[[column(c) for c in prep.channel_names]].apply(pd.to_numeric, errors="coerce")
+    channels = df[cols.channels].apply(pd.to_numeric, errors="coerce")
     signal = channels.to_numpy(dtype=np.float32)
     if not np.isfinite(signal).all():
         row = int(np.flatnonzero(~np.isfinite(signal).all(axis=1))[0])
-        raise RecordingError(f"{path}: {_data_row(row)} has an empty or non-numeric channel value")
-    order = time_order(raw_time, str(path), sort_time, _data_row)
+        raise RecordingError(f"{source}: {data_row(row)} has an empty or non-numeric channel value")
+    order = time_order(raw_time, source, sort_time, data_row)
     df, raw_time, time_s, signal = df.iloc[order], raw_time[order], time_s[order], signal[order]
-    lcol = column(label_column) if label_column else None
-    labels = df[lcol].astype(str).to_numpy() if lcol is not None else None
-    return Stream(str(path), time_s, raw_time, signal, labels)
+    labels = df[cols.label].astype(str).to_numpy() if cols.label is not None else None
+    return Stream(source, time_s, raw_time, signal, labels)
 
 
 def sibling_files(path: Path, sensors: Sequence[str]) -> dict[str, Path]:

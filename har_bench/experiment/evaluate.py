@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from har_bench.core.calibration import Calibration, reject_curve, softmax
 from har_bench.core.metrics import classification_metrics, confusion_counts
 from har_bench.core.timing import latency_ms, measure_latency
 from har_bench.experiment.build import BuiltModel
@@ -43,9 +44,21 @@ def estimator_scorer(model: Any) -> Scorer:
 
     def score(part: Part) -> dict[str, Any]:
         if len(part.y) == 0:  # no validation part: nothing to predict
-            return {"loss": float("nan"), "y_true": part.y.numpy(), "y_pred": part.y.numpy()}
-        pred = model.decision_function(part.X.numpy()).argmax(1)
-        return {"loss": float("nan"), "y_true": part.y.numpy(), "y_pred": pred}
+            empty = np.empty((0, 0), np.float32)
+            return {
+                "loss": float("nan"),
+                "y_true": part.y.numpy(),
+                "y_pred": part.y.numpy(),
+                "logits": empty,
+            }
+        # Its decision scores play the logits' part for the temperature.
+        scores = np.asarray(model.decision_function(part.X.numpy()), np.float32)
+        return {
+            "loss": float("nan"),
+            "y_true": part.y.numpy(),
+            "y_pred": scores.argmax(1),
+            "logits": scores,
+        }
 
     return score
 
@@ -81,6 +94,63 @@ def evaluate(score: Scorer, data: PreparedData, score_test: Scorer | None = None
     t0 = time.perf_counter()
     test = (score_test or score)(data.test)
     return Evaluation(val, test, time.perf_counter() - t0)
+
+
+@dataclass
+class Calibrated:
+    """The run's temperature (``calibration.json``) and the test set's reject curve."""
+
+    calibration: Calibration
+    reject_curve: dict[str, list[float]]  # threshold, coverage, accuracy
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json's ``calibration``."""
+        c = self.calibration
+        return {
+            "temperature": c.temperature,
+            "fitted_on": c.fitted_on,
+            "n_windows": c.n_windows,
+            "rule": c.rule,
+            "ece": c.ece,
+            "nll": c.nll,
+        }
+
+
+def calibrate(
+    score: Scorer,
+    evaluation: Evaluation,
+    data: PreparedData,
+    score_test: Scorer | None = None,
+) -> Calibrated | None:
+    """One temperature for the tested model's logits, fitted on the validation part; the
+    test part only measures it (calibration error before/after, the reject curve).
+
+    The validation windows are held out from the tested model unless it was refitted on them
+    (``score_test`` given) or there are none (``split.val_fraction=0``): then the temperature is
+    fitted on the windows the tested model was trained on, which are more often right and more
+    confidently so than new ones, so it corrects over-confidence less than held-out windows
+    would (out-of-fold logits would need a model per fold, the cost of the run again)."""
+    test = evaluation.test
+    if len(test["y_true"]) == 0 or test["logits"].shape[0] != len(test["y_true"]):
+        return None
+    val = evaluation.val
+    if score_test is None and len(val["y_true"]):
+        fit, fitted_on = val, "val"
+        rule = "the validation part, held out from the tested model"
+    else:
+        scorer = score_test or score
+        part = Part.joined(data.train, data.val) if score_test is not None else data.train
+        fit = scorer(part)
+        fitted_on = "train+val" if score_test is not None else "train"
+        why = "the model was refitted on train + validation" if score_test else "no validation part"
+        rule = f"the windows the tested model was trained on ({why})"
+    if fit["logits"].shape[0] != len(fit["y_true"]) or not len(fit["y_true"]):
+        return None
+    calibration = Calibration.fit(
+        fit["logits"], fit["y_true"], fitted_on, rule, test["logits"], test["y_true"]
+    )
+    probs = softmax(test["logits"], calibration.temperature)
+    return Calibrated(calibration, reject_curve(probs, test["y_true"]))
 
 
 @dataclass
@@ -146,6 +216,7 @@ class RunResult:
     class_names: list[str]
     history: list[dict[str, float]]
     best_epoch: int
+    calibration: Calibrated | None = None
 
 
 def collect_result(
@@ -162,6 +233,7 @@ def collect_result(
     refitted: Refitted | None = None,
     finetune: dict[str, Any] | None = None,
     step_budget: dict[str, Any] | None = None,
+    calibration: Calibrated | None = None,
 ) -> RunResult:
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -188,6 +260,8 @@ def collect_result(
     if resume is not None:
         metrics["resumed_from_epoch"] = resume["epoch"]
     metrics |= evaluation.metrics(data.class_names)
+    if calibration is not None:
+        metrics["calibration"] = calibration.metrics()
     ddp = distributed.report(metrics)  # under torchrun: every rank's figures
     if ddp is not None:
         metrics["ddp"] = ddp
@@ -199,4 +273,5 @@ def collect_result(
         class_names=data.class_names,
         history=fitted.history,
         best_epoch=fitted.best_epoch,
+        calibration=calibration,
     )

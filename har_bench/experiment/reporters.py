@@ -62,6 +62,22 @@ class ResultFiles(Reporter):
             artifacts.write_training_curves(self.run_dir, result.history)
 
 
+class CalibrationFiles(Reporter):
+    """``calibration.json`` (the temperature predict uses) and the test set's reject curve
+    (CSV and PNG)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_end(self, result: RunResult) -> None:
+        if result.calibration is None:
+            return
+        rundir.write_json(
+            self.run_dir / rundir.CALIBRATION, result.calibration.calibration.to_json()
+        )
+        artifacts.write_reject_curve(self.run_dir, result.calibration.reject_curve)
+
+
 class TensorBoard(Reporter):
     """Scalars per epoch; the test confusion matrix and one HParams session at the end."""
 
@@ -176,6 +192,7 @@ def default_reporters(
         [
             HistoryCsv(run_dir, resumed),
             ResultFiles(run_dir),
+            CalibrationFiles(run_dir),
             TensorBoard(run_dir, hparams, resumed),
             ConsoleSummary(run_dir),
         ]

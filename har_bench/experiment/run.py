@@ -23,6 +23,7 @@ from har_bench.experiment.build import build_model, finetune_record
 from har_bench.experiment.components import from_config
 from har_bench.experiment.evaluate import (
     best_weights_scorer,
+    calibrate,
     collect_result,
     estimator_scorer,
     evaluate,
@@ -165,6 +166,7 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
             fitted = fit_estimator(built, data, run_dir, training.refit)
             score = estimator_scorer(built.model)
         evaluation = evaluate(score, data, score_test)
+        calibration = calibrate(score, evaluation, data, score_test)
         tested = refitted.model if refitted is not None else built.model
         timings = measure(
             trainer,
@@ -188,6 +190,7 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
             refitted=refitted,
             finetune=finetune_record(training, built, fitted),
             step_budget=step_budget,
+            calibration=calibration,
         )
         reporters.on_end(result)
         # metrics.json last: its status "completed" means every other artifact is in place.

@@ -20,7 +20,14 @@ import pandas as pd
 
 from har_bench.core.fs import atomic_write
 from har_bench.core.metrics import row_normalise
-from har_bench.runs.rundir import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, HISTORY
+from har_bench.runs.rundir import (
+    CONFUSION_CSV,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    HISTORY,
+    REJECT_CURVE_CSV,
+    REJECT_CURVE_PNG,
+)
 
 
 def write_history(run_dir: Path, history: Sequence[Mapping[str, float]]) -> None:
@@ -81,6 +88,29 @@ def write_training_curves(run_dir: Path, history: Sequence[Mapping[str, float]])
         ax.legend()
     fig.tight_layout()
     save_figure(fig, run_dir / CURVES_PNG)
+
+
+def write_reject_curve(run_dir: Path, curve: Mapping[str, Sequence[float]]) -> None:
+    """Coverage and accuracy per reject threshold on the test set, as CSV and a PNG."""
+    df = pd.DataFrame(dict(curve))
+    atomic_write(
+        run_dir / REJECT_CURVE_CSV,
+        lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"),
+    )
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(df["coverage"], df["accuracy"], "-o", markersize=2)
+    for p in (0.5, 0.7, 0.9):
+        row = df.iloc[(df["threshold"] - p).abs().argmin()]
+        ax.annotate(f"P={p:g}", (row["coverage"], row["accuracy"]), fontsize=8)
+    ax.set(
+        xlabel="coverage (share of test windows kept)",
+        ylabel="accuracy on the kept windows",
+        title="--reject P: calibrated top probability >= P kept",
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, run_dir / REJECT_CURVE_PNG)
 
 
 def pyplot() -> Any:

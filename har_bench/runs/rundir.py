@@ -47,6 +47,11 @@ ENVIRONMENT = "environment.json"
 SPLIT_REPORT = "split_report.json"
 ERROR = "error.txt"
 CHECKPOINTS = "checkpoints"
+# The temperature predict divides the logits by (har_bench.core.calibration.Calibration), and
+# the test set's coverage and accuracy when the least confident windows are rejected.
+CALIBRATION = "calibration.json"
+REJECT_CURVE_CSV = "reject_curve.csv"
+REJECT_CURVE_PNG = "reject_curve.png"
 # Written by Hydra when the run starts; read back by a resume and by compare.
 HYDRA_DIR = ".hydra"
 SAVED_CONFIG = f"{HYDRA_DIR}/config.yaml"
@@ -75,6 +80,8 @@ RECORD_FILES = (
     TIMINGS,
     SPLIT_REPORT,
     CONFUSION_CSV,
+    CALIBRATION,
+    REJECT_CURVE_CSV,
     ENVIRONMENT,
     SAVED_CONFIG,
     SAVED_HYDRA_CONFIG,

@@ -179,13 +179,20 @@ class Trainer:
     def evaluate(
         self, model: nn.Module, X: torch.Tensor, y: torch.Tensor, prepare: Prepare = None
     ) -> dict[str, Any]:
-        """Loss, accuracy, macro-F1 and predictions on (X, y)."""
+        """Loss, accuracy, macro-F1, predictions and logits on (X, y)."""
         logits = self.predict(model, X, prepare)
         y = y[: len(logits)].cpu()
         if len(y) == 0:
             nan = float("nan")
             empty = y.numpy()
-            return {"loss": nan, "accuracy": nan, "macro_f1": nan, "y_true": empty, "y_pred": empty}
+            return {
+                "loss": nan,
+                "accuracy": nan,
+                "macro_f1": nan,
+                "y_true": empty,
+                "y_pred": empty,
+                "logits": torch.empty(0, 0).numpy(),
+            }
         pred = logits.argmax(1)
         return {
             "loss": float(F.cross_entropy(logits, y)),
@@ -193,6 +200,7 @@ class Trainer:
             "macro_f1": macro_f1(y.numpy(), pred.numpy()),
             "y_true": y.numpy(),
             "y_pred": pred.numpy(),
+            "logits": logits.numpy(),  # for the temperature (har_bench.core.calibration)
         }
 
     def fit(
