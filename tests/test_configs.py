@@ -106,13 +106,13 @@ def test_experiments_compose(compose_cfg, name):
 
 
 @pytest.mark.parametrize("name", config_options("ablation"))
-def test_each_ablation_changes_the_best_recipe(compose_cfg, name):
+def test_each_ablation_changes_the_ablated_recipe(compose_cfg, name):
     from omegaconf import OmegaConf
 
     from har_bench.config import flatten
 
-    base = flatten(OmegaConf.to_container(compose_cfg("experiment=uci_har_best")))
-    cfg = compose_cfg("experiment=uci_har_best", f"+ablation={name}")
+    base = flatten(OmegaConf.to_container(compose_cfg("experiment=uci_har_ablation")))
+    cfg = compose_cfg("experiment=uci_har_ablation", f"+ablation={name}")
     changed = flatten(OmegaConf.to_container(cfg))
     assert {k for k in base if base[k] != changed.get(k)}, name
     build_trainer(cfg)
