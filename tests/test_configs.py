@@ -128,3 +128,18 @@ def test_multirun_dirs_are_unique_per_job(compose_cfg):
     assert hydra_cfg["sweep"]["subdir"] == "${hydra.job.num}"
     # Microseconds in the time: two runs started in the same second get different folders.
     assert hydra_cfg["run"]["dir"].endswith("${now:%H-%M-%S-%f}")
+
+
+def test_loso_preset_tests_every_uci_har_subject_once(compose_cfg):
+    """experiment=uci_har_loso is one sweep whose jobs are the 30 folds of split=loso, each on
+    all the other subjects (nothing held out: nothing is selected)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose_cfg("experiment=uci_har_loso", return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.split._target_.endswith("loso_split") and cfg.split.val_fraction == 0
+    (override,) = OverridesParser.create().parse_overrides(
+        [f"split.fold={cfg.hydra.sweeper.params['split.fold']}"]
+    )
+    assert list(override.sweep_iterator()) == list(range(30))
+    assert cfg.hydra.sweep.subdir == "fold${split.fold}"
