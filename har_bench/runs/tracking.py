@@ -131,8 +131,12 @@ def http_settings(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def reason(e: BaseException) -> str:
-    """An exception as one short line (MLflow's messages hold whole URLs and retry reports)."""
+    """An exception as one short line: MLflow's messages about the network hold whole URLs and
+    retry reports around the cause that matters (``[Errno 111] Connection refused``)."""
     text = " ".join(str(e).split())
+    cause = re.search(r"\[Errno -?\d+\][^'\"()\]]*|(Read|Connect)TimeoutError|timed out", text)
+    if cause:
+        return cause.group(0).strip()
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -315,8 +319,8 @@ def start_run(
             client.log_batch(run_id, params=_params(params))  # chunked by the client
     except Exception as e:
         log.warning(
-            "MLflow tracking off for this run: %s did not answer as expected (%s); the run goes "
-            "on and writes its directory as usual",
+            "MLflow tracking off for this run: tracking at %s failed (%s); the run goes on and "
+            "writes its directory as usual",
             uri,
             reason(e),
         )
