@@ -29,6 +29,7 @@ BOOKKEEPING_KEYS = (
     "efficiency",
     "dataset.progress",
     "dataset.data_dir",
+    "tracking",
 )
 
 

@@ -368,3 +368,32 @@ def test_a_sweep_is_one_parent_run_with_a_child_per_job(server, tmp_path, monkey
         job_dir = Path(child.data.tags[tracking.RUN_DIR_TAG])
         assert job_dir.parent == sweep_dir
         assert _record(job_dir)["parent_run_id"] == parent.info.run_id
+
+
+def test_tracking_is_bookkeeping_not_part_of_the_experiment(compose_cfg):
+    """A run saved before tracking existed, or run untracked, is the same experiment as a
+    tracked one: resume, sweep re-runs and compare treat them as one."""
+    from omegaconf import OmegaConf
+
+    from har_bench.runs.resume import config_differences
+
+    saved = OmegaConf.to_container(compose_cfg(), resolve=False)
+    del saved["tracking"]  # as saved before the group existed
+    tracked = OmegaConf.to_container(compose_cfg("tracking=mlflow"), resolve=False)
+    assert config_differences(saved, tracked) == []
+
+
+def test_only_rank_0_of_a_torchrun_job_tracks(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with caplog.at_level(logging.WARNING):
+        run = tracking.start_run(
+            MlflowTracking(_closed_uri()),
+            tmp_path,
+            params={},
+            tags={},
+            run_name="r",
+            resume=False,
+        )
+    assert run is None and not caplog.records  # never tried: rank 0 reports the run
+    assert not (tmp_path / rundir.TRACKING).exists()

@@ -28,6 +28,7 @@ from typing import Any
 from har_bench.core.errors import MissingExtraError, UserError
 from har_bench.core.fs import file_lock
 from har_bench.runs import rundir
+from har_bench.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def local_database(uri: str) -> Path | None:
     if path in ("", ":memory:"):
         return None
     return Path(path).expanduser().resolve()
+
+
+def other_rank() -> bool:
+    """A torchrun process other than rank 0: it trains into a throw-away directory and reports
+    nothing (rank 0 tracks the run, and the sweep)."""
+    return distributed.enabled() and distributed.rank() != 0
 
 
 def require_mlflow() -> None:
@@ -288,6 +295,8 @@ def start_run(
     """The MLflow run of ``run_dir``: a new one with ``params`` and ``tags`` (a child of the
     sweep's parent run for a sweep's job), or for a resumed run the one it reported to before.
     Recorded in ``tracking.json``. None, after one warning, when MLflow cannot be reached."""
+    if other_rank():
+        return None
     uri = settings.tracking_uri
     try:
         client, experiment_id = _client_and_experiment(settings)
@@ -374,7 +383,7 @@ def sweep_parent(
 def begin_sweep(settings: MlflowTracking, sweep_dir: Path) -> None:
     """The multirun's parent run, made before any job starts (found again for a sweep re-run
     into its directory). Without MLflow nothing happens here: each job reports it."""
-    if not mlflow_installed():
+    if other_rank() or not mlflow_installed():
         return
     try:
         client, experiment_id = _client_and_experiment(settings)
@@ -393,7 +402,7 @@ def end_sweep(
     settings: MlflowTracking, sweep_dir: Path, failed: bool, files: Sequence[Path] = ()
 ) -> None:
     """The parent run's files (the sweep summary) and its end: FAILED when a job failed."""
-    if not mlflow_installed():
+    if other_rank() or not mlflow_installed():
         return
     try:
         client, experiment_id = _client_and_experiment(settings)
