@@ -397,3 +397,31 @@ def test_only_rank_0_of_a_torchrun_job_tracks(tmp_path, monkeypatch, caplog):
         )
     assert run is None and not caplog.records  # never tried: rank 0 reports the run
     assert not (tmp_path / rundir.TRACKING).exists()
+
+
+@pytest.mark.slow
+@needs_mlflow
+def test_a_resumed_run_goes_on_in_the_same_mlflow_run(server, tmp_path, monkeypatch, capsys):
+    main = in_process_cli(tmp_path, monkeypatch, capsys)
+    tracked = [
+        "tracking=mlflow",
+        f"tracking.tracking_uri={server}",
+        "tracking.experiment_name=resumed",
+    ]
+    code, err = main(*TWO_EPOCHS, "scheduler=none", *tracked)  # a schedule that can grow
+    assert code == 0, err
+    run_dir = _run_dir(tmp_path)
+    run_id = _record(run_dir)["run_id"]
+    metrics = json.loads((run_dir / rundir.METRICS).read_text())
+    metrics.update(status="interrupted", error="interrupted by SIGINT")  # as a Ctrl-C leaves it
+    (run_dir / rundir.METRICS).write_text(json.dumps(metrics))
+
+    code, err = main(f"trainer.resume={run_dir}", "trainer.max_epochs=3", *tracked)
+    assert code == 0, err
+    assert _record(run_dir)["run_id"] == run_id
+    client = _client(server)
+    history = client.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("resumed").experiment_id
+    assert len(client.search_runs([experiment])) == 1
