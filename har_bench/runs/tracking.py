@@ -106,9 +106,7 @@ def require_mlflow() -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        raise MissingExtraError(
-            f"tracking=mlflow needs MLflow, which is not installed: {INSTALL}"
-        ) from None
+        raise MissingExtraError(f"tracking=mlflow needs mlflow: {INSTALL}") from None
 
 
 def mlflow_installed() -> bool:
