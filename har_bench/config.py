@@ -30,6 +30,7 @@ BOOKKEEPING_KEYS = (
     "efficiency",
     "dataset.progress",
     "dataset.data_dir",
+    "tracking",
 )
 
 

@@ -1,4 +1,5 @@
-"""Hydra callback for multiruns: per-job resources and the sweep summary.
+"""Hydra callback for multiruns: per-job resources, the sweep summary and, with
+``tracking=mlflow``, the sweep's parent run in MLflow.
 
 Configured in ``configs/hydra/default.yaml`` (``hydra.callbacks.sweep``), so every launcher gets
 it. Jobs may run in other processes (joblib's loky workers, submitit), so nothing is passed
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 
 from har_bench.core.fs import atomic_write
 from har_bench.runs.rundir import HYDRA_DIR, METRICS, set_aside
+from har_bench.runs.tracking import MlflowTracking, begin_sweep, end_sweep, enter_sweep_job
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +56,45 @@ class SweepCallback(Callback):
             if len(gpus) > 1:
                 os.environ[GPUS_ENV] = ",".join(gpus)
                 log.info("%d parallel jobs on GPUs %s, one GPU per job", n_jobs, ",".join(gpus))
+        tracker = tracked(config)
+        if tracker is not None:
+            begin_sweep(tracker, Path(str(config.hydra.sweep.dir)))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         _job_done.clear()
         configure_job_resources(config)
+        # In the job's own process (a joblib or submitit worker too): its MLflow run is a child
+        # of the sweep's parent run.
+        enter_sweep_job(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        result = None
         try:
-            summarise(sweep_dir)
+            result = summarise(sweep_dir)
         except Exception as e:  # the jobs' own results must never be lost to a summary bug
             log.exception("could not write the sweep summary: %s", e)
+        tracker = tracked(config)
+        if tracker is not None:
+            failed = result is None or bool(result.failures)
+            end_sweep(tracker, sweep_dir, failed, [sweep_dir / SUMMARY_CSV])
+        enter_sweep_job(None)
         for key in (GPUS_ENV, SLOTS_ENV):
             os.environ.pop(key, None)
+
+
+def tracked(config: DictConfig) -> MlflowTracking | None:
+    """The sweep's MLflow settings (``tracking=mlflow``), or None. A bad setting is left to the
+    jobs, which report it as their error."""
+    from hydra.utils import instantiate
+
+    if not config.get("tracking"):
+        return None
+    try:
+        tracker = instantiate(config.tracking)
+    except Exception:
+        return None
+    return tracker if isinstance(tracker, MlflowTracking) else None
 
 
 # -- per-job resources -------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from har_bench.models.compress import (
 )
 from har_bench.models.summary import model_summary
 from har_bench.runs import rundir
+from har_bench.runs.tracking import attach_files
 
 FORMATS = ("onnx",)
 QUANTIZE = ("int8",)
@@ -74,7 +75,7 @@ def export_run(
     data = run.data
     out = rundir.export_dir(run.path)
     out.mkdir(parents=True, exist_ok=True)
-    save_preprocessing(run.path, run.preprocessing)
+    preprocessing = save_preprocessing(run.path, run.preprocessing)
     trainer = run.trainer
     X_test, y_test = data.test.X, data.test.y.numpy()
     if not len(X_test):
@@ -134,6 +135,11 @@ def export_run(
     report = build_report(run, forms, y_test, latency, batch, len(xb), threads)
     report["seconds"] = time.perf_counter() - t_start
     rundir.write_json(out / rundir.EXPORT_REPORT, report)
+    # A run tracked in MLflow gets its exported files in the same MLflow run.
+    files = [f.path for f in forms.values() if f.path is not None]
+    attach_files(
+        run.path, [*files, preprocessing, out / rundir.EXPORT_REPORT], rundir.EXPORT_DIR, log
+    )
     return report
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from har_bench.config import flatten
 from har_bench.core.errors import (
     UserError,
     check_finite_settings,
@@ -26,7 +27,8 @@ from har_bench.core.errors import (
     check_optional_int,
 )
 from har_bench.experiment.pretrained import WeightsSource
-from har_bench.experiment.spec import Choices, Experiment, Training
+from har_bench.experiment.spec import Choices, Experiment, Tracking, Training
+from har_bench.runs.tracking import MlflowTracking
 from har_bench.training.finetune import FineTune
 from har_bench.training.schedules import StepSchedule
 
@@ -40,7 +42,8 @@ RUNNER_KEYS = ("resume", "overwrite", "refit", "max_steps")
 
 
 def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
-    check_finite_settings(settings(cfg))
+    values = settings(cfg)
+    check_finite_settings(values)
     seed = check_int("seed", cfg.seed, 0)
     trainer = build(cfg, "trainer", exclude=RUNNER_KEYS)
     refit = cfg.trainer.get("refit", False)
@@ -76,7 +79,24 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
         resume=cfg.trainer.get("resume"),
         hparams=hparams_for_tensorboard(cfg, choices),
         weights=weights,
+        tracking=tracking_from_config(cfg, choices, values),
     )
+
+
+def tracking_from_config(cfg: DictConfig, choices: Choices, values: Any) -> Tracking | None:
+    """The tracking group's tracker with the run's params and tags; None for tracking=none.
+    MLflow itself is not needed here: a tracked run is exported where MLflow is not installed."""
+    if not cfg.get("tracking"):
+        return None
+    tracker = build(cfg, "tracking")
+    if not isinstance(tracker, MlflowTracking):
+        target = cfg.tracking.get("_target_")
+        raise UserError(
+            f"tracking._target_={target!r} is invalid: expected {MlflowTracking.__module__}.{MlflowTracking.__qualname__}"
+        )
+    # Hydra's own groups (hydra/launcher, ...) say how the run was launched, not what it is.
+    tags = {g: option for g, option in choices.groups if g.partition("/")[0] != "hydra"}
+    return Tracking(tracker, flatten(values), tags)
 
 
 def settings(cfg: DictConfig) -> Any:

@@ -2,14 +2,16 @@
 
 A reporter sees every epoch's history row (:meth:`Reporter.on_epoch`), the completed run's
 :class:`~har_bench.experiment.evaluate.RunResult` (:meth:`Reporter.on_end`, before
-``metrics.json`` marks the run completed) and is closed however the run ends. A new artifact or
-logger is one more class in :func:`default_reporters`.
+``metrics.json`` marks the run completed), the exception of a run that did not complete
+(:meth:`Reporter.on_abort`) and is closed however the run ends (after ``metrics.json`` for a
+completed run). A new artifact or logger is one more class in :func:`default_reporters`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from har_bench.experiment.evaluate import RunResult
-from har_bench.runs import artifacts, rundir
+from har_bench.experiment.spec import Tracking
+from har_bench.runs import artifacts, rundir, tracking
 
 
 class Reporter(Protocol):
@@ -28,6 +31,9 @@ class Reporter(Protocol):
         pass
 
     def on_end(self, result: RunResult) -> None:
+        pass
+
+    def on_abort(self, error: BaseException) -> None:
         pass
 
     def close(self) -> None:
@@ -117,6 +123,79 @@ class TensorBoard(Reporter):
         self.logger.close()
 
 
+class Mlflow(Reporter):
+    """``tracking=mlflow``: the config as params and the group choices as tags when the run
+    starts, each epoch's history row as metrics at step = epoch, the final figures
+    (``final/...``), then the run directory's key files and the run's status when it ends.
+    MLflow out of reach costs one warning and stops this reporter, never the run."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        spec: Tracking,
+        resumed: Sequence[Mapping[str, float]] | None,
+    ) -> None:
+        self.run_dir = run_dir
+        sweep_dir = tracking.sweep_of(run_dir)
+        name = "-".join(spec.tags[g] for g in ("model", "dataset") if g in spec.tags) or "run"
+        if sweep_dir is not None:
+            name += f" {Path(run_dir).resolve().relative_to(sweep_dir).as_posix()}"
+        self.run = tracking.start_run(
+            spec.settings,
+            run_dir,
+            params=spec.params,
+            tags=spec.tags,
+            run_name=name,
+            resume=resumed is not None,
+            sweep_dir=sweep_dir,
+        )
+        self.status: str | None = None
+
+    def on_epoch(self, row: Mapping[str, float]) -> None:
+        if self.run is not None:
+            values = {k: v for k, v in row.items() if k != "epoch" and _finite(v)}
+            self.run.log_metrics(values, step=int(row["epoch"]))
+
+    def on_end(self, result: RunResult) -> None:
+        if self.run is not None:
+            self.run.log_metrics(final_figures(result))
+        self.status = "FINISHED"
+
+    def on_abort(self, error: BaseException) -> None:
+        self.status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+
+    def close(self) -> None:
+        if self.run is None:
+            return
+        self.run.log_run_files(self.run_dir, tracking.ARTIFACTS)
+        self.run.end(self.status or "FAILED")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def final_figures(result: RunResult) -> dict[str, float]:
+    """``final/val_*`` and ``final/test_*`` (every scalar of metrics.json's val and test), the
+    best epoch, the model's size and the timings: one value each, for a run as a whole."""
+    metrics, summary, timings = result.metrics, result.model_summary, result.timings
+    out: dict[str, Any] = {}
+    for part in ("val", "test"):
+        for key, value in (metrics.get(part) or {}).items():
+            out[f"final/{part}_{key}"] = value
+    out |= {
+        "final/best_epoch": metrics.get("best_epoch"),
+        "final/epochs_trained": metrics.get("epochs_trained"),
+        "final/params": summary.get("params"),
+        "final/flops_per_sample": summary.get("flops_per_sample"),
+        "final/train_samples_per_second": timings.train_samples_per_second,
+        "final/latency_ms_p50": timings.inference_latency_ms.get("p50"),
+        "final/latency_ms_p95": timings.inference_latency_ms.get("p95"),
+    }
+    # A figure that does not apply (no validation part, no FLOP count for MiniRocket) is left out.
+    return {k: float(v) for k, v in out.items() if _finite(v)}
+
+
 class ConsoleSummary(Reporter):
     """The table of final figures, printed when the run completes."""
 
@@ -175,6 +254,10 @@ class Reporters(Reporter):
         for r in self.reporters:
             r.on_end(result)
 
+    def on_abort(self, error: BaseException) -> None:
+        for r in self.reporters:
+            r.on_abort(error)
+
     def close(self) -> None:
         for r in self.reporters:
             r.close()
@@ -185,9 +268,11 @@ def default_reporters(
     run_dir: Path,
     hparams: Mapping[str, Any],
     resumed: Sequence[Mapping[str, float]] | None,
+    tracked: Tracking | None = None,
 ) -> Iterator[Reporters]:
     """The run's reporters, closed on the way out however the run ends; ``resumed`` is the
-    history a resumed run continues (None for a fresh run)."""
+    history a resumed run continues (None for a fresh run), ``tracked`` the experiment tracker
+    (None for tracking=none)."""
     reporters = Reporters(
         [
             HistoryCsv(run_dir, resumed),
@@ -197,9 +282,12 @@ def default_reporters(
             ConsoleSummary(run_dir),
         ]
     )
+    if tracked is not None:
+        reporters.reporters.append(Mlflow(run_dir, tracked, resumed))
     try:
         yield reporters
-    except BaseException:
+    except BaseException as e:
+        reporters.on_abort(e)
         # A run that failed on a full disk fails again when its writers flush on closing;
         # the first error is the one to report.
         with contextlib.suppress(OSError):

@@ -41,6 +41,7 @@ from har_bench.experiment.prepare import check_selection, prepare_data
 from har_bench.experiment.reporters import default_reporters
 from har_bench.experiment.spec import Choices, Experiment
 from har_bench.runs import rundir
+from har_bench.runs.tracking import require_mlflow
 from har_bench.training.checkpoint import check_resume_state
 from har_bench.training.session import DivergedError
 from har_bench.training.signals import Interrupted, stop_on_signals
@@ -136,6 +137,8 @@ def _run_with_status(cfg: DictConfig, run_dir: Path, choices: Choices) -> dict[s
 
 def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
     """The stages, in order; returns metrics.json's content."""
+    if experiment.tracking is not None:
+        require_mlflow()  # before anything is read or trained
     seed_everything(experiment.seed)
     training, choices = experiment.training, experiment.choices
     trainer = training.trainer
@@ -152,7 +155,9 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
         training, step_budget = apply_step_budget(training, len(data.train))
         trainer = training.trainer
     resumed_history = resume["history"] if resume is not None else None
-    with default_reporters(run_dir, experiment.hparams, resumed_history) as reporters:
+    with default_reporters(
+        run_dir, experiment.hparams, resumed_history, experiment.tracking
+    ) as reporters:
         refitted, score_test = None, None
         if built.trained_by_loop:
             fitted = fit(training, built.model, data, run_dir, resume, reporters.on_epoch)

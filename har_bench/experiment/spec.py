@@ -14,6 +14,7 @@ from torch import nn
 from har_bench.data.base import HARData
 from har_bench.data.splits import Split
 from har_bench.experiment.pretrained import WeightsSource
+from har_bench.runs.tracking import MlflowTracking
 from har_bench.training.augment import Augment
 from har_bench.training.engine import Trainer
 from har_bench.training.finetune import FineTune
@@ -27,11 +28,14 @@ class Choices:
     model: str | None = None
     dataset: str | None = None
     split: str | None = None
+    # Every group's option, as (group, option) pairs: the tags of a tracked run.
+    groups: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, choices: Mapping[str, str] | None) -> Choices:
         choices = choices or {}
-        return cls(choices.get("model"), choices.get("dataset"), choices.get("split"))
+        groups = tuple(sorted((str(k), str(v)) for k, v in choices.items() if v is not None))
+        return cls(choices.get("model"), choices.get("dataset"), choices.get("split"), groups)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,15 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Tracking:
+    """``tracking=mlflow``: where the run is tracked and what identifies it there."""
+
+    settings: MlflowTracking
+    params: dict[str, Any]  # the config, flattened (``optimizer.lr``) and resolved
+    tags: dict[str, str]  # the option of each config group (``model: resnet18``)
+
+
+@dataclass(frozen=True)
 class Experiment:
     """Everything one run needs, built from the config; data and model are built by the stages
     (factories), so that a bad trainer or optimizer setting fails before any data is read."""
@@ -75,3 +88,4 @@ class Experiment:
     resume: str | None
     hparams: dict[str, Any]  # scalar config values that identify the run (TensorBoard)
     weights: WeightsSource | None = None  # model.weights: loaded into every model built
+    tracking: Tracking | None = None  # tracking=none: TensorBoard and the run dir only

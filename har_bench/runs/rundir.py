@@ -45,6 +45,8 @@ TIMINGS = "timings.json"
 MODEL_SUMMARY = "model_summary.json"
 ENVIRONMENT = "environment.json"
 SPLIT_REPORT = "split_report.json"
+# tracking=mlflow: the MLflow run this run reports to (har_bench.runs.tracking).
+TRACKING = "tracking.json"
 ERROR = "error.txt"
 CHECKPOINTS = "checkpoints"
 # The temperature predict divides the logits by (har_bench.core.calibration.Calibration), and
