@@ -34,7 +34,7 @@ CONFIGS: dict[str, list[str]] = {
     "uci_har_best": ["experiment=uci_har_best"],
     "uci_har_best before (stem stride 1, first phase on 16 subjects, then the refit)": [
         "experiment=uci_har_best",
-        "model.stem_stride=1",
+        "model=resnext_har",
         "split.val_fraction=0.2",
         "trainer.refit=true",
     ],
