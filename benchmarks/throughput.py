@@ -38,8 +38,9 @@ from har_bench.runs.artifacts import host_info
 
 # name -> (model, overrides): the presets a user runs, with their own batch and recipe.
 PRESETS: dict[str, tuple[str, list[str]]] = {
-    "default": ("resnext_har", []),
-    "uci_har_best": ("resnext_har", ["experiment=uci_har_best"]),
+    "default": ("resnext_har_s2", []),
+    "uci_har_best": ("resnext_har_s2", ["experiment=uci_har_best"]),
+    "resnext_har": ("resnext_har", ["model=resnext_har"]),
     "resnet18": ("resnet18", ["model=resnet18", "model.layout=1d"]),
     "cnn": ("cnn", ["model=cnn"]),
 }
