@@ -250,7 +250,23 @@ def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> No
     print(msg, file=sys.stderr)
 
 
+# What a shell reports for a writer stopped by SIGPIPE (128 + 13), as `cmd | head` expects.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int | None:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of stdout stopped early (`har-bench predict ... | head`): not an error of
+        # the command. Python would print a traceback, then another one when it flushes stdout
+        # at exit; pointing stdout at /dev/null leaves that flush nothing to fail on.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int | None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in VERBS:
         return VERBS[args[0]](args[1:])
@@ -290,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             msg = f"stopped by {name}; each job's directory records how its run ended"
         print(msg, file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    except BrokenPipeError:
+        raise  # stdout's reader went away (--help | head): see main
     except Exception as e:
         write_failed = storage_failure(e)  # Hydra's own writes (.hydra/) before the run starts
         if write_failed is not None:
@@ -400,14 +418,20 @@ def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
                 # A sweeper's param named "a.b" is one key holding a dot, which no dotted
                 # override path reaches; the command line's own sweep replaces it.
                 hint = f"; sweep that parameter as `-m {param}=...`, which wins over the preset's"
+            elif close:
+                hint = f"; did you mean {close}?"
             else:
-                hint = f"; did you mean {close}?" if close else ""
+                siblings = _children(key.rpartition(".")[0], _config_keys(args))
+                hint = f"; {key.rpartition('.')[0]} has: {', '.join(siblings)}" if siblings else ""
             return f"{key} is not a config key{hint} (har-bench --help lists every key)"
         if m and cause is not None:
             return f"cannot set {m[1]}: {str(cause).strip().splitlines()[0]}"
         return " ".join(line.strip() for line in text.splitlines()[:2])
     if isinstance(e, HydraException | OmegaConfBaseException):
         return first
+    if isinstance(e, ValueError) and first.startswith("Only one of --run, --multirun"):
+        # Hydra's own check of its flags, raised as a plain ValueError.
+        return f"{first} (e.g. print a sweep's config with --cfg job and no -m)"
     return None
 
 
@@ -430,8 +454,9 @@ def describe_output_error(e: OSError) -> str:
 def _closest(word: str, candidates: Sequence[str]) -> str | None:
     import difflib
 
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
+    by_lower = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[found[0]] if found else None
 
 
 def _unparsable(args: Sequence[str]) -> str | None:
@@ -451,6 +476,26 @@ def _unparsable(args: Sequence[str]) -> str | None:
 def closest_key(key: str, args: Sequence[str]) -> str | None:
     """The existing config key nearest to a misspelled one, looked up in the config the
     command's group choices (model=..., dataset=...) give, siblings first."""
+    keys = _config_keys(args)
+    parent, _, leaf = key.rpartition(".")
+    siblings = _children(parent, keys)
+    if parent and siblings:
+        # Only a sibling: the whole path would match on the shared prefix alone
+        # (model.groups -> model.dropout).
+        close = _closest(leaf, siblings)
+        return f"{parent}.{close}" if close else None
+    return _closest(key, keys)
+
+
+def _children(parent: str, keys: Sequence[str]) -> list[str]:
+    """The keys directly under ``parent``, without Hydra's own (``_target_``, ...)."""
+    leaves = [k.rpartition(".")[2] for k in keys if parent and k.rpartition(".")[0] == parent]
+    return [leaf for leaf in leaves if not leaf.startswith("_")]
+
+
+def _config_keys(args: Sequence[str]) -> list[str]:
+    """Every key (dotted) of the config the command's group choices compose; [] when even
+    the default config does not compose."""
     from omegaconf import OmegaConf
 
     choices = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and a[0] not in "+~-"]
@@ -462,7 +507,7 @@ def closest_key(key: str, args: Sequence[str]) -> str | None:
         except Exception:
             continue
     if cfg is None:
-        return None
+        return []
     keys: list[str] = []
 
     def walk(node: Any, prefix: str) -> None:
@@ -474,14 +519,7 @@ def closest_key(key: str, args: Sequence[str]) -> str | None:
                 walk(child, full + ".")
 
     walk(cfg, "")
-    parent, _, leaf = key.rpartition(".")
-    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
-    if parent and siblings:
-        close = _closest(leaf, siblings)
-        if close:
-            return f"{parent}.{close}"
-    return _closest(key, keys)
-
+    return keys
 
 if __name__ == "__main__":
     sys.exit(main())
