@@ -521,5 +521,6 @@ def _config_keys(args: Sequence[str]) -> list[str]:
     walk(cfg, "")
     return keys
 
+
 if __name__ == "__main__":
     sys.exit(main())
