@@ -12,11 +12,11 @@ The rules, for whoever adds a page or a command:
   data from ``../shared/data/...``). Later commands find what earlier ones wrote
   (``hydra.run.dir=runs/watch``, then ``har-bench export runs/watch``), so run the whole module.
 * **Placeholders.** ``RUN_DIR`` is the newest completed run (``outputs/<date>/<time>/`` or
-  ``runs/<name>/``); in a ``trainer.resume=`` command it is a run this test trains and marks
-  stopped. ``SWEEP_DIR`` is the newest sweep (``outputs/multirun/<date>/<time>/``).
+  ``runs/<name>/``). ``SWEEP_DIR`` is the newest sweep (``outputs/multirun/<date>/<time>/``).
   ``recording.csv`` is written before each command naming it, from its run's
   ``export/preprocessing.json`` (the run's channels at its rate); ``my_data/`` is a folder of
-  recordings in the columns docs/datasets.md shows.
+  recordings in the columns docs/datasets.md shows. A ``trainer.resume=`` command continues a
+  run this test trains just before and marks stopped (``RUN_DIR`` there is that run).
 * **Smoke size.** A training command gets :data:`SMOKE` (replacing its own values of those
   keys). A sweep (``-m``) keeps the first value of each comma list; a preset that sweeps by
   itself (``hydra.sweeper.params``) is pinned to the first value of each parameter; an Optuna
@@ -190,11 +190,11 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def write_recordings(folder: Path) -> None:
-    """Two subjects' recordings in docs/datasets.md's columns (subject, label, time, acc_*)."""
+    """Six subjects' recordings in docs/datasets.md's columns (subject, label, time, acc_*)."""
     folder.mkdir()
     rng = np.random.default_rng(0)
     frames = []
-    for subject in (1, 2):
+    for subject in range(1, 7):
         for k, label in enumerate(("walking", "sitting")):
             n = 400
             frames.append(
@@ -279,14 +279,26 @@ def first_values(override: str) -> str:
     return f"{parsed.get_key_element()}={first}"
 
 
+def is_sweep(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:  # not an override Hydra can parse: the command reports it itself
+        return False
+
+
 def smoke(args: list[str]) -> list[str]:
     """A training command at smoke size (see the module's docstring)."""
     line = parse_command_line(args)
     overrides = [o for o in line.overrides if override_key(o) not in SMOKE]
     if line.multirun:
         overrides = [first_values(o) for o in overrides]
-    cfg = compose(overrides, return_hydra_config=True)
-    sweeper = cfg.hydra.sweeper
+    try:  # the sweeper a preset brings (sweeps left out: only a multirun composes them)
+        sweeper = compose([o for o in overrides if not is_sweep(o)], return_hydra_config=True)
+        sweeper = sweeper.hydra.sweeper
+    except Exception:  # a bad value shown on purpose: the command itself fails on it
+        sweeper = {}
     pins: list[str] = []
     if "optuna" in str(sweeper.get("_target_", "")):
         overrides = [o for o in overrides if override_key(o) != "hydra.sweeper.n_trials"]
@@ -308,7 +320,8 @@ def prepare(command: Command, cwd: Path) -> list[str]:
     if words[0] == "time":  # the shell's timer: the command is what follows
         words = words[1:]
     resume = any(w.startswith("trainer.resume=") for w in words)
-    subs = {"RUN_DIR": lambda: str(stopped_run(cwd) if resume else last_run(cwd))}
+    stopped = stopped_run(cwd) if resume else None
+    subs = {"RUN_DIR": lambda: str(stopped or last_run(cwd))}
     subs["SWEEP_DIR"] = lambda: str(last_sweep(cwd))
     for name, value in subs.items():
         if any(name in w for w in words):
