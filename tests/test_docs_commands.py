@@ -331,7 +331,8 @@ def prepare(command: Command, cwd: Path) -> tuple[list[str] | None, str]:
         text = text.replace("RUN_DIR", str(stopped or last_run(cwd)))
     if "SWEEP_DIR" in text:
         text = text.replace("SWEEP_DIR", str(last_sweep(cwd)))
-    predict = re.search(r"har-bench predict (\S+) .*\brecording\.csv\b", text)
+    # The bare name only: a page may write its own outputs/.../recording.csv.
+    predict = re.search(r"har-bench predict (\S+) .*--input recording\.csv\b", text)
     if predict:
         write_recording(cwd, predict[1])
     if SHELL.search(text):
