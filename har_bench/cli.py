@@ -249,7 +249,23 @@ def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> No
     print(msg, file=sys.stderr)
 
 
+# What a shell reports for a writer stopped by SIGPIPE (128 + 13), as `cmd | head` expects.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int | None:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of stdout stopped early (`har-bench predict ... | head`): not an error of
+        # the command. Python would print a traceback, then another one when it flushes stdout
+        # at exit; pointing stdout at /dev/null leaves that flush nothing to fail on.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int | None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in VERBS:
         return VERBS[args[0]](args[1:])
@@ -289,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             msg = f"stopped by {name}; each job's directory records how its run ended"
         print(msg, file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    except BrokenPipeError:
+        raise  # stdout's reader went away (--help | head): see main
     except Exception as e:
         write_failed = storage_failure(e)  # Hydra's own writes (.hydra/) before the run starts
         if write_failed is not None:

@@ -256,22 +256,29 @@ def describe_config_error(e: BaseException, args: Sequence[str]) -> str | None:
                 # A sweeper's param named "a.b" is one key holding a dot, which no dotted
                 # override path reaches; the command line's own sweep replaces it.
                 hint = f"; sweep that parameter as `-m {param}=...`, which wins over the preset's"
+            elif close:
+                hint = f"; did you mean {close}?"
             else:
-                hint = f"; did you mean {close}?" if close else ""
+                siblings = _children(key.rpartition(".")[0], _config_keys(args))
+                hint = f"; {key.rpartition('.')[0]} has: {', '.join(siblings)}" if siblings else ""
             return f"{key} is not a config key{hint} (har-bench --help lists every key)"
         if m and cause is not None:
             return f"cannot set {m[1]}: {str(cause).strip().splitlines()[0]}"
         return " ".join(line.strip() for line in text.splitlines()[:2])
     if isinstance(e, HydraException | OmegaConfBaseException):
         return first
+    if isinstance(e, ValueError) and first.startswith("Only one of --run, --multirun"):
+        # Hydra's own check of its flags, raised as a plain ValueError.
+        return f"{first} (e.g. print a sweep's config with --cfg job and no -m)"
     return None
 
 
 def _closest(word: str, candidates: Sequence[str]) -> str | None:
     import difflib
 
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
+    by_lower = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[found[0]] if found else None
 
 
 def _unparsable(args: Sequence[str]) -> str | None:
@@ -291,6 +298,26 @@ def _unparsable(args: Sequence[str]) -> str | None:
 def closest_key(key: str, args: Sequence[str]) -> str | None:
     """The existing config key nearest to a misspelled one, looked up in the config the
     command's group choices (model=..., dataset=...) give, siblings first."""
+    keys = _config_keys(args)
+    parent, _, leaf = key.rpartition(".")
+    siblings = _children(parent, keys)
+    if parent and siblings:
+        # Only a sibling: the whole path would match on the shared prefix alone
+        # (model.groups -> model.dropout).
+        close = _closest(leaf, siblings)
+        return f"{parent}.{close}" if close else None
+    return _closest(key, keys)
+
+
+def _children(parent: str, keys: Sequence[str]) -> list[str]:
+    """The keys directly under ``parent``, without Hydra's own (``_target_``, ...)."""
+    leaves = [k.rpartition(".")[2] for k in keys if parent and k.rpartition(".")[0] == parent]
+    return [leaf for leaf in leaves if not leaf.startswith("_")]
+
+
+def _config_keys(args: Sequence[str]) -> list[str]:
+    """Every key (dotted) of the config the command's group choices compose; [] when even
+    the default config does not compose."""
     from omegaconf import OmegaConf
 
     choices = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and a[0] not in "+~-"]
@@ -302,7 +329,7 @@ def closest_key(key: str, args: Sequence[str]) -> str | None:
         except Exception:
             continue
     if cfg is None:
-        return None
+        return []
     keys: list[str] = []
 
     def walk(node: Any, prefix: str) -> None:
@@ -314,10 +341,4 @@ def closest_key(key: str, args: Sequence[str]) -> str | None:
                 walk(child, full + ".")
 
     walk(cfg, "")
-    parent, _, leaf = key.rpartition(".")
-    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
-    if parent and siblings:
-        close = _closest(leaf, siblings)
-        if close:
-            return f"{parent}.{close}"
-    return _closest(key, keys)
+    return keys

@@ -4,7 +4,7 @@ Columns: a subject id, a label, a time stamp (optional) and the sensor channels 
 config; optionally a recording/session id and an official ``train``/``test`` column. Each
 (file, subject, recording) block, in file order, is one recording; windows never cross a label
 change, a time gap larger than ``max_gap_s`` or a recording. Without a time column the rows are
-taken as evenly spaced at ``sampling_rate_hz``. See the README section "Your own recordings".
+taken as evenly spaced at ``sampling_rate_hz``. See docs/datasets.md, "Your own recordings".
 """
 
 from __future__ import annotations

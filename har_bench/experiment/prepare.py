@@ -99,17 +99,21 @@ def prepare_data(
     rundir.write_json(run_dir / rundir.SPLIT_REPORT, report)
     assert_clean(report)
     check_split_labels(data, split, split_name)
+    if data.image is not None:  # [N, C, H, W]: no samples in time
+        items, shape = "images", "{} x {} x {} stored".format(*data.X.shape[1:])
+    else:
+        items, shape = "windows", f"{data.num_channels} channels x {data.window_length} samples"
     log.info(
-        "dataset %s: %d windows, %d channels x %d samples, %d classes; split train/val/test = "
-        "%d/%d/%d windows (%.1fs)",
+        "dataset %s: %d %s, %s, %d classes; split train/val/test = %d/%d/%d %s (%.1fs)",
         data.name,
         len(data.X),
-        data.num_channels,
-        data.window_length,
+        items,
+        shape,
         data.num_classes,
         len(split.train),
         len(split.val),
         len(split.test),
+        items,
         time.perf_counter() - t0,
     )
     y_t = torch.from_numpy(data.y.astype(np.int64))

@@ -207,10 +207,21 @@ class ConsoleSummary(Reporter):
         from rich.table import Table
 
         metrics, summary, timings = result.metrics, result.model_summary, result.timings
-        table = Table(title=f"har-bench: {metrics.get('model')} on {metrics.get('dataset')}")
+        refit = metrics.get("tested") == "refit"
+        # After a refit the two columns are two models: validation scored the first phase's
+        # selected weights, the test set the model trained again on train + validation.
+        table = Table(
+            title=f"har-bench: {metrics.get('model')} on {metrics.get('dataset')}",
+            caption=(
+                "val: the first-phase model, chosen on validation; "
+                "test: the model refitted on train + validation"
+                if refit
+                else None
+            ),
+        )
         table.add_column("metric")
-        table.add_column("val", justify="right")
-        table.add_column("test", justify="right")
+        table.add_column("val (first phase)" if refit else "val", justify="right")
+        table.add_column("test (refit)" if refit else "test", justify="right")
         for key in (
             "accuracy",
             "balanced_accuracy",
@@ -221,22 +232,32 @@ class ConsoleSummary(Reporter):
         ):
             val = f"{metrics['val'][key]:.4f}" if metrics["val"] else "-"
             table.add_row(key, val, f"{metrics['test'][key]:.4f}")
-        table.add_section()
-        table.add_row("best epoch", str(metrics["best_epoch"]), "")
-        table.add_row("params", f"{summary['params']:,}", "")
+        # Model size and speed belong to no evaluation part: a table of their own.
+        tested = "the refitted model" if refit else "the tested model"
+        figures = Table(title=f"model and speed ({tested})")
+        figures.add_column("figure")
+        figures.add_column("value", justify="right")
+        figures.add_row("best epoch (validation)", str(metrics["best_epoch"]))
+        if refit:
+            figures.add_row("refit epochs", str(metrics.get("refit", {}).get("epochs", "-")))
+        figures.add_row("params", f"{summary['params']:,}")
         flops = summary.get("flops_per_sample")
-        table.add_row("MFLOPs / sample", f"{flops / 1e6:.2f}" if flops is not None else "n/a", "")
-        table.add_row(
-            "train s / epoch (median)",
+        figures.add_row("MFLOPs / sample", f"{flops / 1e6:.2f}" if flops is not None else "n/a")
+        phase = ", first phase" if refit else ""  # timings.json times the selection phase
+        figures.add_row(
+            f"train s / epoch (median{phase})",
             f"{float(np.median(timings.train_seconds_per_epoch)):.2f}",
-            "",
         )
-        table.add_row("train samples / s", f"{timings.train_samples_per_second:.0f}", "")
+        figures.add_row(
+            f"train samples / s{' (first phase)' if refit else ''}",
+            f"{timings.train_samples_per_second:.0f}",
+        )
         latency = timings.inference_latency_ms
-        table.add_row(
-            "latency p50 / p95 ms (bs 1)", f"{latency['p50']:.2f} / {latency['p95']:.2f}", ""
+        figures.add_row(
+            "latency p50 / p95 ms (bs 1)", f"{latency['p50']:.2f} / {latency['p95']:.2f}"
         )
         Console().print(table)
+        Console().print(figures)
         Console().print(f"run directory: [bold]{self.run_dir}[/bold]")
 
 
