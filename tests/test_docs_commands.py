@@ -444,6 +444,9 @@ GUIDES = [
     "reliability",
     "configuration",
     "development",
+    "python-api",
+    "predict-streams",
+    "tracking",
 ]
 
 
