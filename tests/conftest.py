@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,21 @@ from har_bench.config import compose
 
 # Tests must never download or write into the user's cache.
 os.environ["HAR_BENCH_DATA"] = str(REPO / ".pytest_cache" / "har_bench_data")
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """A Hydra job run in-process points the root logger at the streams of its test (closed
+    after it) at level INFO; restore it so a later test's log records do not fail on them."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        # pytest's own capture handlers change per test phase; they are pytest's to remove
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -185,3 +185,18 @@ def test_a_model_torch_cannot_export_is_one_line(tmp_path):
     model = AdaptiveMax(nn.AdaptiveMaxPool1d(4), nn.Flatten()).eval()
     with pytest.raises(onnx_model.ExportError, match="cannot export AdaptiveMax"):
         onnx_model.export_onnx(model, torch.randn(2, 3, 6), tmp_path / "m.onnx")
+
+
+def test_export_logs_nothing_when_the_caller_logs_at_info(tmp_path, caplog):
+    """A notebook or a Hydra job logs at INFO: the exporter's and its optimiser's progress
+    records must not reach it (they are not about the model)."""
+    import logging
+
+    import torch
+
+    caplog.set_level(logging.INFO)
+    model = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3, padding=1), torch.nn.Flatten())
+    onnx_model.export_onnx(model, torch.randn(1, 3, 8), tmp_path / "m.onnx")
+    noise = [r.name for r in caplog.records if r.name.split(".")[0] in {"onnxscript", "onnx_ir"}]
+    assert noise == []
+    assert not [r for r in caplog.records if r.name.startswith("torch.onnx")]

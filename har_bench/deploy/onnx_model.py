@@ -71,17 +71,20 @@ def versions() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """torch's exporter prints its progress and warns about optional torchvision ops and its
-    own deprecations; none of it is about the model."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """torch's exporter and the onnxscript optimiser it calls print and log their progress and
+    warn about optional torchvision ops and their own deprecations; none of it is about the
+    model, and a caller whose root logger is at INFO (a notebook, a Hydra job) would see it."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int = OPSET) -> Path:
