@@ -61,9 +61,14 @@ format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff format har_bench tests benchmarks
 	$(BIN)/ruff check --fix har_bench tests benchmarks
 
-bench: install ## training throughput and inference benchmarks (docs/benchmarks.md)
+UCI_HAR ?= ../shared/data/UCI_HAR
+
+bench: install ## throughput, inference and time-to-accuracy benchmarks (docs/benchmarks.md)
 	$(BIN)/python benchmarks/throughput.py --json docs/throughput.json $(BENCH_ARGS)
 	$(BIN)/python benchmarks/inference.py $(BENCH_ARGS)
+	@if [ -d "$(UCI_HAR)" ]; then \
+		$(BIN)/python benchmarks/time_to_accuracy.py --data "$(UCI_HAR)" --json docs/time_to_accuracy.json; \
+	else echo "time to accuracy skipped: no UCI-HAR folder at $(UCI_HAR) (make bench UCI_HAR=DIR)"; fi
 
 mutate: install ## mutation testing of the evaluation guards (slow; docs/mutation.md)
 	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE)
