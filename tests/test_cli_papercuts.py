@@ -89,3 +89,24 @@ def test_help_names_every_verb(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for verb in cli.VERBS:
         assert f"har-bench {verb} " in out, verb
+
+
+def test_nothing_shown_to_users_names_an_issue_number():
+    """Users know no issue tracker: messages, docs and configs speak of what a thing is."""
+    import re
+
+    from helpers import REPO
+
+    pattern = re.compile(r"\bissues? ?#?\d+", re.IGNORECASE)
+    files = [
+        REPO / "README.md",
+        *(REPO / "docs").glob("*.md"),
+        *(REPO / "har_bench").rglob("*.py"),
+        *(REPO / "configs").rglob("*.yaml"),
+    ]
+    found = [
+        f"{path.relative_to(REPO)}: {m[0]}"
+        for path in files
+        for m in pattern.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert found == []
