@@ -83,7 +83,7 @@ def check_completed(run_dir: Path) -> dict[str, Any]:
     metrics = rundir.read_status(run_dir)
     if metrics.get("status") != "completed":
         raise RunNotReadyError(
-            f"{run_dir} has no finished model: {why_unfinished(run_dir, metrics)}"
+            f"{run_dir} has no finished model: {rundir.why_unfinished(run_dir, metrics)}"
         )
     return metrics
 
@@ -105,27 +105,6 @@ def check_finished(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} has no {checkpoint.relative_to(run_dir)}: the tested weights are missing"
         )
     return metrics
-
-
-def why_unfinished(run_dir: Path, metrics: dict[str, Any]) -> str:
-    """How the run recorded in ``metrics`` ended, and the way on, in one line."""
-    status = metrics.get("status")
-    error = str(metrics.get("error") or "no error recorded").strip().splitlines()[0]
-    if status == "running":
-        return (
-            f"{rundir.METRICS} says it is still running (or it was killed before it could say "
-            "otherwise); wait for the run to complete"
-        )
-    if status == "interrupted":
-        command = rundir.resume_command(run_dir)
-        how = error if error.startswith("interrupted") else "interrupted"
-        return f"the run was {how}; " + (
-            f"resume it: {command}" if command else "it saved no checkpoint: run it again"
-        )
-    if status in ("failed", "diverged"):
-        details = f" (traceback in {rundir.ERROR})" if (run_dir / rundir.ERROR).is_file() else ""
-        return f"the run {status}: {error}{details}; fix the cause and run it again"
-    return f"no readable {rundir.METRICS} status (the run never started or the file is damaged)"
 
 
 def run_config(run_dir: Path) -> DictConfig:
