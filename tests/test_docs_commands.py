@@ -444,6 +444,7 @@ GUIDES = [
     "reliability",
     "configuration",
     "development",
+    "ensembles",
 ]
 
 
