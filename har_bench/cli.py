@@ -74,6 +74,22 @@ def _predict(argv: Sequence[str]) -> int:
 VERBS["predict"] = _predict
 
 
+def _ensemble(argv: Sequence[str]) -> int:
+    from har_bench.analysis.ensemble import main as ensemble_main
+
+    return ensemble_main(argv, _recompute_test_predictions)
+
+
+def _recompute_test_predictions(run_dir: Path) -> Any:
+    # torch only for a member from before runs saved their test predictions.
+    from har_bench.deploy.loaded import recompute_test_predictions
+
+    return recompute_test_predictions(run_dir)
+
+
+VERBS["ensemble"] = _ensemble
+
+
 @dataclass
 class Tally:
     """The jobs this process ran (one for a single run) and how the failed ones failed."""

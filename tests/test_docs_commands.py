@@ -447,6 +447,7 @@ GUIDES = [
     "python-api",
     "predict-streams",
     "tracking",
+    "ensembles",
 ]
 
 

@@ -22,8 +22,9 @@ from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in, setting
 from har_bench.core.errors import MissingInputError
 from har_bench.runs import rundir
 
-# Runs that differ only by these are repeats of one configuration.
-REPLICATE_KEYS = ("seed", "split.fold")
+# Runs that differ only by these are repeats of one configuration (two ensembles of 5 seeds
+# each are two repeats of the 5-network ensemble).
+REPLICATE_KEYS = ("seed", "split.fold", "ensemble.members")
 # Where the data was read from does not change what was computed either.
 IGNORED = (*BOOKKEEPING_KEYS, "dataset.root")
 # Group choices worth a column of their own (model=resnet18 says more than its 12 keys).

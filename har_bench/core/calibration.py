@@ -26,6 +26,13 @@ ECE_BINS = 15
 REJECT_THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)
 # What a window whose calibrated top probability is below the reject threshold is labelled.
 UNKNOWN = "unknown"
+# The column of a class's probability in a table of predictions: ``p_<class>`` (predict's
+# output, a run's test_predictions.csv).
+PROBABILITY_PREFIX = "p_"
+
+
+def probability_column(class_name: str) -> str:
+    return f"{PROBABILITY_PREFIX}{class_name}"
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

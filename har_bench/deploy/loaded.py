@@ -21,12 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from har_bench.core.calibration import Calibration
+from har_bench.core.calibration import Calibration, softmax
 from har_bench.core.errors import UserError
 from har_bench.experiment.components import from_config
 from har_bench.experiment.prepare import PreparedData, prepare_data
 from har_bench.experiment.spec import Choices, Experiment
 from har_bench.runs import rundir
+from har_bench.runs.artifacts import TestPredictions
 from har_bench.training.checkpoint import load_checkpoint, load_model_state
 from har_bench.training.engine import Trainer
 
@@ -83,7 +84,7 @@ def check_completed(run_dir: Path) -> dict[str, Any]:
     metrics = rundir.read_status(run_dir)
     if metrics.get("status") != "completed":
         raise RunNotReadyError(
-            f"{run_dir} has no finished model: {why_unfinished(run_dir, metrics)}"
+            f"{run_dir} has no finished model: {rundir.why_unfinished(run_dir, metrics)}"
         )
     return metrics
 
@@ -95,6 +96,12 @@ def check_finished(run_dir: Path) -> dict[str, Any]:
     metrics = check_completed(run_dir)
     checkpoint = rundir.tested_checkpoint(run_dir)
     if not checkpoint.is_file():
+        if metrics.get("weights") == "ensemble":
+            raise RunNotReadyError(
+                f"{run_dir} is an ensemble of runs (har-bench ensemble) and has no model of its "
+                "own to export or predict with; use one of its members (its metrics.json "
+                "lists them)"
+            )
         if metrics.get("weights") == "fitted":
             raise RunNotReadyError(
                 f"{run_dir}: model={metrics.get('model')} is fitted outside the training loop "
@@ -105,27 +112,6 @@ def check_finished(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} has no {checkpoint.relative_to(run_dir)}: the tested weights are missing"
         )
     return metrics
-
-
-def why_unfinished(run_dir: Path, metrics: dict[str, Any]) -> str:
-    """How the run recorded in ``metrics`` ended, and the way on, in one line."""
-    status = metrics.get("status")
-    error = str(metrics.get("error") or "no error recorded").strip().splitlines()[0]
-    if status == "running":
-        return (
-            f"{rundir.METRICS} says it is still running (or it was killed before it could say "
-            "otherwise); wait for the run to complete"
-        )
-    if status == "interrupted":
-        command = rundir.resume_command(run_dir)
-        how = error if error.startswith("interrupted") else "interrupted"
-        return f"the run was {how}; " + (
-            f"resume it: {command}" if command else "it saved no checkpoint: run it again"
-        )
-    if status in ("failed", "diverged"):
-        details = f" (traceback in {rundir.ERROR})" if (run_dir / rundir.ERROR).is_file() else ""
-        return f"the run {status}: {error}{details}; fix the cause and run it again"
-    return f"no readable {rundir.METRICS} status (the run never started or the file is damaged)"
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -290,3 +276,22 @@ def load_calibration(run_dir: Path) -> Calibration | None:
         raise RunNotReadyError(
             f"{path} cannot be read ({e}); delete it to predict with uncalibrated probabilities"
         ) from None
+
+
+def recompute_test_predictions(run_dir: Path) -> TestPredictions:
+    """What ``test_predictions.csv`` holds, for a run that ran before runs saved it: its tested
+    model run on its test windows, rebuilt from its config (and checked against its split
+    report), with its calibration temperature (1 for a run from before calibration)."""
+    run = FinishedRun(run_dir)
+    data = run.data
+    scored = run.trainer.evaluate(run.model, data.test.X, data.test.y, data.prepare)
+    calibration = load_calibration(run.path)
+    temperature = calibration.temperature if calibration is not None else 1.0
+    index = np.asarray(data.test.index)
+    return TestPredictions(
+        window=index,
+        subject=np.asarray(data.data.subjects)[index],
+        y_true=np.asarray(scored["y_true"]),
+        probs=softmax(scored["logits"], temperature),
+        class_names=data.class_names,
+    )

@@ -47,7 +47,14 @@ import torch
 from torch import nn
 
 from har_bench.config import as_user_error
-from har_bench.core.calibration import UNKNOWN, check_reject, labels_with_reject, softmax
+from har_bench.core.calibration import (
+    PROBABILITY_PREFIX,
+    UNKNOWN,
+    check_reject,
+    labels_with_reject,
+    probability_column,
+    softmax,
+)
 from har_bench.core.errors import UserError, bug_message, save_traceback
 from har_bench.core.fs import atomic_write
 from har_bench.data.recordings import TIME_UNITS
@@ -261,7 +268,7 @@ class Predictor:
 
 def add_probabilities(table: pd.DataFrame, probs: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
     for k, name in enumerate(names):
-        table[f"p_{name}"] = probs[:, k]
+        table[probability_column(name)] = probs[:, k]
     return table
 
 
@@ -386,7 +393,7 @@ def predict_live(
     scale = TIME_UNITS[time_unit]
     out_cols = ["start_s", "end_s", "start_time", "predicted"]
     out_cols += ["smoothed"] * bool(smooth_k and smooth_k > 1) + ["true"] * (lab_i is not None)
-    out_cols += [f"p_{n}" for n in prep.class_names] + ["latency_ms"]
+    out_cols += [probability_column(n) for n in prep.class_names] + ["latency_ms"]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(out_cols)
     out.flush()
@@ -518,7 +525,7 @@ def print_summary(table: pd.DataFrame, summary: dict, output: Path | None, tail:
     console = Console()
     shown = Table(title=f"last {min(tail, len(table))} of {len(table)} windows")
     cols = ["start_s", "predicted"] + [c for c in ("smoothed", "true") if c in table]
-    top = table.filter(like="p_").max(axis=1)
+    top = table.filter(like=PROBABILITY_PREFIX).max(axis=1)
     for c in [*cols, "p(predicted)"]:
         shown.add_column(c, justify="right" if c in ("start_s", "p(predicted)") else "left")
     for i in range(max(len(table) - tail, 0), len(table)):

@@ -21,6 +21,7 @@ from har_bench.experiment.build import BuiltModel
 from har_bench.experiment.fit import Refitted
 from har_bench.experiment.prepare import Part, PreparedData
 from har_bench.experiment.spec import Choices
+from har_bench.runs.artifacts import TestPredictions
 from har_bench.training import distributed
 from har_bench.training.engine import Trainer
 from har_bench.training.image_transforms import ImageInput
@@ -217,6 +218,27 @@ class RunResult:
     history: list[dict[str, float]]
     best_epoch: int
     calibration: Calibrated | None = None
+    test_predictions: TestPredictions | None = None  # test_predictions.csv
+
+
+def collect_test_predictions(
+    evaluation: Evaluation, data: PreparedData, calibration: Calibrated | None
+) -> TestPredictions | None:
+    """The test windows' calibrated probabilities (temperature 1 for a run without one); None
+    when the scorer gave no logits for them."""
+    test = evaluation.test
+    logits = test["logits"]
+    if len(test["y_true"]) == 0 or logits.shape[0] != len(test["y_true"]):
+        return None
+    temperature = calibration.calibration.temperature if calibration is not None else 1.0
+    index = np.asarray(data.test.index)
+    return TestPredictions(
+        window=index,
+        subject=np.asarray(data.data.subjects)[index],
+        y_true=np.asarray(test["y_true"]),
+        probs=softmax(logits, temperature),
+        class_names=data.class_names,
+    )
 
 
 def collect_result(
@@ -274,4 +296,5 @@ def collect_result(
         history=fitted.history,
         best_epoch=fitted.best_epoch,
         calibration=calibration,
+        test_predictions=collect_test_predictions(evaluation, data, calibration),
     )

@@ -84,6 +84,18 @@ class CalibrationFiles(Reporter):
         artifacts.write_reject_curve(self.run_dir, result.calibration.reject_curve)
 
 
+class TestPredictionsFile(Reporter):
+    """``test_predictions.csv``: every test window's calibrated probabilities, so that
+    ``har-bench ensemble`` averages runs without running their models again."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_end(self, result: RunResult) -> None:
+        if result.test_predictions is not None:
+            result.test_predictions.write(self.run_dir)
+
+
 class TensorBoard(Reporter):
     """Scalars per epoch; the test confusion matrix and one HParams session at the end."""
 
@@ -299,6 +311,7 @@ def default_reporters(
             HistoryCsv(run_dir, resumed),
             ResultFiles(run_dir),
             CalibrationFiles(run_dir),
+            TestPredictionsFile(run_dir),
             TensorBoard(run_dir, hparams, resumed),
             ConsoleSummary(run_dir),
         ]

@@ -12,12 +12,15 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from har_bench.core.calibration import PROBABILITY_PREFIX, probability_column
+from har_bench.core.errors import UserError
 from har_bench.core.fs import atomic_write
 from har_bench.core.metrics import row_normalise
 from har_bench.runs.rundir import (
@@ -27,6 +30,7 @@ from har_bench.runs.rundir import (
     HISTORY,
     REJECT_CURVE_CSV,
     REJECT_CURVE_PNG,
+    TEST_PREDICTIONS,
 )
 
 
@@ -111,6 +115,88 @@ def write_reject_curve(run_dir: Path, curve: Mapping[str, Sequence[float]]) -> N
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, run_dir / REJECT_CURVE_PNG)
+
+
+@dataclass(frozen=True)
+class TestPredictions:
+    """``test_predictions.csv``: one row per test window, in the order the run scored them.
+
+    ``window`` is the window's index in the dataset as loaded (so two runs' rows can be matched
+    and checked to be the same windows), ``subject`` its subject, ``true`` and ``predicted`` class
+    names, then ``p_<class>``: the calibrated probabilities (softmax of the logits divided by the
+    run's temperature, calibration.json), the ones ``har-bench predict`` gives.
+    """
+
+    window: np.ndarray  # [N] int
+    subject: np.ndarray  # [N] int
+    y_true: np.ndarray  # [N] class indices
+    probs: np.ndarray  # [N, K]
+    class_names: list[str]
+
+    __test__ = False  # not a pytest test class, whatever its name
+    # Written as 9 significant digits: a float32 read back is the same number.
+    FLOAT_FORMAT = "%.9g"
+    COLUMNS = ("window", "subject", "true", "predicted")
+
+    def __len__(self) -> int:
+        return len(self.y_true)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    def to_frame(self) -> pd.DataFrame:
+        names = np.asarray(self.class_names, dtype=object)
+        frame = pd.DataFrame(
+            {
+                "window": np.asarray(self.window, dtype=np.int64),
+                "subject": np.asarray(self.subject, dtype=np.int64),
+                "true": names[np.asarray(self.y_true, dtype=np.int64)],
+                "predicted": names[self.y_pred],
+            }
+        )
+        probs = pd.DataFrame(
+            np.asarray(self.probs, dtype=np.float64),
+            columns=[probability_column(n) for n in self.class_names],
+        )
+        return pd.concat([frame, probs], axis=1)
+
+    def write(self, run_dir: Path) -> None:
+        frame = self.to_frame()
+        atomic_write(
+            Path(run_dir) / TEST_PREDICTIONS,
+            lambda tmp: frame.to_csv(tmp, index=False, float_format=self.FLOAT_FORMAT),
+        )
+
+    @classmethod
+    def read(cls, run_dir: Path) -> TestPredictions:
+        """The run's file; a UserError naming it when it is damaged (a missing file is the
+        caller's to handle: runs from before it was written have none)."""
+        path = Path(run_dir) / TEST_PREDICTIONS
+        text_columns = {"true": str, "predicted": str}
+        try:
+            frame = pd.read_csv(path, dtype=text_columns, keep_default_na=False)
+            prob_columns = [c for c in frame.columns if c.startswith(PROBABILITY_PREFIX)]
+            names = [c[len(PROBABILITY_PREFIX) :] for c in prob_columns]
+            missing = [c for c in cls.COLUMNS if c not in frame.columns]
+            if missing or not names:
+                raise ValueError(f"no column {(missing or ['p_<class>'])[0]}")
+            index = {name: k for k, name in enumerate(names)}
+            unknown = sorted(set(frame["true"]) - set(index))
+            if unknown:
+                raise ValueError(f"true class {unknown[0]!r} has no probability column")
+            probs = frame[prob_columns].to_numpy(dtype=np.float64)
+            if not np.isfinite(probs).all():
+                raise ValueError("a probability is not a finite number")
+            return cls(
+                window=frame["window"].to_numpy(dtype=np.int64),
+                subject=frame["subject"].to_numpy(dtype=np.int64),
+                y_true=frame["true"].map(index).to_numpy(dtype=np.int64),
+                probs=probs,
+                class_names=names,
+            )
+        except (ValueError, TypeError, pd.errors.ParserError) as e:
+            raise UserError(f"{path} cannot be read: {e}") from None
 
 
 def pyplot() -> Any:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from har_bench.config import upgrade_targets
+from har_bench.config import flatten, upgrade_targets
 from har_bench.core.errors import UserError
 from har_bench.core.fs import (
     atomic_write_text,
@@ -54,6 +54,9 @@ CHECKPOINTS = "checkpoints"
 CALIBRATION = "calibration.json"
 REJECT_CURVE_CSV = "reject_curve.csv"
 REJECT_CURVE_PNG = "reject_curve.png"
+# Every test window's calibrated class probabilities (har_bench.runs.artifacts.TestPredictions):
+# what `har-bench ensemble` averages without running the model again.
+TEST_PREDICTIONS = "test_predictions.csv"
 # Written by Hydra when the run starts; read back by a resume and by compare.
 HYDRA_DIR = ".hydra"
 SAVED_CONFIG = f"{HYDRA_DIR}/config.yaml"
@@ -203,6 +206,28 @@ def write_status(run_dir: Path, status: str, /, clear: Sequence[str] = (), **ext
     current["status"] = status
     current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json(Path(run_dir) / METRICS, current)
+
+
+def why_unfinished(run_dir: Path, metrics: dict[str, Any]) -> str:
+    """How the run recorded in ``metrics`` (its metrics.json) ended, and the way on, in one
+    line."""
+    status = metrics.get("status")
+    error = str(metrics.get("error") or "no error recorded").strip().splitlines()[0]
+    if status == "running":
+        return (
+            f"{METRICS} says it is still running (or it was killed before it could say "
+            "otherwise); wait for the run to complete"
+        )
+    if status == "interrupted":
+        command = resume_command(run_dir)
+        how = error if error.startswith("interrupted") else "interrupted"
+        return f"the run was {how}; " + (
+            f"resume it: {command}" if command else "it saved no checkpoint: run it again"
+        )
+    if status in ("failed", "diverged"):
+        details = f" (traceback in {ERROR})" if (Path(run_dir) / ERROR).is_file() else ""
+        return f"the run {status}: {error}{details}; fix the cause and run it again"
+    return f"no readable {METRICS} status (the run never started or the file is damaged)"
 
 
 def write_error(run_dir: Path, text: str) -> None:
@@ -430,6 +455,26 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     """The run's composed task config (``.hydra/config.yaml``); empty when there is none."""
     config = _read_yaml(Path(run_dir) / SAVED_CONFIG)
     return upgrade_targets(config) if isinstance(config, dict) else {}
+
+
+def resolved_settings(config: dict[str, Any], groups: Sequence[str]) -> dict[str, Any]:
+    """The flattened keys of ``groups`` (``dataset``, ``split``) in a saved config, with
+    interpolations resolved where they can be (``dataset.seed: ${seed}`` is the run's seed);
+    a value that cannot be resolved here (an environment variable since unset) stays as saved."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    node = OmegaConf.create(config)
+    out = {}
+    for key, raw in flatten({g: config.get(g) for g in groups if g in config}).items():
+        try:
+            value = OmegaConf.select(node, key, throw_on_missing=True)
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException:
+            value = raw
+        out[key] = value
+    return out
 
 
 def saved_overrides(run_dir: Path) -> list[str]:
