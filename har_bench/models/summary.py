@@ -19,7 +19,9 @@ def _rnn_flops(module: nn.RNNBase, inp: torch.Tensor) -> int:
     return 2 * macs * steps * batch
 
 
-def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+def _attention_flops(
+    query: torch.Size, key: torch.Size, value: torch.Size, *args: Any, **kwargs: Any
+) -> int:
     """softmax(Q K^T) V on [batch, heads, tokens, dim] shapes: its two batched matmuls."""
     b, h, s_q, d = query
     s_k, d_v = value[-2], value[-1]
