@@ -1,6 +1,9 @@
-"""Models: one ResNet family (ResNet, ResNeXt, wide, depthwise) and the HAR baselines."""
+"""Models: one ResNet family (ResNet, ResNeXt, wide, depthwise), the HAR baselines and the deep
+time-series standards (InceptionTime, LITE, a PatchTST-style transformer)."""
 
 from har_bench.models.baselines import CNN, LSTM, DeepConvLSTM
+from har_bench.models.inception import LITE, InceptionTime
+from har_bench.models.patchtst import PatchTST
 from har_bench.models.resnet import (
     RESNEXT50_SHAPES,
     ResNet,
@@ -13,9 +16,12 @@ from har_bench.models.summary import count_flops, model_summary
 
 __all__ = [
     "CNN",
+    "LITE",
     "LSTM",
     "RESNEXT50_SHAPES",
     "DeepConvLSTM",
+    "InceptionTime",
+    "PatchTST",
     "ResNet",
     "bottleneck_width",
     "count_flops",

@@ -19,12 +19,23 @@ def _rnn_flops(module: nn.RNNBase, inp: torch.Tensor) -> int:
     return 2 * macs * steps * batch
 
 
+def _attention_flops(
+    query: torch.Size, key: torch.Size, value: torch.Size, *args: Any, **kwargs: Any
+) -> int:
+    """softmax(Q K^T) V on [batch, heads, tokens, dim] shapes: its two batched matmuls."""
+    b, h, s_q, d = query
+    s_k, d_v = value[-2], value[-1]
+    return 2 * b * h * s_q * s_k * (d + d_v)
+
+
 def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
     """FLOPs of one forward pass on ``sample`` in eval mode (a multiply-add counts 2).
 
     torch.utils.flop_counter counts convolutions and matmuls; recurrent layers run as fused
     backend kernels (mkldnn_rnn_layer on CPU, cuDNN on GPU) that it does not know, so their
     FLOPs are computed from the weights and replace whatever the counter saw inside them.
+    Attention is counted through its unfused path: the counter does not know the fused
+    transformer layer eval mode uses, nor the CPU attention kernel.
     """
     rnn_flops: dict[str, int] = {}
     hooks = [
@@ -36,11 +47,19 @@ def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
     ]
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(
+        display=False,
+        custom_mapping={
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops
+        },
+    )
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with counter, torch.no_grad():
             model(sample)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
         for h in hooks:
             h.remove()
