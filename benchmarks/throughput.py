@@ -43,6 +43,9 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
     "resnext_har": ("resnext_har", ["model=resnext_har"]),
     "resnet18": ("resnet18", ["model=resnet18", "model.layout=1d"]),
     "cnn": ("cnn", ["model=cnn"]),
+    "lite": ("lite", ["model=lite"]),
+    "inception_time": ("inception_time", ["model=inception_time"]),
+    "patchtst": ("patchtst", ["model=patchtst"]),
 }
 LABELS = (
     "augment",

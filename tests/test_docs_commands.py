@@ -91,6 +91,8 @@ SKIPPED: dict[str, str] = {
     "pip install": "installs from the package registry (network)",
     "python benchmarks/throughput.py": "a timing benchmark (minutes); docs/benchmarks.md",
     "python benchmarks/batching.py": "a timing benchmark (minutes); docs/benchmarks.md",
+    "python benchmarks/time_to_accuracy.py": "a timing benchmark (full trainings, about 15 "
+    "minutes); docs/benchmarks.md",
 }
 
 
