@@ -248,3 +248,15 @@ def test_help_lists_the_verb(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["ensemble", "--help"])
     assert "-o OUT" in capsys.readouterr().out
+
+
+def test_a_run_with_a_capped_evaluation_completes_without_a_partial_file(tmp_path):
+    """trainer.limit_eval_batches scores only some test windows (a smoke run): the run completes,
+    and writes no test_predictions.csv, which would list windows it never scored."""
+    run_dir = train(
+        tmp_path / "capped", "trainer.limit_eval_batches=1", "trainer.eval_batch_size=16"
+    )
+    metrics = json.loads((run_dir / rundir.METRICS).read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["test"]["num_samples"] == 16
+    assert not (run_dir / rundir.TEST_PREDICTIONS).exists()

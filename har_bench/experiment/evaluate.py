@@ -230,8 +230,12 @@ def collect_test_predictions(
     logits = test["logits"]
     if len(test["y_true"]) == 0 or logits.shape[0] != len(test["y_true"]):
         return None
-    temperature = calibration.calibration.temperature if calibration is not None else 1.0
     index = np.asarray(data.test.index)
+    # A capped evaluation (trainer.limit_eval_batches) scored only some of the test windows; an
+    # ensemble needs every one, so such a run has no file rather than a partial one.
+    if len(index) != len(test["y_true"]):
+        return None
+    temperature = calibration.calibration.temperature if calibration is not None else 1.0
     return TestPredictions(
         window=index,
         subject=np.asarray(data.data.subjects)[index],
