@@ -243,6 +243,34 @@ def test_a_minirocket_member_gives_calibrated_probabilities(members, tmp_path, c
     assert_one_line_error(code, err, f"member {rocket} has no", "model=minirocket keeps no")
 
 
+def test_a_refitted_minirocket_is_calibrated_on_what_it_was_fitted_on(tmp_path):
+    """With trainer.refit=true MiniRocket is fitted on train + validation: a temperature fitted
+    on the validation windows would sharpen its probabilities as if they were held out."""
+    pytest.importorskip("aeon", reason="model=minirocket needs the [rocket] extra")
+    rocket = train(tmp_path / "refit", "split.val_fraction=0.3", "trainer.refit=true", base=ROCKET)
+    calibration = json.loads((rocket / rundir.METRICS).read_text())["calibration"]
+    assert calibration["fitted_on"] == "train+val"
+
+
+def test_a_glob_takes_the_runs_it_matches_not_the_folder_of_a_file(members, tmp_path, capsys):
+    folder = tmp_path / "ens"
+    for i, m in enumerate(members[:2]):
+        copy_run(m, folder / f"seed{i}")
+    copy_run(members[2], folder / "other")
+    (folder / "seed_notes.txt").write_text("notes\n")
+    code, _, err = ensemble(folder / "seed*", "-o", tmp_path / "two", capsys=capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "two" / rundir.METRICS).read_text())
+    assert len(metrics["ensemble"]["members"]) == 2
+
+
+def test_an_output_that_cannot_be_made_is_one_line(members, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, _, err = ensemble(*members[:2], "-o", blocker / "out", capsys=capsys)
+    assert_one_line_error(code, err, f"-o {blocker / 'out'}", "cannot create")
+
+
 def test_help_lists_the_verb(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["har-bench"])
     with pytest.raises(SystemExit):

@@ -92,6 +92,15 @@ def find_members(paths: Sequence[str]) -> list[Path]:
             if rundir.is_run_dir(path) or (path / rundir.METRICS).is_file():
                 found.setdefault(path.resolve(), None)
                 continue
+            if path.name == rundir.METRICS and path.is_file():
+                found.setdefault(path.parent.resolve(), None)
+                continue
+            if not path.is_dir():
+                # A file a glob matched (a log beside the runs) names no run: its folder holds
+                # runs the user did not name.
+                if glob.has_magic(raw):
+                    continue
+                raise UserError(f"{raw}: not a run directory or a folder of runs")
             for run_dir in find_run_dirs([path]):
                 if is_ensemble(run_dir):
                     print(f"note: {run_dir} is an ensemble: not a member", file=sys.stderr)
@@ -386,9 +395,12 @@ def write(members: Sequence[Member], out: Path) -> dict[str, Any]:
     place: ``out`` appears complete or not at all."""
     out = out.expanduser().absolute()
     check_output(out, members)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise UserError(f"-o {out}: cannot create the folder ({e.strerror or e})") from e
     try:
         predictions = averaged(members)
         docs = build(members, predictions, out)

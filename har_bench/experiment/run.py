@@ -170,6 +170,10 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
         else:
             fitted = fit_estimator(built, data, run_dir, training.refit)
             score = estimator_scorer(built.model)
+            if training.refit:
+                # Fitted on train + validation: its validation windows are not held out from it,
+                # so its temperature must not be fitted on them as if they were.
+                score_test = score
         evaluation = evaluate(score, data, score_test)
         calibration = calibrate(score, evaluation, data, score_test)
         tested = refitted.model if refitted is not None else built.model

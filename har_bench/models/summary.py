@@ -47,19 +47,21 @@ def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
     ]
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(
-        display=False,
-        custom_mapping={
-            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops
-        },
-    )
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    # Older torch builds within the supported range lack the CPU attention op or the switch
+    # for the fused path; there attention is counted as far as the counter sees it.
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {cpu_attention: _attention_flops} if cpu_attention is not None else {}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    mha = getattr(torch.backends, "mha", None)
+    fastpath = mha.get_fastpath_enabled() if mha is not None else None
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
     try:
         with counter, torch.no_grad():
             model(sample)
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+        if mha is not None:
+            mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
         for h in hooks:
             h.remove()
