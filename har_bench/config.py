@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from har_bench.core.errors import UserError
+from har_bench.core.errors import UserError, bug_message, save_traceback
 
 CONFIG_NAME = "config"
 VERSION_BASE = "1.3"
@@ -208,6 +208,19 @@ def as_user_error(e: BaseException) -> UserError | None:
         # Interpolation and type errors: OmegaConf's first line names the key.
         return UserError(str(e).strip().splitlines()[0])
     return None
+
+
+def report_error(e: BaseException) -> int:
+    """A verb's failure as its one ``error:`` line on stderr and its exit code: 2 for bad input,
+    1 for a bug (whose traceback is saved and named in the line)."""
+    import sys
+
+    user_error = as_user_error(e)
+    if user_error is None:
+        print(f"error: {bug_message(e, save_traceback(e))}", file=sys.stderr)
+        return 1
+    print(f"error: {user_error}", file=sys.stderr)
+    return 2
 
 
 # -- composition errors as one line -----------------------------------------------------------

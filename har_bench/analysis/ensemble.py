@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from har_bench.analysis.grouping import IGNORED, find_run_dirs, load_run
-from har_bench.config import as_user_error, flatten, key_in
+from har_bench.config import flatten, key_in, report_error
 from har_bench.core.calibration import expected_calibration_error, nll, reject_curve
-from har_bench.core.errors import MissingInputError, UserError, bug_message, save_traceback
+from har_bench.core.errors import MissingInputError, UserError
 from har_bench.core.metrics import classification_metrics, confusion_counts
 from har_bench.runs import artifacts, rundir
 from har_bench.runs.artifacts import TestPredictions
@@ -471,12 +471,7 @@ def main(argv: Sequence[str], recompute: Recompute | None = None) -> int:
         out = args.out if args.out is not None else default_output()
         metrics = write(members, out)
     except Exception as e:
-        user_error = as_user_error(e)
-        if user_error is None:
-            print(f"error: {bug_message(e, save_traceback(e))}", file=sys.stderr)
-            return 1
-        print(f"error: {user_error}", file=sys.stderr)
-        return 2
+        return report_error(e)
     test = metrics["test"]
     accs = ", ".join(
         f"{100 * r['test_accuracy']:.2f}"

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_bench.config import as_user_error
-from har_bench.core.errors import UserError, bug_message, save_traceback
+from har_bench.config import report_error
+from har_bench.core.errors import UserError
 from har_bench.core.seeding import seed_everything
 from har_bench.core.timing import alternating_latency
 from har_bench.deploy import onnx_model
@@ -278,12 +278,7 @@ def main(argv: Sequence[str]) -> int:
             log=lambda msg: print(msg, file=sys.stderr),
         )
     except Exception as e:
-        user_error = as_user_error(e)
-        if user_error is None:
-            print(f"error: {bug_message(e, save_traceback(e))}", file=sys.stderr)
-            return 1
-        print(f"error: {user_error}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print_report(report)
     print(f"wrote {rundir.export_dir(args.run_dir) / rundir.EXPORT_REPORT}")
     return 0

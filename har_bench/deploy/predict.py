@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from har_bench.config import as_user_error
+from har_bench.config import report_error
 from har_bench.core.calibration import (
     PROBABILITY_PREFIX,
     UNKNOWN,
@@ -55,7 +55,7 @@ from har_bench.core.calibration import (
     probability_column,
     softmax,
 )
-from har_bench.core.errors import UserError, bug_message, save_traceback
+from har_bench.core.errors import UserError
 from har_bench.core.fs import atomic_write
 from har_bench.data.recordings import TIME_UNITS
 from har_bench.data.windowing import Recording, window_recordings
@@ -678,12 +678,7 @@ def main(argv: Sequence[str]) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:
-        user_error = as_user_error(e)
-        if user_error is None:
-            print(f"error: {bug_message(e, save_traceback(e))}", file=sys.stderr)
-            return 1
-        print(f"error: {user_error}", file=sys.stderr)
-        return 2
+        return report_error(e)
     if args.output is None:
         table.to_csv(sys.stdout, index=False, float_format="%.6g")
         return 0
