@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from har_bench.core.timing import measure_latency
+from har_bench.training import engine
 from har_bench.training.engine import (
     Trainer,
     resolve_device,
@@ -15,7 +16,9 @@ from har_bench.training.session import DivergedError
 
 
 def make_trainer(**kw) -> Trainer:
-    kw = {"progress": False, "device": "cpu"} | kw
+    # fp32 unless a test asks: "auto" is bf16 on CPUs with bf16 units, and these tests compare
+    # arithmetic exactly.
+    kw = {"progress": False, "device": "cpu", "precision": "32"} | kw
     return Trainer(**kw)
 
 
@@ -79,8 +82,24 @@ def test_bf16_autocast_trains_on_cpu():
     assert len(fit.history) == 2 and math.isfinite(fit.history[-1]["train_loss"])
 
 
-def test_precision_and_device_resolution():
+def test_a_bf16_trained_model_is_evaluated_in_fp32_on_cpu():
+    # The run's test figures must be the ones `har-bench predict` (fp32) reproduces.
+    torch.manual_seed(0)
+    X, y = torch.randn(32, 3, 32), torch.randint(0, 4, (32,))
+    trainer = make_trainer(max_epochs=1, batch_size=8, precision="bf16-mixed")
+    model = NoBN()
+    trainer.fit(model, X, y, X[:8], y[:8], optimizer_factory=lambda p: torch.optim.Adam(p, 1e-3))
+    with torch.no_grad():
+        fp32 = model.eval()(X)
+    assert torch.equal(trainer.predict(model, X), fp32)
+
+
+def test_precision_and_device_resolution(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) is None
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) is torch.bfloat16
+    assert resolve_precision("32", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cuda")) is torch.float16
     assert resolve_precision(32, torch.device("cpu")) is None
     with pytest.raises(ValueError, match="trainer.precision='fp8'"):

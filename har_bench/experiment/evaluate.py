@@ -23,7 +23,7 @@ from har_bench.experiment.prepare import Part, PreparedData
 from har_bench.experiment.spec import Choices
 from har_bench.runs.artifacts import TestPredictions
 from har_bench.training import distributed
-from har_bench.training.engine import Trainer
+from har_bench.training.engine import Trainer, precision_name
 from har_bench.training.image_transforms import ImageInput
 from har_bench.training.session import FitResult
 
@@ -201,7 +201,7 @@ def measure(
         inference_batch_size=trainer.eval_batch_size,
         test_inference_seconds=seconds,
         device=str(trainer.device),
-        precision=trainer.precision,
+        precision=precision_name(trainer.amp_dtype),
         torch_threads=torch.get_num_threads(),
     )
 

@@ -60,18 +60,33 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); torch exposes the
+    check only under private names, so a build without them counts as no."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
-    ``auto`` is fp16 mixed on CUDA and fp32 on CPU: bf16 on a CPU without native bf16 units is
-    slower than fp32, so it is used there only when asked for.
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The training step's autocast dtype, or None for full fp32.
+
+    ``auto`` is fp16 mixed on CUDA; on a CPU, bf16 mixed where the CPU has bf16 units and fp32
+    elsewhere (emulated bf16 is slower than fp32). The weights and the optimizer stay fp32.
     """
     precision = str(precision)
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision={precision!r} is invalid: expected one of {PRECISIONS}")
     if precision == "auto":
-        precision = "16-mixed" if device.type == "cuda" else "32"
+        if device.type == "cuda":
+            precision = "16-mixed"
+        else:
+            precision = "bf16-mixed" if cpu_has_native_bf16() else "32"
     return {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The ``trainer.precision`` value that ``dtype`` stands for (what a run records)."""
+    return {None: "32", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}[dtype]
 
 
 @dataclass
@@ -135,6 +150,11 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def eval_autocast(self) -> Any:
+        """Evaluation's precision: the training step's on CUDA; fp32 on a CPU, where bf16
+        inference is no faster and fp32 gives the figures ``har-bench predict`` reproduces."""
+        return self.autocast() if self.device.type == "cuda" else nullcontext()
+
     def train_batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
         """Shuffled index batches for one epoch (the last one short unless ``drop_last``)."""
         if self.drop_last and n < self.batch_size:
@@ -170,7 +190,7 @@ class Trainer:
             xb = xb.to(self.device, non_blocking=True)
             if prepare is not None:
                 xb = prepare(xb)
-            with self.autocast():
+            with self.eval_autocast():
                 out.append(model(xb).float().cpu())
         if not out:
             return torch.empty(0, 0)
@@ -236,6 +256,12 @@ class Trainer:
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         X_train, y_train = X_train.to(self.device), y_train.to(self.device)
+        log.info(
+            "training on %s, precision %s (trainer.precision=%s)",
+            self.device,
+            precision_name(self.amp_dtype),
+            self.precision,
+        )
         session = Session.start(
             self,
             model,
