@@ -10,7 +10,10 @@ augmentation, label smoothing, moving average of the weights) and trained by the
 ``Trainer.fit`` for two epochs of ``--steps`` optimizer steps on UCI-HAR windows (the real ones
 under ``--data``, else random windows of the same shape; the speed does not depend on the
 values); the second epoch is timed. The achieved rate counts forward + backward as 3 x the
-forward FLOPs (torch.utils.flop_counter). The peak is a large fp32 matmul on the same threads.
+forward FLOPs (torch.utils.flop_counter). The peak is a large matmul on the same threads in the
+precision the training step runs in (``trainer.precision``: fp32, or bf16 / fp16 for mixed
+precision), so a mixed-precision row is measured against what its units can do; the fp32 share
+is printed beside it.
 The breakdown comes from ``torch.profiler`` over one more epoch, using the step's own labels
 (augment, forward, backward, host_sync, optimizer, ema) and the epoch end's (ema_batchnorm,
 evaluate). Each ``--levers`` override is measured on and off side by side: the configurations
@@ -35,6 +38,7 @@ from har_bench.experiment.components import from_config
 from har_bench.experiment.spec import Choices
 from har_bench.models.summary import model_summary
 from har_bench.runs.artifacts import host_info
+from har_bench.training.engine import precision_name
 
 # name -> (model, overrides): the presets a user runs, with their own batch and recipe.
 PRESETS: dict[str, tuple[str, list[str]]] = {
@@ -58,12 +62,16 @@ LABELS = (
     "evaluate",
 )
 CHANNELS, LENGTH, CLASSES = 9, 128, 6
+PEAK_NAMES = {"32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_HAR"
 
 
-def matmul_peak(device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
-    """fp32 GFLOP/s of an n x n matmul, the best of repeated timings over ``seconds``."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 2.0
+) -> float:
+    """GFLOP/s of an n x n matmul in ``dtype``, the best of repeated timings over ``seconds``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     best, t_end = float("inf"), time.perf_counter() + seconds
@@ -94,7 +102,9 @@ def windows(data_root: Path | None, n: int) -> tuple[torch.Tensor, torch.Tensor,
     return X.contiguous(), y, groups, (mean.numpy(), std.numpy())
 
 
-def bench(name: str, overrides: list[str], args: argparse.Namespace, peak: float) -> dict:
+def bench(
+    name: str, overrides: list[str], args: argparse.Namespace, peaks: dict[str, float]
+) -> dict:
     model_name, preset = PRESETS[name]
     cfg = compose([*preset, *overrides, f"trainer.device={args.device}"])
     experiment = from_config(cfg, Choices(model=model_name))
@@ -138,6 +148,9 @@ def bench(name: str, overrides: list[str], args: argparse.Namespace, peak: float
     trainer.predict(model, X)
     infer_sps = len(X) / (time.perf_counter() - t0)
     gflops = 3 * flops * train_sps / 1e9
+    precision = precision_name(trainer.amp_dtype)
+    if precision not in peaks:
+        peaks[precision] = matmul_peak(trainer.device, trainer.amp_dtype)
     return {
         "preset": name,
         "model": model_name,
@@ -145,7 +158,9 @@ def bench(name: str, overrides: list[str], args: argparse.Namespace, peak: float
         "mflops_per_window": flops / 1e6,
         "train_windows_per_s": train_sps,
         "train_gflops": gflops,
-        "share_of_peak": gflops / peak,
+        "precision": precision,
+        "share_of_peak": gflops / peaks[precision],
+        "share_of_fp32_peak": gflops / peaks["32"],
         "inference_windows_per_s": infer_sps,
         "breakdown": breakdown,
     }
@@ -166,12 +181,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    peak = matmul_peak(device)
+    peaks = {"32": matmul_peak(device)}  # GFLOP/s by trainer.precision; others when first used
     configs = [(name, lever) for name in args.presets for lever in ["", *args.levers]]
     best: dict[tuple[str, str], dict] = {}
     for _ in range(args.rounds):
         for name, lever in configs:
-            row = bench(name, [*args.overrides, *([lever] if lever else [])], args, peak)
+            row = bench(name, [*args.overrides, *([lever] if lever else [])], args, peaks)
             row["lever"] = lever or "-"
             if (name, lever) not in best or row["train_windows_per_s"] > best[(name, lever)][
                 "train_windows_per_s"
@@ -181,19 +196,21 @@ def main() -> None:
     host = host_info()
     print(
         f"{host['processor']}, torch {host['torch']}, {host['torch_threads']} threads, "
-        f"{args.device}; fp32 matmul peak {peak:.0f} GFLOP/s"
+        f"{args.device}; matmul peak GFLOP/s: "
+        + ", ".join(f"{PEAK_NAMES[k]} {v:.0f}" for k, v in peaks.items())
     )
     print(
-        "| preset | lever | model | batch | MFLOPs/window | train windows/s | GFLOP/s | of peak "
-        "| inference windows/s |"
+        "| preset | lever | model | batch | precision | MFLOPs/window | train windows/s | GFLOP/s "
+        "| of its precision's peak | of fp32 peak | inference windows/s |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
-            f"| {r['preset']} | {r['lever']} | {r['model']} | {r['batch']} "
+            f"| {r['preset']} | {r['lever']} | {r['model']} | {r['batch']} | {r['precision']} "
             f"| {r['mflops_per_window']:.1f} "
             f"| {r['train_windows_per_s']:.0f} | {r['train_gflops']:.1f} "
-            f"| {100 * r['share_of_peak']:.0f}% | {r['inference_windows_per_s']:.0f} |"
+            f"| {100 * r['share_of_peak']:.0f}% | {100 * r['share_of_fp32_peak']:.0f}% "
+            f"| {r['inference_windows_per_s']:.0f} |"
         )
     print("\nshare of a training epoch's wall time (torch.profiler, CPU):")
     print("| preset | lever | " + " | ".join((*LABELS, "other")) + " |")
@@ -202,7 +219,7 @@ def main() -> None:
         shares = " | ".join(f"{100 * r['breakdown'][k]:.0f}%" for k in (*LABELS, "other"))
         print(f"| {r['preset']} | {r['lever']} | {shares} |")
     if args.json is not None:
-        out = {"host": host, "device": args.device, "peak_gflops": peak, "rows": rows}
+        out = {"host": host, "device": args.device, "peak_gflops": peaks, "rows": rows}
         args.json.write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")
 

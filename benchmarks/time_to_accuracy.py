@@ -32,18 +32,25 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_HAR"
 CONFIGS: dict[str, list[str]] = {
     "minirocket": ["model=minirocket"],
     "default": [],
-    "default before (fp32, 24 epochs)": ["trainer.precision=32", "trainer.max_epochs=24"],
+    "default before (resnext_har, 18 epochs)": ["model=resnext_har", "trainer.max_epochs=18"],
     "uci_har_best": ["experiment=uci_har_best"],
-    "uci_har_best before (fp32)": ["experiment=uci_har_best", "trainer.precision=32"],
+    "uci_har_best before (stem stride 1, first phase on 16 subjects, then the refit)": [
+        "experiment=uci_har_best",
+        "model=resnext_har",
+        "split.val_fraction=0.2",
+        "trainer.refit=true",
+    ],
 }
 
 # Run directory names under --keep.
 SLUGS = {
     "minirocket": "minirocket",
     "default": "default",
-    "default before (fp32, 24 epochs)": "default_before",
+    "default before (resnext_har, 18 epochs)": "default_before",
     "uci_har_best": "uci_har_best",
-    "uci_har_best before (fp32)": "uci_har_best_before",
+    "uci_har_best before (stem stride 1, first phase on 16 subjects, then the refit)": (
+        "uci_har_best_before"
+    ),
 }
 
 

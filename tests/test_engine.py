@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from har_bench.core.timing import measure_latency
-from har_bench.training import engine
 from har_bench.training.engine import (
     Trainer,
     resolve_device,
@@ -16,9 +15,7 @@ from har_bench.training.session import DivergedError
 
 
 def make_trainer(**kw) -> Trainer:
-    # fp32 unless a test asks: "auto" is bf16 on CPUs with bf16 units, and these tests compare
-    # arithmetic exactly.
-    kw = {"progress": False, "device": "cpu", "precision": "32"} | kw
+    kw = {"progress": False, "device": "cpu"} | kw
     return Trainer(**kw)
 
 
@@ -94,12 +91,9 @@ def test_a_bf16_trained_model_is_evaluated_in_fp32_on_cpu():
     assert torch.equal(trainer.predict(model, X), fp32)
 
 
-def test_precision_and_device_resolution(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+def test_precision_and_device_resolution():
     assert resolve_precision("auto", torch.device("cpu")) is None
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    assert resolve_precision("auto", torch.device("cpu")) is torch.bfloat16
-    assert resolve_precision("32", torch.device("cpu")) is None
+    assert resolve_precision("bf16-mixed", torch.device("cpu")) is torch.bfloat16
     assert resolve_precision("auto", torch.device("cuda")) is torch.float16
     assert resolve_precision(32, torch.device("cpu")) is None
     with pytest.raises(ValueError, match="trainer.precision='fp8'"):

@@ -60,27 +60,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); torch exposes the
-    check only under private names, so a build without them counts as no."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The training step's autocast dtype, or None for full fp32.
 
-    ``auto`` is fp16 mixed on CUDA; on a CPU, bf16 mixed where the CPU has bf16 units and fp32
-    elsewhere (emulated bf16 is slower than fp32). The weights and the optimizer stay fp32.
+    ``auto`` is fp16 mixed on CUDA and fp32 on a CPU: oneDNN's bf16 kernels for these small
+    (grouped) 1-D convolutions are hardly faster than fp32 even on CPUs with bf16 units, so
+    bf16 is used there only when asked for. The weights and the optimizer stay fp32.
     """
     precision = str(precision)
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision={precision!r} is invalid: expected one of {PRECISIONS}")
     if precision == "auto":
-        if device.type == "cuda":
-            precision = "16-mixed"
-        else:
-            precision = "bf16-mixed" if cpu_has_native_bf16() else "32"
+        precision = "16-mixed" if device.type == "cuda" else "32"
     return {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
 
 
