@@ -143,3 +143,5 @@ def test_loso_preset_tests_every_uci_har_subject_once(compose_cfg):
     )
     assert list(override.sweep_iterator()) == list(range(30))
     assert cfg.hydra.sweep.subdir == "fold0"  # fold${split.fold}: a folder per fold
+    # Folds side by side, each on its share of the cores (analysis/sweep.py sets the threads).
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
