@@ -288,3 +288,20 @@ def test_a_run_with_a_capped_evaluation_completes_without_a_partial_file(tmp_pat
     assert metrics["status"] == "completed"
     assert metrics["test"]["num_samples"] == 16
     assert not (run_dir / rundir.TEST_PREDICTIONS).exists()
+
+
+def test_a_member_with_a_capped_evaluation_is_refused_with_its_reason(members, tmp_path, capsys):
+    """Its missing test_predictions.csv is by design, not the mark of a run from before them:
+    the error says what it scored and how to run it again, and no member is run again."""
+    capped = train(
+        tmp_path / "capped", "seed=1", "trainer.limit_eval_batches=1", "trainer.eval_batch_size=16"
+    )
+    code, _, err = ensemble(members[0], capped, "-o", tmp_path / "e", capsys=capsys)
+    assert_one_line_error(
+        code,
+        err,
+        f"member {capped.resolve()} evaluated only 16 of its",
+        "(trainer.limit_eval_batches=1)",
+        "run it again without trainer.limit_eval_batches",
+    )
+    assert "ran before" not in err and not (tmp_path / "e").exists()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from cli_helpers import in_process_cli
+from cli_helpers import assert_one_line_error, in_process_cli
 
 from har_bench.core.errors import UserError
 from har_bench.experiment.components import model_from_config
@@ -129,7 +129,17 @@ def test_config_builds_the_published_defaults(compose_cfg, name):
         (InceptionTime, {"use_residual": "yes"}, "model.use_residual='yes'"),
         (InceptionTime, {"kernel_size": 0}, "model.kernel_size=0"),
         (InceptionTime, {"bottleneck": -1}, "model.bottleneck=-1"),
+        (
+            InceptionTime,
+            {"kernel_size": -3},
+            "model.kernel_size=-3 is invalid: expected an integer >= 1",
+        ),
         (LITE, {"use_dilation": 1}, "model.use_dilation=1"),
+        # LITE's separable kernels derive from kernel_size // 2: the error names the typed value.
+        (LITE, {"kernel_size": 1}, "model.kernel_size=1 is invalid: expected an integer >= 2"),
+        (LITE, {"kernel_size": 0}, "model.kernel_size=0 is invalid: expected an integer >= 2"),
+        (LITE, {"kernel_size": -3}, "model.kernel_size=-3 is invalid: expected an integer >= 2"),
+        (LITE, {"kernel_size": 2.5}, "model.kernel_size=2.5 is invalid: expected an integer >= 2"),
         (PatchTST, {"d_model": 100, "n_heads": 16}, "model.d_model=100"),
         (PatchTST, {"dropout": 1.0}, "model.dropout=1.0"),
         (PatchTST, {"patch_len": 0}, "model.patch_len=0"),
@@ -164,6 +174,14 @@ def train_tiny(main, tmp_path, name: str):
     )
     assert code == 0, err
     return run_dir
+
+
+@pytest.mark.parametrize("name, smallest", [("lite", 2), ("inception_time", 1)])
+def test_too_small_kernel_through_the_cli_names_the_typed_key(main, name, smallest):
+    code, err = main(f"model={name}", f"model.kernel_size={smallest - 1}", "dataset=synthetic")
+    assert_one_line_error(
+        code, err, f"model.kernel_size={smallest - 1} is invalid: expected an integer >= {smallest}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CLASSES))

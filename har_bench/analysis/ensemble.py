@@ -11,7 +11,9 @@ exists): nothing is run again. A run from before has its tested model run once m
 windows, rebuilt from its own config (the ``recompute`` callable the command passes in, from
 :mod:`har_bench.deploy.loaded`). Members must be completed runs tested on the same windows:
 same dataset and split settings, same test part in ``split_report.json`` and the same windows
-and labels in their predictions; anything else is one error line naming the member.
+and labels in their predictions; anything else is one error line naming the member. A run
+whose evaluation was capped (``trainer.limit_eval_batches``) scored only part of its test set
+and is refused the same way.
 """
 
 from __future__ import annotations
@@ -194,6 +196,12 @@ def load_predictions(member: Member, recompute: Recompute | None) -> None:
     if (member.path / rundir.TEST_PREDICTIONS).is_file():
         member.predictions = TestPredictions.read(member.path)
         return
+    capped = capped_evaluation(member)
+    if capped is not None:
+        raise UserError(
+            f"member {member.path} {capped}, so it has no {rundir.TEST_PREDICTIONS} and its test "
+            "metrics are partial: run it again without trainer.limit_eval_batches"
+        )
     model = member.metrics.get("model")
     if member.metrics.get("weights") == "fitted" or recompute is None:
         raise UserError(
@@ -208,6 +216,20 @@ def load_predictions(member: Member, recompute: Recompute | None) -> None:
     )
     member.predictions = recompute(member.path)
     member.source = RECOMPUTED
+
+
+def capped_evaluation(member: Member) -> str | None:
+    """How much of its test part a run with trainer.limit_eval_batches scored (such a run saves
+    no test predictions, by design), or None for a run that scored it all."""
+    key = "trainer.limit_eval_batches"
+    limit = rundir.resolved_settings(member.record.config, ("trainer",)).get(key)
+    if limit is None:
+        return None
+    scored = (member.metrics.get("test") or {}).get("num_samples")
+    total = ((split_report(member.path) or {}).get("parts", {}).get("test") or {}).get("windows")
+    if isinstance(scored, int) and isinstance(total, int):
+        return f"evaluated only {scored} of its {total} test windows ({key}={limit})"
+    return f"evaluated only part of its test set ({key}={limit})"
 
 
 def check_same_windows(member: Member, first: Member) -> None:

@@ -17,7 +17,7 @@ from har_bench.core.errors import UserError, check_memory
 from har_bench.experiment.prepare import PreparedData
 from har_bench.experiment.pretrained import WeightsSource, load_weights
 from har_bench.experiment.spec import Training
-from har_bench.models.resnet import ResNet
+from har_bench.models.resnet import ResNet, takes_images
 from har_bench.models.summary import model_summary
 from har_bench.runs import rundir
 from har_bench.training.finetune import FineTune
@@ -46,7 +46,7 @@ def build_model(
     """The model for this data's channels and classes, with ``weights`` loaded;
     ``model_summary.json`` written (for a model fitted outside the loop, by
     :func:`~har_bench.experiment.fit.fit_estimator`, once there is something to count)."""
-    model, loaded = new_model(make_model, data, weights)
+    model, loaded = new_model(make_model, data, weights, name)
     if not isinstance(model, nn.Module):
         return BuiltModel(model, {"model": name, "architecture": type(model).__name__})
     summary = model_summary(model, data.sample)
@@ -92,24 +92,33 @@ def new_model(
     make_model: Callable[[int, int], nn.Module],
     data: PreparedData,
     weights: WeightsSource | None,
+    name: str | None = None,
 ) -> tuple[Any, dict[str, Any] | None]:
-    """A model for ``data`` from ``make_model``, with ``weights`` loaded (and what they were)."""
+    """A model for ``data`` from ``make_model``, with ``weights`` loaded (and what they were);
+    ``name`` (the ``model=`` choice) is for the error when the data and the model disagree."""
     check_model_fits(make_model, data.data.num_channels, data.data.num_classes)
     model = make_model(data.data.num_channels, data.data.num_classes)
-    if (
-        data.prepare is not None
-        and isinstance(model, ResNet)
-        and model.arch["layout"] != "2d_image"
-    ):
-        raise UserError(
-            f"dataset={data.data.name} holds images [N, 3, H, W]; model.layout="
-            f"{model.arch['layout']} is for sensor windows: use model.layout=2d_image"
-        )
+    if data.prepare is not None and not takes_images(model):
+        raise UserError(images_need_image_model(data.data.name, model, name))
     if weights is None:
         return model, None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.weights: {type(model).__name__} is not a network to load into")
     return model, load_weights(model, weights, data.class_names)
+
+
+def images_need_image_model(dataset: str, model: Any, name: str | None) -> str:
+    """The error for images given to a model that takes sensor windows: the ResNet family in
+    another layout, or any sequence model (which has no image layout at all)."""
+    head = f"dataset={dataset} holds images [N, 3, H, W]; "
+    if isinstance(model, ResNet):
+        layout = model.arch["layout"]
+        return f"{head}model.layout={layout} is for sensor windows: use model.layout=2d_image"
+    chosen = f"model={name}" if name else type(model).__name__
+    return (
+        f"{head}{chosen} takes sensor windows [N, C, T] only: use the ResNet family with "
+        "model.layout=2d_image (e.g. model=resnet18 model.layout=2d_image)"
+    )
 
 
 def bind_finetune(training: Training, model: nn.Module) -> FineTune | None:

@@ -11,6 +11,7 @@ from har_bench.models.resnet import (
     default_kernel_size,
     init_weights,
     parse_shape,
+    takes_images,
 )
 from har_bench.models.summary import count_flops, model_summary
 
@@ -29,4 +30,5 @@ __all__ = [
     "init_weights",
     "model_summary",
     "parse_shape",
+    "takes_images",
 ]

@@ -29,8 +29,8 @@ from har_bench.models.resnet import init_weights
 
 
 def odd_kernels(kernel_size: int, count: int) -> tuple[int, ...]:
-    """``kernel_size // 2**i`` for ``i < count``, each even size one less (at least 1)."""
-    check_int("model.kernel_size", kernel_size)
+    """``kernel_size // 2**i`` for ``i < count``, each even size one less (at least 1).
+    ``kernel_size`` is checked by the caller: a derived size must not be named in an error."""
     sizes = (kernel_size // 2**i for i in range(count))
     return tuple(max(1, k - 1 if k % 2 == 0 else k) for k in sizes)
 
@@ -98,7 +98,7 @@ class InceptionTime(nn.Module):
             raise UserError(
                 f"model.use_residual={use_residual!r} is invalid: expected true or false"
             )
-        self.kernel_sizes = odd_kernels(kernel_size, 3)
+        self.kernel_sizes = odd_kernels(check_int("model.kernel_size", kernel_size), 3)
         width = 4 * nb_filters
         self.blocks = nn.ModuleList(
             InceptionModule(
@@ -218,6 +218,8 @@ class LITE(nn.Module):
         ):
             if not isinstance(value, bool):
                 raise UserError(f"model.{name}={value!r} is invalid: expected true or false")
+        # >= 2: the separable convolutions' kernels derive from kernel_size // 2.
+        kernel_size = check_int("model.kernel_size", kernel_size, minimum=2)
         # Without multiplexing: one convolution of the largest kernel, with all the filters.
         n_convs, filters = (3, nb_filters) if use_multiplexing else (1, 3 * nb_filters)
         self.kernel_sizes = odd_kernels(kernel_size, n_convs)

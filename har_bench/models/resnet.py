@@ -347,6 +347,12 @@ class ResNet(nn.Module):
     head_name = "fc"
 
     @property
+    def takes_images(self) -> bool:
+        """Images [N, 3, H, W] in (the 2d_image layout), not sensor windows; see
+        :func:`takes_images`."""
+        return self.layout.name == "2d_image"
+
+    @property
     def stage_names(self) -> list[str]:
         """``layer1`` .. ``layerN``: the residual stages, input side first."""
         return [f"layer{i + 1}" for i in range(self.num_stages)]
@@ -361,6 +367,13 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.forward_features(x)))
+
+
+def takes_images(model: object) -> bool:
+    """Whether ``model`` takes images [N, 3, H, W]. A model that does says so with a true
+    ``takes_images`` attribute (the ResNet family in the 2d_image layout); every other one, the
+    sequence models included, takes sensor windows [N, C, T] and needs no declaration."""
+    return bool(getattr(model, "takes_images", False))
 
 
 def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
