@@ -19,13 +19,9 @@ from har_bench.experiment import select as select_module
 from har_bench.experiment.components import build
 from har_bench.runs import rundir
 
-# Small enough to be quick, long enough for a learning rate of 0.01 to beat one of 0.
-KFOLD = [
-    *[a for a in SMALL if not a.startswith("trainer.max_epochs")],
-    "trainer.max_epochs=4",
-    "selection=kfold",
-    "selection.folds=3",
-]
+KFOLD = [*SMALL, "dataset.windows_per_subject=30", "selection=kfold", "selection.folds=3"]
+# Long enough for a learning rate of 0.01 to beat one of 0.
+LEARNS = "trainer.max_epochs=4"
 UEA = SHARED_DATA / "UEA"
 
 
@@ -55,6 +51,7 @@ def test_the_best_cv_mean_is_chosen_and_trained_on_every_training_case(cli, tmp_
     monkeypatch.setattr(run_module, "fit", recording_fit)
     code, err = cli(
         *KFOLD,
+        LEARNS,
         # An absurd candidate first: it learns nothing and must not be chosen.
         "selection.grid={optimizer.lr:[0.0,0.01]}",
         "split.val_fraction=0.2",  # the split's validation part joins the training cases
@@ -76,7 +73,7 @@ def test_the_best_cv_mean_is_chosen_and_trained_on_every_training_case(cli, tmp_
     assert metrics["selection"]["cv_mean"] == pytest.approx(max(means))
 
     # What the folds trained on and held out, seen from outside the selection's own record.
-    data = build(compose(["dataset=synthetic"]), "dataset")
+    data = build(compose(["dataset=synthetic", "dataset.windows_per_subject=30"]), "dataset")
     test_subjects = set(report["parts"]["test"]["subjects"])
     training = np.flatnonzero(~np.isin(data.subjects, sorted(test_subjects)))
     assert len(folds) == 6
