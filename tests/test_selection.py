@@ -14,6 +14,7 @@ from helpers import SHARED_DATA
 
 from har_bench.analysis.grouping import load_run
 from har_bench.config import compose
+from har_bench.deploy.loaded import FinishedRun
 from har_bench.experiment import run as run_module
 from har_bench.experiment import select as select_module
 from har_bench.experiment.components import build
@@ -95,6 +96,11 @@ def test_the_best_cv_mean_is_chosen_and_trained_on_every_training_case(cli, tmp_
     assert report["parts"]["val"]["windows"] == 0
     assert "validation_joined_training" in report["info"]
     assert metrics["val"] is None
+
+    # Read back (export, predict): the chosen settings, the windows the model trained on.
+    finished = FinishedRun(run_dir)
+    assert finished.experiment.training.optimizer_factory.keywords["lr"] == 0.01
+    assert sorted(finished.data.train.index.tolist()) == training.tolist()
 
 
 def test_train_time_counts_every_fold_and_the_final_training(cli, tmp_path):

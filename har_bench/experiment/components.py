@@ -135,10 +135,7 @@ def selection_from_config(cfg: DictConfig, choices: Choices) -> Selection | None
     candidates = []
     for values in itertools.product(*grid.values()):
         overrides = dict(zip(grid, values, strict=True))
-        candidate_cfg = copy.deepcopy(cfg)
-        for key, value in overrides.items():
-            OmegaConf.update(candidate_cfg, key, value, merge=False)
-        experiment = from_config(candidate_cfg, choices)
+        experiment = from_config(with_overrides(cfg, overrides), choices)
         if experiment.training.trainer.patience is not None:
             raise UserError(
                 "selection=kfold trains every candidate for its whole schedule and scores the "
@@ -146,6 +143,15 @@ def selection_from_config(cfg: DictConfig, choices: Choices) -> Selection | None
             )
         candidates.append(Candidate(overrides, experiment))
     return Selection(folds, metric, seed, grid, tuple(candidates))
+
+
+def with_overrides(cfg: DictConfig, overrides: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with each dotted key set to its value: a selection candidate's config,
+    or a finished selection run's chosen one (``metrics.json`` ``selection.chosen``)."""
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        OmegaConf.update(out, key, value, merge=False)
+    return out
 
 
 def selection_grid(cfg: DictConfig) -> dict[str, list[Any]]:
