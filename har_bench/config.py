@@ -311,7 +311,12 @@ def _unparsable(args: Sequence[str]) -> str | None:
 def closest_key(key: str, args: Sequence[str]) -> str | None:
     """The existing config key nearest to a misspelled one, looked up in the config the
     command's group choices (model=..., dataset=...) give, siblings first."""
-    keys = _config_keys(args)
+    return nearest_key(key, _config_keys(args))
+
+
+def nearest_key(key: str, keys: Sequence[str]) -> str | None:
+    """The key of ``keys`` (dotted, ``optimizer.lr``) nearest to a misspelled ``key``,
+    siblings first; None when none is close."""
     parent, _, leaf = key.rpartition(".")
     siblings = _children(parent, keys)
     if parent and siblings:

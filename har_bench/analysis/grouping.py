@@ -152,6 +152,10 @@ def load_run(run_dir: Path) -> Run:
     refit = record.documents[rundir.METRICS].get("refit")
     if "train_seconds" in values and isinstance(refit, Mapping):
         values["train_seconds"] += sum(float(r["train_seconds"]) for r in refit.get("history", []))
+    # selection=kfold trains every candidate on every fold before the final training.
+    selection = record.documents[rundir.METRICS].get("selection")
+    if "train_seconds" in values and isinstance(selection, Mapping):
+        values["train_seconds"] += float(selection.get("train_seconds", 0.0))
     config = flatten(record.config)
     for group in CHOICE_GROUPS:
         if record.choices.get(group) is not None:

@@ -23,8 +23,9 @@ from torch import nn
 
 from har_bench.core.calibration import Calibration, softmax
 from har_bench.core.errors import UserError
-from har_bench.experiment.components import from_config
+from har_bench.experiment.components import from_config, with_overrides
 from har_bench.experiment.prepare import PreparedData, prepare_data
+from har_bench.experiment.select import merged_validation
 from har_bench.experiment.spec import Choices, Experiment
 from har_bench.runs import rundir
 from har_bench.runs.artifacts import TestPredictions
@@ -139,7 +140,10 @@ class FinishedRun:
         self.metrics = check_finished(self.path)
         self.config = run_config(self.path)
         self.choices = Choices.of(rundir.saved_choices(self.path))
-        self.experiment: Experiment = from_config(self.config, self.choices)
+        # selection=kfold tested its chosen candidate, trained on every training case.
+        self.chosen = (self.metrics.get("selection") or {}).get("chosen")
+        config = self.config if self.chosen is None else with_overrides(self.config, self.chosen)
+        self.experiment: Experiment = from_config(config, self.choices)
 
     @property
     def refit(self) -> bool:
@@ -177,9 +181,12 @@ class FinishedRun:
     @cached_property
     def data(self) -> PreparedData:
         with tempfile.TemporaryDirectory() as tmp:
+            make_split = self.experiment.make_split
+            if self.chosen is not None:
+                make_split = merged_validation(make_split)
             data = prepare_data(
                 self.experiment.load_data,
-                self.experiment.make_split,
+                make_split,
                 self.choices.split,
                 Path(tmp),
                 self.experiment.weights,  # pretrained weights bring their own normalisation

@@ -8,9 +8,11 @@ user as its own one-line message, tagged with the config key it came from.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from har_bench.config import flatten
+from har_bench.config import flatten, nearest_key
 from har_bench.core.errors import (
     UserError,
     check_finite_settings,
@@ -27,7 +29,15 @@ from har_bench.core.errors import (
     check_optional_int,
 )
 from har_bench.experiment.pretrained import WeightsSource
-from har_bench.experiment.spec import Choices, Experiment, Tracking, Training
+from har_bench.experiment.spec import (
+    SELECTION_METRICS,
+    Candidate,
+    Choices,
+    Experiment,
+    Selection,
+    Tracking,
+    Training,
+)
 from har_bench.runs.tracking import MlflowTracking
 from har_bench.training.finetune import FineTune
 from har_bench.training.schedules import StepSchedule
@@ -81,6 +91,110 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
         weights=weights,
         tracking=tracking_from_config(cfg, choices, values),
     )
+
+
+# Keys a selection grid may not vary: the folds are cut from one dataset and split, with one
+# seed, and the runner's own switches say how a run is kept, not what it trains.
+FIXED_FOR_SELECTION = (
+    "dataset",
+    "split",
+    "selection",
+    "seed",
+    "paths",
+    "hydra",
+    "tracking",
+    "efficiency",
+    "trainer.resume",
+    "trainer.overwrite",
+    "trainer.refit",
+)
+
+
+def selection_from_config(cfg: DictConfig, choices: Choices) -> Selection | None:
+    """``selection=kfold``'s settings and every candidate of its grid built as an experiment
+    (so a bad candidate value fails before any data is read); None for ``selection=none``."""
+    node = cfg.get("selection")
+    if not node or node.get("method", "none") == "none":
+        return None
+    method = node.get("method")
+    if method != "kfold":
+        raise UserError(f"selection.method={method!r} is invalid: expected none or kfold")
+    folds = check_int("selection.folds", node.get("folds"), 2)
+    metric = node.get("metric")
+    if metric not in SELECTION_METRICS:
+        raise UserError(
+            f"selection.metric={metric!r} is invalid: expected one of {', '.join(SELECTION_METRICS)}"
+        )
+    seed = check_int("selection.seed", node.get("seed"), 0)
+    grid = selection_grid(cfg)
+    if cfg.trainer.get("refit"):
+        raise UserError(
+            "selection=kfold trains the chosen settings on every training case itself: "
+            "set trainer.refit=false (the refit's validation part is one of the folds' cases)"
+        )
+    candidates = []
+    for values in itertools.product(*grid.values()):
+        overrides = dict(zip(grid, values, strict=True))
+        experiment = from_config(with_overrides(cfg, overrides), choices)
+        if experiment.training.trainer.patience is not None:
+            raise UserError(
+                "selection=kfold trains every candidate for its whole schedule and scores the "
+                f"last epoch: set trainer.patience=null (it is {experiment.training.trainer.patience})"
+            )
+        candidates.append(Candidate(overrides, experiment))
+    return Selection(folds, metric, seed, grid, tuple(candidates))
+
+
+def with_overrides(cfg: DictConfig, overrides: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with each dotted key set to its value: a selection candidate's config,
+    or a finished selection run's chosen one (``metrics.json`` ``selection.chosen``)."""
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        OmegaConf.update(out, key, value, merge=False)
+    return out
+
+
+def selection_grid(cfg: DictConfig) -> dict[str, list[Any]]:
+    """``selection.grid`` as ``{config key: candidate values}``, each key checked against the
+    config (nested and dotted keys both read as the dotted key)."""
+    raw = cfg.selection.get("grid")
+    example = "e.g. 'selection.grid={optimizer.lr:[0.001,0.003]}'"
+    if raw is None or (isinstance(raw, Mapping) and not raw):
+        raise UserError(
+            f"selection=kfold needs selection.grid, the settings to choose among ({example})"
+        )
+    if not isinstance(raw, Mapping):
+        raise UserError(f"selection.grid={raw!r} is invalid: expected a mapping ({example})")
+    grid = flatten(OmegaConf.to_container(raw, resolve=True))
+    known = flatten(settings(cfg))
+    out: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        fixed = next((f for f in FIXED_FOR_SELECTION if key == f or key.startswith(f + ".")), None)
+        if fixed is not None:
+            raise UserError(
+                f"selection.grid: {key} cannot be selected: the folds are cut from one "
+                "dataset, split and seed, and the runner's switches are not settings; choose "
+                "among model, optimizer, scheduler, augment or trainer keys"
+            )
+        if key not in known:
+            close = nearest_key(key, list(known))
+            group = key.partition(".")[0]
+            has = sorted(k for k in known if k.startswith(group + ".") and "._" not in k)
+            hint = (
+                f"; did you mean {close}?"
+                if close
+                else (f"; {group} has: {', '.join(has)}" if has else "")
+            )
+            raise UserError(f"selection.grid: {key} is not a config key{hint}")
+        if not isinstance(values, list):
+            raise UserError(
+                f"selection.grid: {key}={values!r} is invalid: expected a list of candidate "
+                f"values, e.g. {key}=[{values!r}]"
+            )
+        if not values:
+            raise UserError(f"selection.grid: {key} has no candidate values: list at least one")
+        out[key] = values
+    return out
 
 
 def tracking_from_config(cfg: DictConfig, choices: Choices, values: Any) -> Tracking | None:

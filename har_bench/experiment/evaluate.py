@@ -260,6 +260,7 @@ def collect_result(
     finetune: dict[str, Any] | None = None,
     step_budget: dict[str, Any] | None = None,
     calibration: Calibrated | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> RunResult:
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -279,6 +280,10 @@ def collect_result(
     }
     if step_budget is not None:
         metrics["step_budget"] = step_budget
+    if selection is not None:
+        # selection=kfold: the settings chosen on folds of the training part (their scores in
+        # split_report.json); "tested" is then the model trained on all training cases.
+        metrics["selection"] = selection
     if refitted is not None:
         metrics["refit"] = refitted.info
     if finetune is not None:

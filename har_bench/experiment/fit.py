@@ -46,6 +46,10 @@ def load_resume(resume: str | None, run_dir: Path) -> dict[str, Any] | None:
             "continues in its own directory (the har-bench CLI arranges that; from Python "
             "call run(cfg, Path(cfg.trainer.resume)))"
         )
+    if rundir.stopped_in_selection(run_dir):
+        # The final training has not started: selection=kfold resumes its folds.
+        log.info("resuming %s's selection from %s", run_dir, rundir.SELECTION_CHECKPOINTS)
+        return None
     state = load_resume_state(rundir.checkpoint_dir(run_dir))
     log.info("resuming %s from %s", run_dir, rundir.last_checkpoint(run_dir))
     return state

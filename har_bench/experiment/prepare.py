@@ -116,6 +116,12 @@ def prepare_data(
         items,
         time.perf_counter() - t0,
     )
+    return tensors(data, split, pretrained)
+
+
+def tensors(data: HARData, split: Split, pretrained: WeightsSource | None = None) -> PreparedData:
+    """The split's parts as tensors, standardised with its training part's statistics (a
+    cross-validation fold's own, for a fold)."""
     y_t = torch.from_numpy(data.y.astype(np.int64))
     if data.image is not None:
         prepare = image_input(data, split, pretrained)

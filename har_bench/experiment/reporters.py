@@ -252,6 +252,18 @@ class ConsoleSummary(Reporter):
         figures.add_row("best epoch (validation)", str(metrics["best_epoch"]))
         if refit:
             figures.add_row("refit epochs", str(metrics.get("refit", {}).get("epochs", "-")))
+        selection = metrics.get("selection")
+        if selection:
+            chosen = ", ".join(f"{k}={v}" for k, v in selection["chosen"].items())
+            figures.add_row(f"chosen by {selection['folds']}-fold CV", chosen)
+            figures.add_row(
+                f"CV {selection['metric']} (mean ± std)",
+                f"{selection['cv_mean']:.4f} ± {selection['cv_std']:.4f}",
+            )
+            figures.add_row(
+                "train s, selection + final",
+                f"{selection['train_seconds'] + timings.train_seconds_total:.1f}",
+            )
         figures.add_row("params", f"{summary['params']:,}")
         flops = summary.get("flops_per_sample")
         figures.add_row("MFLOPs / sample", f"{flops / 1e6:.2f}" if flops is not None else "n/a")

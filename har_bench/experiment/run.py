@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from har_bench.config import as_user_error
 from har_bench.core.seeding import seed_everything
 from har_bench.experiment.build import build_model, finetune_record
-from har_bench.experiment.components import from_config
+from har_bench.experiment.components import from_config, selection_from_config
 from har_bench.experiment.evaluate import (
     best_weights_scorer,
     calibrate,
@@ -39,7 +39,8 @@ from har_bench.experiment.fit import (
 )
 from har_bench.experiment.prepare import check_selection, prepare_data
 from har_bench.experiment.reporters import default_reporters
-from har_bench.experiment.spec import Choices, Experiment
+from har_bench.experiment.select import merged_validation, select
+from har_bench.experiment.spec import Choices, Experiment, Selection
 from har_bench.runs import rundir
 from har_bench.runs.tracking import require_mlflow
 from har_bench.training.checkpoint import check_resume_state
@@ -82,7 +83,12 @@ def _check_resume(cfg: DictConfig, run_dir: Path) -> None:
     """A resume whose checkpoint cannot be loaded is refused before anything is written: the
     stopped run keeps its status, its resume command and its saved config."""
     resume = cfg.trainer.get("resume")
-    if resume not in (None, "") and Path(str(resume)).expanduser().resolve() == run_dir.resolve():
+    if (
+        resume not in (None, "")
+        and Path(str(resume)).expanduser().resolve() == run_dir.resolve()
+        # Stopped while selection=kfold scored its folds: no final checkpoint yet.
+        and not rundir.stopped_in_selection(run_dir)
+    ):
         check_resume_state(rundir.checkpoint_dir(run_dir))
 
 
@@ -97,7 +103,8 @@ def _run_with_status(cfg: DictConfig, run_dir: Path, choices: Choices) -> dict[s
         host=socket.gethostname(),
     )
     try:
-        return _run(from_config(cfg, choices), run_dir)
+        experiment = from_config(cfg, choices)
+        return _run(experiment, run_dir, selection_from_config(cfg, choices))
     except KeyboardInterrupt as e:
         name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
         rundir.write_status(
@@ -135,8 +142,12 @@ def _run_with_status(cfg: DictConfig, run_dir: Path, choices: Choices) -> dict[s
         raise
 
 
-def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
-    """The stages, in order; returns metrics.json's content."""
+def _run(
+    experiment: Experiment, run_dir: Path, selection: Selection | None = None
+) -> dict[str, Any]:
+    """The stages, in order; returns metrics.json's content. With ``selection`` the settings
+    are chosen by k-fold cross-validation on the training part first, and the chosen
+    candidate's experiment is the one trained and tested."""
     if experiment.tracking is not None:
         require_mlflow()  # before anything is read or trained
     seed_everything(experiment.seed)
@@ -145,9 +156,17 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
     resume = load_resume(experiment.resume, run_dir)
     write_environment(run_dir, str(trainer.device), resume)
     weights = experiment.weights
-    data = prepare_data(
-        experiment.load_data, experiment.make_split, choices.split, run_dir, weights
-    )
+    make_split = experiment.make_split
+    if selection is not None:
+        make_split = merged_validation(make_split)
+    data = prepare_data(experiment.load_data, make_split, choices.split, run_dir, weights)
+    selected = None
+    if selection is not None:
+        selected = select(selection, data, run_dir, resuming=experiment.resume not in (None, ""))
+        experiment = selected.chosen.experiment
+        training, weights = experiment.training, experiment.weights
+        trainer = training.trainer
+        seed_everything(experiment.seed)  # the final model starts as a run of these settings
     built = build_model(experiment.make_model, data, choices.model, run_dir, weights)
     check_selection(training, data, built.trained_by_loop)
     step_budget = None
@@ -200,6 +219,7 @@ def _run(experiment: Experiment, run_dir: Path) -> dict[str, Any]:
             finetune=finetune_record(training, built, fitted),
             step_budget=step_budget,
             calibration=calibration,
+            selection=selected.metrics if selected is not None else None,
         )
         reporters.on_end(result)
         # metrics.json last: its status "completed" means every other artifact is in place.

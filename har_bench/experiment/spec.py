@@ -89,3 +89,31 @@ class Experiment:
     hparams: dict[str, Any]  # scalar config values that identify the run (TensorBoard)
     weights: WeightsSource | None = None  # model.weights: loaded into every model built
     tracking: Tracking | None = None  # tracking=none: TensorBoard and the run dir only
+
+
+# What a fold's held-out cases can be scored by (keys of har_bench.core.metrics'
+# classification_metrics).
+SELECTION_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One combination of ``selection.grid``: its settings and the experiment they make."""
+
+    overrides: dict[str, Any]  # config key -> value, in the grid's order
+    experiment: Experiment
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``selection=kfold``: candidates scored by k-fold cross-validation inside the training
+    cases (:mod:`har_bench.experiment.select`)."""
+
+    folds: int
+    metric: str
+    seed: int
+    grid: dict[str, list[Any]]
+    candidates: tuple[Candidate, ...]

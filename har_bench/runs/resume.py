@@ -223,7 +223,7 @@ def check_resumable(run_dir: Path, value: str) -> None:
     if problem is not None:
         raise ResumeError(f"{prefix}: {problem}")
     last = rundir.last_checkpoint(run_dir)
-    if not last.is_file():
+    if not last.is_file() and not rundir.stopped_in_selection(run_dir):
         raise ResumeError(
             f"{prefix}: {run_dir} has no {last.relative_to(run_dir)} (it stopped before its "
             "first checkpoint); start it again without trainer.resume"

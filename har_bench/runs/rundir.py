@@ -64,6 +64,9 @@ SAVED_HYDRA_CONFIG = f"{HYDRA_DIR}/hydra.yaml"
 SAVED_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
 # checkpoints/refit/: where a trainer.refit run keeps the model it tested (experiment.fit.refit).
 REFIT_CHECKPOINTS = "refit"
+# checkpoints/selection/: selection=kfold's fold scores and the fold being trained
+# (experiment.select).
+SELECTION_CHECKPOINTS = "selection"
 # har-bench export RUN_DIR writes into export/; har-bench predict reads from there.
 EXPORT_DIR = "export"
 EXPORT_REPORT = "export_report.json"
@@ -139,6 +142,14 @@ def _last_checkpoint_name() -> str:
 
 def last_checkpoint(run_dir: Path) -> Path:
     return checkpoint_dir(run_dir) / _last_checkpoint_name()
+
+
+def stopped_in_selection(run_dir: Path) -> bool:
+    """Whether a run stopped while ``selection=kfold`` scored its folds (it has selection
+    progress and no checkpoint of the final training yet): it resumes there."""
+    return (checkpoint_dir(run_dir) / SELECTION_CHECKPOINTS).is_dir() and not last_checkpoint(
+        run_dir
+    ).is_file()
 
 
 def tested_checkpoint(run_dir: Path) -> Path:
