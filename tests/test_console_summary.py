@@ -42,6 +42,7 @@ def _result(refit: bool) -> RunResult:
         test_inference_seconds=0.1,
         device="cpu",
         precision="32",
+        eval_precision="32",
         torch_threads=1,
     )
     return RunResult(

@@ -89,6 +89,7 @@ def test_a_bf16_trained_model_is_evaluated_in_fp32_on_cpu():
     with torch.no_grad():
         fp32 = model.eval()(X)
     assert torch.equal(trainer.predict(model, X), fp32)
+    assert trainer.eval_dtype is None and trainer.amp_dtype is torch.bfloat16
 
 
 def test_precision_and_device_resolution():

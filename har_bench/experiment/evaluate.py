@@ -166,7 +166,8 @@ class Timings:
     inference_batch_size: int
     test_inference_seconds: float
     device: str
-    precision: str
+    precision: str  # the training step's
+    eval_precision: str
     torch_threads: int
 
 
@@ -202,6 +203,7 @@ def measure(
         test_inference_seconds=seconds,
         device=str(trainer.device),
         precision=precision_name(trainer.amp_dtype),
+        eval_precision=precision_name(trainer.eval_dtype),
         torch_threads=torch.get_num_threads(),
     )
 

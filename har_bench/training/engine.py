@@ -63,9 +63,8 @@ def resolve_device(device: str) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The training step's autocast dtype, or None for full fp32.
 
-    ``auto`` is fp16 mixed on CUDA and fp32 on a CPU: oneDNN's bf16 kernels for these small
-    (grouped) 1-D convolutions are hardly faster than fp32 even on CPUs with bf16 units, so
-    bf16 is used there only when asked for. The weights and the optimizer stay fp32.
+    ``auto`` is fp16 mixed on CUDA and fp32 on a CPU, where bf16 runs only when asked for
+    (docs/benchmarks.md has what it gives there). The weights and the optimizer stay fp32.
     """
     precision = str(precision)
     if precision not in PRECISIONS:
@@ -135,6 +134,9 @@ class Trainer:
         self.precision = str(self.precision)
         self.device = resolve_device(str(self.device))
         self.amp_dtype = resolve_precision(self.precision, self.device)
+        # Evaluation's: the training step's on CUDA; fp32 on a CPU, so that a run's figures are
+        # the ones `har-bench predict` (fp32) reproduces.
+        self.eval_dtype = self.amp_dtype if self.device.type == "cuda" else None
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -142,9 +144,10 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def eval_autocast(self) -> Any:
-        """Evaluation's precision: the training step's on CUDA; fp32 on a CPU, where bf16
-        inference is no faster and fp32 gives the figures ``har-bench predict`` reproduces."""
-        return self.autocast() if self.device.type == "cuda" else nullcontext()
+        """Evaluation's precision (``eval_dtype``)."""
+        if self.eval_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.eval_dtype)
 
     def train_batches(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
         """Shuffled index batches for one epoch (the last one short unless ``drop_last``)."""
