@@ -154,6 +154,15 @@ def select(selection: Selection, data: PreparedData, run_dir: Path, resuming: bo
                 scores["entries"][key] = entry
                 log.info("selection: candidate %d/%d, fold %d/%d: recorded", ci + 1, n, fi + 1, k)
                 continue
+            if entry is not None:
+                log.info(
+                    "selection: candidate %d/%d, fold %d/%d: the recorded score is of other "
+                    "settings, metric or cases; scoring it again",
+                    ci + 1,
+                    n,
+                    fi + 1,
+                    k,
+                )
             checkpoints = fold_dirs[ci, fi]
             resume = (
                 load_resume_state(checkpoints)
@@ -177,7 +186,7 @@ def select(selection: Selection, data: PreparedData, run_dir: Path, resuming: bo
                 entry["train_seconds"],
                 " diverged" if entry.get("diverged") else "",
             )
-    selected = _choose(selection, data, folds, scores["entries"], run_dir)
+    selected = _choose(selection, data, folds, scores["entries"])
     chosen = _plain(selected.chosen.overrides)
     trained = previous.get("chosen")
     if resuming and rundir.last_checkpoint(run_dir).is_file() and trained not in (None, chosen):
@@ -190,6 +199,8 @@ def select(selection: Selection, data: PreparedData, run_dir: Path, resuming: bo
         )
     scores["chosen"] = chosen
     rundir.write_json(saved, scores)
+    path = run_dir / rundir.SPLIT_REPORT
+    rundir.write_json(path, rundir.read_json(path) | {"selection": selected.record})
     return selected
 
 
@@ -279,11 +290,7 @@ def score_fold(
 
 
 def _choose(
-    selection: Selection,
-    data: PreparedData,
-    folds: list[Fold],
-    entries: dict[str, Any],
-    run_dir: Path,
+    selection: Selection, data: PreparedData, folds: list[Fold], entries: dict[str, Any]
 ) -> Selected:
     subjects = np.asarray(data.data.subjects)
     candidates, best = [], 0
@@ -337,8 +344,6 @@ def _choose(
         "trainings": len(candidates) * len(folds),
         "train_seconds": seconds,
     }
-    path = run_dir / rundir.SPLIT_REPORT
-    rundir.write_json(path, rundir.read_json(path) | {"selection": record})
     log.info(
         "selection: chose %s (%s %.4f ± %.4f over %d folds); training it on all %d training "
         "windows",
