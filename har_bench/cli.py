@@ -256,6 +256,12 @@ def _report_interrupt(e: KeyboardInterrupt, run_dir: Path, multirun: bool) -> No
     command = rundir.resume_command(run_dir)
     if command is None:
         msg = f"interrupted by {name} before the first checkpoint; nothing to resume"
+    elif rundir.stopped_in_selection(run_dir):
+        where = rundir.selection_dir(run_dir).relative_to(run_dir)
+        msg = (
+            f"interrupted by {name} while selection=kfold scored its folds; {where} holds the "
+            f"scores so far. Resume with:\n  {command}"
+        )
     else:
         held = saved or "the latest saved state"
         last = rundir.last_checkpoint(run_dir).relative_to(run_dir)

@@ -37,7 +37,11 @@ BOOKKEEPING_KEYS = (
 # Keys added to the configs after runs were saved without them, with the value that does what
 # those runs did: a saved run without the key equals a new one that has it at this value (a key
 # added with a null default needs no entry).
-ADDED_KEYS: dict[str, Any] = {"trainer.compile": False, "dataset.nan_policy": "error"}
+ADDED_KEYS: dict[str, Any] = {
+    "trainer.compile": False,
+    "dataset.nan_policy": "error",
+    "selection.method": "none",
+}
 
 
 def setting(flat: Mapping[str, Any], key: str, missing: Any = None) -> Any:

@@ -28,6 +28,7 @@ from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: 
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from har_bench.analysis.results import COLUMNS, FIGURE_DIR, figure_file  # noqa: E402
+from har_bench.core.fs import atomic_write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = re.compile(r"^\s*([\d.,]+)(?:\s*±\s*([\d.,]+))?\s*$")
@@ -59,10 +60,6 @@ class Table:
     title: str
     trained: list[tuple[str, float, float, float]] = field(default_factory=list)
     published: list[tuple[str, float]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return re.split(r" \(", self.title, maxsplit=1)[0]
 
 
 def number(text: str) -> float:
@@ -188,8 +185,11 @@ def draw(table: Table, out: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     declutter(fig, texts, [(r[3], r[1]) for r in rows])
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        # A figure the docs link is replaced whole or not at all (a temp file beside it).
+        atomic_write(out, fig.savefig)
+    finally:
+        plt.close(fig)
 
 
 def main() -> None:
@@ -217,8 +217,8 @@ def main() -> None:
     for table in tables:
         if len(table.trained) < MIN_ROWS:
             print(
-                f"no figure for {table.name}: {len(table.trained)} row(s) with a test accuracy "
-                f"and a train time (a figure needs {MIN_ROWS})"
+                f"no {figure_file(table.title)} for {table.title}: {len(table.trained)} row(s) "
+                f"with a test accuracy and a train time (a figure needs {MIN_ROWS})"
             )
             continue
         out = args.out or args.out_dir / figure_file(table.title)

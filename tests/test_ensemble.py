@@ -290,6 +290,17 @@ def test_a_run_with_a_capped_evaluation_completes_without_a_partial_file(tmp_pat
     assert not (run_dir / rundir.TEST_PREDICTIONS).exists()
 
 
+def test_a_member_whose_evaluation_cap_never_bound_is_an_ordinary_member(members, tmp_path, capsys):
+    """trainer.limit_eval_batches above the test part's batches scored every window: such a run
+    without test_predictions.csv (saved before runs wrote it) has its model run again."""
+    uncapped = train(tmp_path / "uncapped", "seed=1", "trainer.limit_eval_batches=1000")
+    (uncapped / rundir.TEST_PREDICTIONS).unlink()
+    code, _, err = ensemble(members[0], uncapped, "-o", tmp_path / "e", capsys=capsys)
+    assert code == 0, err
+    assert "running its tested model" in err
+    assert (tmp_path / "e" / rundir.METRICS).is_file()
+
+
 def test_a_member_with_a_capped_evaluation_is_refused_with_its_reason(members, tmp_path, capsys):
     """Its missing test_predictions.csv is by design, not the mark of a run from before them:
     the error says what it scored and how to run it again, and no member is run again."""

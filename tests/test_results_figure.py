@@ -52,7 +52,7 @@ def write_results(tmp_path: Path, out: Path) -> None:
                     {"label": "SVM (Anguita 2013)", "published": {"accuracy": 0.964}},
                 ],
             },
-            {"title": "UEA Tiny (a single row)", "rows": [rows["one"]]},
+            {"title": "UEA Tiny, a single row", "rows": [rows["one"]]},
             {"title": "Ablation: each part removed", "rows": [rows["fast"], rows["slow"]]},
         ]
     }
@@ -81,7 +81,8 @@ def test_one_figure_per_dataset_table_of_two_rows_or_more(tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in figures.iterdir()) == ["results_uci_har.png"]
     assert (figures / "results_uci_har.png").read_bytes()[:4] == b"\x89PNG"
-    assert "no figure for UEA Tiny: 1 row(s)" in done.stdout
+    # Named by the figure it would be, the heading split as har-bench results splits it.
+    assert "no results_uea_tiny.png for UEA Tiny, a single row: 1 row(s)" in done.stdout
     assert "(3 rows, 1 published)" in done.stdout
 
     # The documented single figure: --out alone draws the UCI-HAR table there.
@@ -98,3 +99,20 @@ def test_one_figure_per_dataset_table_of_two_rows_or_more(tmp_path):
     assert rest.startswith("![Test accuracy against training time: UCI-HAR")
     assert rest.splitlines()[0].endswith("](docs/results_uci_har.png)")
     assert text.count("](docs/results_") == 1
+
+
+def test_a_figure_is_replaced_whole(tmp_path):
+    """Drawn into a temp file and renamed over the old figure: a reader (or a second link to
+    the old file) never sees a half-written one."""
+    results = tmp_path / "site" / "RESULTS.md"
+    results.parent.mkdir()
+    write_results(tmp_path, results)
+    out = tmp_path / "docs" / "results_uci_har.png"
+    out.parent.mkdir()
+    out.write_bytes(b"old figure")
+    os.link(out, tmp_path / "kept.png")
+    done = draw("--results", results, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "kept.png").read_bytes() == b"old figure"  # the old file, untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["results_uci_har.png"]

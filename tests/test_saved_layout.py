@@ -14,8 +14,9 @@ import pytest
 from cli_helpers import SMALL, in_process_cli
 from omegaconf import OmegaConf
 
-from har_bench.config import ADDED_KEYS, MOVED_MODULES, upgrade_targets
+from har_bench.config import ADDED_KEYS, MOVED_MODULES, compose_container, upgrade_targets
 from har_bench.runs import rundir
+from har_bench.runs.resume import SAME_RUN, config_differences
 
 
 @pytest.fixture
@@ -32,6 +33,8 @@ def as_saved_before(run_dir: Path) -> str:
         group, _, name = key.partition(".")
         if group in config and name in config[group]:
             del config[group][name]
+            if not config[group]:  # a group added since (selection) was absent altogether
+                del config[group]
     text = OmegaConf.to_yaml(config)
     for old, new in MOVED_MODULES.items():
         text = text.replace(f"_target_: {new}.", f"_target_: {old}.")
@@ -51,6 +54,24 @@ def test_old_targets_are_upgraded_and_new_ones_kept():
     assert up["augment"]["_target_"] == "har_bench.training.augment.Augment"
     assert up["scheduler"]["_target_"] == "har_bench.training.schedules.StepSchedule"
     assert up["model"] == saved["model"]  # unmoved modules are left alone
+
+
+def test_a_config_saved_without_the_keys_added_since_equals_a_new_one(tmp_path):
+    """Runs saved before trainer.compile, dataset.nan_policy or the selection group existed
+    are the same experiment as a new run of their settings (resume, skipped sweep jobs)."""
+    new = compose_container(["dataset=synthetic"])
+    run_dir = tmp_path / "run"
+    (run_dir / rundir.HYDRA_DIR).mkdir(parents=True)
+    (run_dir / rundir.SAVED_CONFIG).write_text(OmegaConf.to_yaml(new))
+    as_saved_before(run_dir)
+    old = rundir.saved_config(run_dir)
+    old.pop("selection", None)  # the group did not exist
+    assert "compile" not in old["trainer"]
+    assert config_differences(old, new) == []
+    assert config_differences(old, new, SAME_RUN) == []
+    # A run that selects is another experiment than one saved before selection existed.
+    kfold = compose_container(["dataset=synthetic", "selection=kfold"])
+    assert any(d.startswith("selection.method") for d in config_differences(old, kfold))
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,10 +15,13 @@ from helpers import SHARED_DATA
 
 from har_bench.analysis.grouping import load_run
 from har_bench.config import compose
+from har_bench.core.errors import UserError
 from har_bench.deploy.loaded import FinishedRun
+from har_bench.experiment import prepare as prepare_module
 from har_bench.experiment import run as run_module
 from har_bench.experiment import select as select_module
-from har_bench.experiment.components import build
+from har_bench.experiment.components import build, selection_from_config
+from har_bench.experiment.spec import Choices
 from har_bench.runs import rundir
 
 KFOLD = [*SMALL, "dataset.windows_per_subject=30", "selection=kfold", "selection.folds=3"]
@@ -108,7 +112,7 @@ def test_train_time_counts_every_fold_and_the_final_training(cli, tmp_path):
     code, err = cli(*KFOLD, "selection.grid={trainer.max_epochs:[1,2]}", f"hydra.run.dir={run_dir}")
     assert code == 0, err
     selection = read(run_dir, rundir.SPLIT_REPORT)["selection"]
-    scores = read(run_dir / rundir.CHECKPOINTS / rundir.SELECTION_CHECKPOINTS, "scores.json")
+    scores = read(rundir.selection_dir(run_dir), rundir.SELECTION_SCORES)
     folds = sum(e["train_seconds"] for e in scores["entries"].values())
     assert len(scores["entries"]) == selection["trainings"] == 6
     assert [e["epochs"] for e in scores["entries"].values()] == [1, 1, 1, 2, 2, 2]
@@ -129,7 +133,7 @@ def test_train_time_counts_every_fold_and_the_final_training(cli, tmp_path):
         (["selection.grid={optimizer.lr:[0.1]}", "selection.folds=1"], ["selection.folds=1"]),
         (
             ["selection.grid={optimizer.lr:[0.1]}", "selection.folds=500"],
-            ["selection.folds=500", "training cases of the smallest class"],
+            ["selection.folds=500", "subjects of the training part"],
         ),
         (
             ["selection.grid={optimizer.lr:[0.1]}", "selection.folds=9"],
@@ -139,18 +143,45 @@ def test_train_time_counts_every_fold_and_the_final_training(cli, tmp_path):
         (["selection.grid={optimizer.lr:[0.1]}", "trainer.patience=2"], ["trainer.patience=null"]),
         (["selection.grid={optimizer.lr:[-1]}"], ["optimizer.lr=-1"]),
         (["selection.grid={optimizer.lr:[0.1]}", "selection.metric=auc"], ["selection.metric"]),
+        # Bookkeeping keys say how a run is kept, not what it trains (the folds would refuse
+        # later: the grid must be refused first).
+        (
+            ["selection.grid={trainer.progress:[true,false]}", "selection.folds=500"],
+            ["trainer.progress cannot be selected"],
+        ),
+        (
+            ["selection.grid={dataset.progress:[true,false]}", "selection.folds=500"],
+            ["dataset.progress cannot be selected"],
+        ),
     ],
 )
 def test_bad_selection_is_one_error_line(cli, args, needles):
     assert_one_line_error(*cli(*KFOLD, *args), *needles)
 
 
-def test_the_smallest_class_bound_names_both_numbers(cli, tmp_path):
-    code, err = cli(*KFOLD, "selection.grid={optimizer.lr:[0.1]}", "selection.folds=500")
-    line = assert_one_line_error(code, err)
-    assert "500" in line
-    smallest = int(line.split("than the ")[1].split()[0])
-    assert 0 < smallest < 500
+def test_folds_are_bounded_by_the_subjects_of_the_rarest_class_not_its_windows():
+    """Folds are grouped by subject: a class done by two subjects is in two folds at most, however
+    many windows it has."""
+    subjects = np.repeat(np.arange(6), 20)
+    y = np.zeros(len(subjects), dtype=np.int64)
+    y[(subjects < 2) & (np.arange(len(subjects)) % 2 == 0)] = 1  # 20 windows, subjects 0 and 1
+    data = SimpleNamespace(
+        split=SimpleNamespace(train=np.arange(len(y))),
+        data=SimpleNamespace(y=y, subjects=subjects),
+        class_names=["walk", "rare"],
+    )
+    with pytest.raises(UserError) as raised:
+        select_module.make_folds(data, 3, seed=0)
+    message = str(raised.value)
+    assert "selection.folds=3" in message
+    assert "the 2 training subjects" in message and "class rare (20 windows" in message
+    assert "at most 2" in message
+    assert len(select_module.make_folds(data, 2, seed=0)) == 2
+
+
+def test_a_grid_may_score_by_any_single_number_metric():
+    cfg = compose([*KFOLD, "selection.grid={optimizer.lr:[0.1]}", "selection.metric=weighted_f1"])
+    assert selection_from_config(cfg, Choices()).metric == "weighted_f1"
 
 
 def test_minirocket_selects_its_kernel_count(cli, tmp_path):
@@ -172,31 +203,59 @@ def test_minirocket_selects_its_kernel_count(cli, tmp_path):
     assert metrics["selection"]["chosen"] in ({"model.n_kernels": 84}, {"model.n_kernels": 168})
 
 
-def test_a_stopped_selection_keeps_its_fold_scores_and_resumes_after_them(
-    cli, tmp_path, monkeypatch
-):
-    run_dir = tmp_path / "run"
+def stop_at(n: int, monkeypatch, after: bool = False) -> list[int]:
+    """``select.score_fold`` stopped by Ctrl-C at its ``n``-th call (before it trains, or
+    ``after`` it trained, before its score is recorded); the calls are counted."""
     real = select_module.score_fold
     calls: list[int] = []
 
-    def stop_at_third(*args, **kwargs):
+    def stopping(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n and not after:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        entry = real(*args, **kwargs)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return entry
 
-    monkeypatch.setattr(select_module, "score_fold", stop_at_third)
-    code, err = cli(*KFOLD, "selection.grid={optimizer.lr:[0.0,0.01]}", f"hydra.run.dir={run_dir}")
+    monkeypatch.setattr(select_module, "score_fold", stopping)
+    return calls
+
+
+def recording_resumes(monkeypatch) -> list[object]:
+    """``select.score_fold`` counted, with the fold checkpoint each call resumes (None: none)."""
+    real = select_module.score_fold
+    resumes: list[object] = []
+
+    def recording(candidate, data, fold, metric, checkpoints, resume, *args, **kwargs):
+        resumes.append(resume)
+        return real(candidate, data, fold, metric, checkpoints, resume, *args, **kwargs)
+
+    monkeypatch.setattr(select_module, "score_fold", recording)
+    return resumes
+
+
+TWO_LRS = "selection.grid={optimizer.lr:[0.0,0.01]}"
+
+
+def test_a_stopped_selection_keeps_its_fold_scores_and_resumes_after_them(
+    cli, tmp_path, monkeypatch
+):
+    # Under paths.output_dir, so that trainer.resume=last finds it.
+    run_dir = tmp_path / "outputs" / "run"
+    stop_at(3, monkeypatch)
+    code, err = cli(*KFOLD, TWO_LRS, f"hydra.run.dir={run_dir}")
     assert code == 130, err
-    assert rundir.read_status(run_dir)["status"] == "interrupted"
-    saved = read(run_dir / rundir.CHECKPOINTS / rundir.SELECTION_CHECKPOINTS, "scores.json")
+    status = rundir.read_status(run_dir)
+    assert status["status"] == "interrupted"
+    # Stopped before the final training's first checkpoint, it is resumable all the same.
+    assert status["resume_command"] == f"har-bench trainer.resume={run_dir.resolve()}"
+    assert f"Resume with:\n  {status['resume_command']}" in err
+    saved = read(rundir.selection_dir(run_dir), rundir.SELECTION_SCORES)
     assert sorted(saved["entries"]) == ["0/0", "0/1"]
 
-    calls.clear()
-    monkeypatch.setattr(
-        select_module, "score_fold", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
-    code, err = cli(f"trainer.resume={run_dir}")
+    calls = recording_resumes(monkeypatch)
+    code, err = cli(*KFOLD, TWO_LRS, "trainer.resume=last")
     assert code == 0, err
     assert len(calls) == 6 - 2  # the two recorded folds are not trained again
     selection = read(run_dir, rundir.SPLIT_REPORT)["selection"]
@@ -205,6 +264,147 @@ def test_a_stopped_selection_keeps_its_fold_scores_and_resumes_after_them(
         saved["entries"]["0/1"]["score"],
     ]
     assert read(run_dir, rundir.METRICS)["status"] == "completed"
+
+
+def test_a_stopped_selection_is_found_and_resumable(tmp_path):
+    selecting = tmp_path / "selecting"
+    (rundir.selection_dir(selecting)).mkdir(parents=True)
+    (rundir.selection_dir(selecting) / rundir.SELECTION_SCORES).write_text("{}")
+    finished = tmp_path / "finished"
+    rundir.selection_dir(finished).mkdir(parents=True)
+    rundir.last_checkpoint(finished).write_bytes(b"")
+    empty = tmp_path / "empty"
+    rundir.checkpoint_dir(empty).mkdir(parents=True)
+    assert sorted(rundir.checkpointed_runs(tmp_path)) == sorted(
+        [selecting.resolve(), finished.resolve()]
+    )
+    assert rundir.resume_command(selecting) is not None
+    assert rundir.resume_command(empty) is None
+
+
+def test_a_resume_with_other_settings_scores_the_folds_again(cli, tmp_path, monkeypatch):
+    """trainer.resume accepts more epochs (trainer.max_epochs); a fold scored with fewer must
+    not be reused for the candidate it no longer is."""
+    run_dir = tmp_path / "run"
+    stop_at(3, monkeypatch)
+    code, err = cli(*KFOLD, TWO_LRS, f"hydra.run.dir={run_dir}")
+    assert code == 130, err
+
+    calls = recording_resumes(monkeypatch)
+    code, err = cli(f"trainer.resume={run_dir}", "trainer.max_epochs=2")
+    assert code == 0, err
+    assert len(calls) == 6
+    scores = read(rundir.selection_dir(run_dir), rundir.SELECTION_SCORES)
+    assert [e["epochs"] for e in scores["entries"].values()] == [2] * 6
+
+
+def test_fold_checkpoints_of_other_folds_are_not_resumed(cli, tmp_path, monkeypatch):
+    """A stopped fold's checkpoint trained on its fold's training cases; when the folds come out
+    differently on resume, those may be held out now: it is removed, never resumed."""
+    run_dir = tmp_path / "run"
+    # Stopped after the third fold trained (its checkpoint is kept) and before it is recorded.
+    stop_at(3, monkeypatch, after=True)
+    code, err = cli(*KFOLD, TWO_LRS, f"hydra.run.dir={run_dir}")
+    assert code == 130, err
+    stale = [p for p in rundir.selection_dir(run_dir).iterdir() if p.is_dir()]
+    assert len(stale) == 1 and any(stale[0].rglob("*.pt"))
+
+    make_folds = select_module.make_folds
+    monkeypatch.setattr(  # other folds, as new data or another library version would draw
+        select_module, "make_folds", lambda data, folds, seed: make_folds(data, folds, seed + 1)
+    )
+    resumes = recording_resumes(monkeypatch)
+    code, err = cli(f"trainer.resume={run_dir}")
+    assert code == 0, err
+    assert len(resumes) == 6 and resumes == [None] * 6
+    assert not stale[0].exists()
+
+
+def test_a_final_checkpoint_of_another_chosen_candidate_is_refused(cli, tmp_path, monkeypatch):
+    """Stopped in its final training, a run whose folds choose another candidate on resume
+    would continue one candidate's model under the other's settings."""
+    run_dir = tmp_path / "run"
+    fit = run_module.fit
+
+    def stop_after_fit(*args, **kwargs):
+        fit(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "fit", stop_after_fit)
+    code, err = cli(*KFOLD, LEARNS, TWO_LRS, f"hydra.run.dir={run_dir}")
+    assert code == 130, err
+    assert rundir.last_checkpoint(run_dir).is_file()
+    assert read(run_dir, rundir.SPLIT_REPORT)["selection"]["chosen"]["index"] == 1
+
+    # The folds come out otherwise on resume (scored again) and favour the first candidate.
+    path = rundir.selection_dir(run_dir) / rundir.SELECTION_SCORES
+    path.write_text(json.dumps(read(path.parent, path.name) | {"folds": [], "entries": {}}))
+
+    def favour_the_first(candidate, *args, **kwargs):
+        score = 1.0 if candidate.overrides["optimizer.lr"] == 0.0 else 0.5
+        return {"overrides": dict(candidate.overrides), "score": score, "train_seconds": 0.0}
+
+    monkeypatch.setattr(select_module, "score_fold", favour_the_first)
+    monkeypatch.setattr(run_module, "fit", fit)
+    code, err = cli(f"trainer.resume={run_dir}")
+    assert_one_line_error(
+        code, err, "optimizer.lr=0.01", "optimizer.lr=0.0", "trainer.overwrite=true"
+    )
+
+
+def test_each_fold_is_standardised_with_its_own_training_cases(cli, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    seen, folds = [], []
+    standardise = prepare_module.standardise
+
+    def recording_standardise(X, train, *args, **kwargs):
+        seen.append(np.asarray(train).copy())
+        return standardise(X, train, *args, **kwargs)
+
+    real = select_module.score_fold
+
+    def recording_score_fold(candidate, data, fold, *args, **kwargs):
+        folds.append(fold)
+        return real(candidate, data, fold, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "standardise", recording_standardise)
+    monkeypatch.setattr(select_module, "score_fold", recording_score_fold)
+    code, err = cli(
+        *KFOLD,
+        "selection.folds=2",
+        "selection.grid={optimizer.lr:[0.01]}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert code == 0, err
+    assert len(folds) == 2 and len(seen) == 3
+    training = seen[0]  # the run's own: every training case
+    for fold, train in zip(folds, seen[1:], strict=True):
+        assert np.array_equal(train, fold.train)
+        assert not np.isin(train, fold.held).any()
+        assert np.isin(train, training).all()  # so no test case either
+    assert sorted(np.concatenate([f.held for f in folds]).tolist()) == sorted(training.tolist())
+
+
+def test_images_with_a_sequence_model_name_the_model_choice(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    for cls, color in (("a", (255, 0, 0)), ("b", (0, 255, 0))):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), color).save(tmp_path / "imgs" / cls / f"{i}.png")
+    main = in_process_cli(tmp_path, monkeypatch, capsys)
+    code, err = main(
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "dataset=image_folder",
+        f"dataset.root={tmp_path / 'imgs'}",
+        "dataset.size=8",
+        "model=lite",
+        "selection=kfold",
+        "selection.folds=2",
+        "selection.grid={optimizer.lr:[0.01]}",
+    )
+    assert_one_line_error(code, err, "model=lite takes sensor windows")
 
 
 @pytest.mark.parametrize("name", ["none", "kfold"])

@@ -220,7 +220,8 @@ def load_predictions(member: Member, recompute: Recompute | None) -> None:
 
 def capped_evaluation(member: Member) -> str | None:
     """How much of its test part a run with trainer.limit_eval_batches scored (such a run saves
-    no test predictions, by design), or None for a run that scored it all."""
+    no test predictions, by design), or None for a run that scored it all (a limit that never
+    bound included)."""
     key = "trainer.limit_eval_batches"
     limit = rundir.resolved_settings(member.record.config, ("trainer",)).get(key)
     if limit is None:
@@ -228,6 +229,8 @@ def capped_evaluation(member: Member) -> str | None:
     scored = (member.metrics.get("test") or {}).get("num_samples")
     total = ((split_report(member.path) or {}).get("parts", {}).get("test") or {}).get("windows")
     if isinstance(scored, int) and isinstance(total, int):
+        if scored >= total:
+            return None
         return f"evaluated only {scored} of its {total} test windows ({key}={limit})"
     return f"evaluated only part of its test set ({key}={limit})"
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from har_bench.config import flatten, nearest_key
+from har_bench.config import BOOKKEEPING_KEYS, flatten, key_in, nearest_key
 from har_bench.core.errors import (
     UserError,
     check_finite_settings,
@@ -30,13 +30,13 @@ from har_bench.core.errors import (
 )
 from har_bench.experiment.pretrained import WeightsSource
 from har_bench.experiment.spec import (
-    SELECTION_METRICS,
     Candidate,
     Choices,
     Experiment,
     Selection,
     Tracking,
     Training,
+    selection_metrics,
 )
 from har_bench.runs.tracking import MlflowTracking
 from har_bench.training.finetune import FineTune
@@ -94,19 +94,15 @@ def from_config(cfg: DictConfig, choices: Choices) -> Experiment:
 
 
 # Keys a selection grid may not vary: the folds are cut from one dataset and split, with one
-# seed, and the runner's own switches say how a run is kept, not what it trains.
+# seed, and the bookkeeping keys and runner's switches say how a run is kept, not what it trains.
 FIXED_FOR_SELECTION = (
     "dataset",
     "split",
     "selection",
     "seed",
-    "paths",
     "hydra",
-    "tracking",
-    "efficiency",
-    "trainer.resume",
-    "trainer.overwrite",
     "trainer.refit",
+    *BOOKKEEPING_KEYS,
 )
 
 
@@ -121,9 +117,10 @@ def selection_from_config(cfg: DictConfig, choices: Choices) -> Selection | None
         raise UserError(f"selection.method={method!r} is invalid: expected none or kfold")
     folds = check_int("selection.folds", node.get("folds"), 2)
     metric = node.get("metric")
-    if metric not in SELECTION_METRICS:
+    if metric not in selection_metrics():
         raise UserError(
-            f"selection.metric={metric!r} is invalid: expected one of {', '.join(SELECTION_METRICS)}"
+            f"selection.metric={metric!r} is invalid: expected one of "
+            f"{', '.join(selection_metrics())}"
         )
     seed = check_int("selection.seed", node.get("seed"), 0)
     grid = selection_grid(cfg)
@@ -135,13 +132,19 @@ def selection_from_config(cfg: DictConfig, choices: Choices) -> Selection | None
     candidates = []
     for values in itertools.product(*grid.values()):
         overrides = dict(zip(grid, values, strict=True))
-        experiment = from_config(with_overrides(cfg, overrides), choices)
+        candidate_cfg = with_overrides(cfg, overrides)
+        experiment = from_config(candidate_cfg, choices)
         if experiment.training.trainer.patience is not None:
             raise UserError(
                 "selection=kfold trains every candidate for its whole schedule and scores the "
                 f"last epoch: set trainer.patience=null (it is {experiment.training.trainer.patience})"
             )
-        candidates.append(Candidate(overrides, experiment))
+        identity = {
+            k: v
+            for k, v in flatten(settings(candidate_cfg)).items()
+            if not key_in(k, (*BOOKKEEPING_KEYS, "selection"))
+        }
+        candidates.append(Candidate(overrides, experiment, identity))
     return Selection(folds, metric, seed, grid, tuple(candidates))
 
 

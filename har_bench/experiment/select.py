@@ -7,9 +7,10 @@ epoch's weights (their moving average with ``trainer.ema_decay``) score the fold
 cases. Nothing is picked inside a fold: a best epoch chosen on a handful of held-out cases is
 what makes a small validation part optimistic. The test part is in no fold.
 
-Every fold's score is written to ``checkpoints/selection/scores.json`` as soon as it is known;
-a resumed run (``trainer.resume``) reuses the scores whose candidate and fold are unchanged and
-continues an interrupted fold from its own checkpoint.
+Every fold's score is written to ``checkpoints/selection/scores.json`` as soon as it is known,
+with digests of the fold's cases and of the candidate's settings and metric; a resumed run
+(``trainer.resume``) reuses only the scores whose digests are unchanged and continues an
+interrupted fold from its own checkpoint (kept under the same digests).
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ from har_bench.training.session import DivergedError
 
 log = logging.getLogger(__name__)
 
-# In checkpoints/selection/: every finished fold's score, rewritten atomically after each.
-SCORES = "scores.json"
-
 
 def merged_validation(make_split: Callable[[HARData], Split]) -> Callable[[HARData], Split]:
     """``make_split`` with its validation part joined to the training part: under selection the
@@ -77,8 +75,10 @@ class Fold:
     held: np.ndarray  # and those it scores
 
     def digest(self) -> str:
-        """Identifies the fold's cases: a resume reuses a score only for the same fold."""
-        return hashlib.sha256(np.sort(self.held).astype(np.int64).tobytes()).hexdigest()[:16]
+        """Identifies the fold's cases, trained on and held out: a resume reuses a score, or
+        continues a fold's training, only for the same fold."""
+        parts = [np.sort(p).astype(np.int64).tobytes() for p in (self.held, self.train)]
+        return _short(b"|".join(parts))
 
 
 def make_folds(data: PreparedData, folds: int, seed: int) -> list[Fold]:
@@ -86,16 +86,21 @@ def make_folds(data: PreparedData, folds: int, seed: int) -> list[Fold]:
     idx = np.asarray(data.split.train, dtype=np.int64)
     y = np.asarray(data.data.y)[idx]
     groups = np.asarray(data.data.subjects)[idx]
-    classes, counts = np.unique(y, return_counts=True)
-    smallest = int(counts.min())
-    if folds > smallest:
-        name = data.class_names[int(classes[counts.argmin()])]
-        raise UserError(
-            f"selection.folds={folds} is more than the {smallest} training cases of the "
-            f"smallest class ({name}): every fold must hold out cases of each class; set "
-            f"selection.folds to at most {smallest}"
-        )
     subjects = len(np.unique(groups))
+    # Folds are grouped by subject, so a class is in as many folds as it has subjects at most.
+    classes = np.unique(y)
+    per_class = [len(np.unique(groups[y == c])) for c in classes]
+    rarest = int(np.argmin(per_class))
+    smallest = per_class[rarest]
+    if folds > smallest and smallest < subjects:
+        name = data.class_names[int(classes[rarest])]
+        windows = int(np.count_nonzero(y == classes[rarest]))
+        raise UserError(
+            f"selection.folds={folds} is more than the {smallest} training subjects (cases) "
+            f"that have class {name} ({windows} windows of it): folds are grouped by subject "
+            f"and every fold must hold out cases of each class; set selection.folds to at "
+            f"most {smallest}"
+        )
     if folds > subjects:
         raise UserError(
             f"selection.folds={folds} is more than the {subjects} subjects of the training "
@@ -118,17 +123,18 @@ def select(selection: Selection, data: PreparedData, run_dir: Path, resuming: bo
     """Score every candidate on every fold, choose the best mean (ties: the first in grid
     order) and record it all in ``split_report.json``."""
     folds = make_folds(data, selection.folds, selection.seed)
-    base = rundir.checkpoint_dir(run_dir) / rundir.SELECTION_CHECKPOINTS
-    layout = [f.digest() for f in folds]
-    scores: dict[str, Any] = {"folds": layout, "entries": {}}
-    saved = base / SCORES
-    if resuming and saved.is_file():
-        previous = rundir.read_json(saved)
-        if previous.get("folds") == layout:
-            scores["entries"] = previous.get("entries", {})
-        else:
-            log.warning("selection: the folds differ from the stopped run's; scoring them anew")
+    saved = rundir.selection_dir(run_dir) / rundir.SELECTION_SCORES
+    previous = rundir.read_json(saved) if resuming and saved.is_file() else {}
+    scores: dict[str, Any] = {"folds": [f.digest() for f in folds], "entries": {}}
     n, k = len(selection.candidates), len(folds)
+    # What each score depends on besides the fold: the candidate's settings and the metric.
+    configs = [_config_digest(c, selection.metric) for c in selection.candidates]
+    fold_dirs = {
+        (ci, fi): rundir.selection_fold_dir(run_dir, ci, fi, _short(configs[ci] + fold.digest()))
+        for ci in range(n)
+        for fi, fold in enumerate(folds)
+    }
+    _remove_stale_fold_dirs(rundir.selection_dir(run_dir), set(fold_dirs.values()))
     log.info(
         "selection: %d candidates x %d folds of %d training windows, scored by %s",
         n,
@@ -139,18 +145,32 @@ def select(selection: Selection, data: PreparedData, run_dir: Path, resuming: bo
     for ci, candidate in enumerate(selection.candidates):
         for fi, fold in enumerate(folds):
             key = f"{ci}/{fi}"
-            entry = scores["entries"].get(key)
-            if entry is not None and entry.get("overrides") == _plain(candidate.overrides):
+            entry = previous.get("entries", {}).get(key)
+            if (
+                entry is not None
+                and entry.get("config") == configs[ci]
+                and entry.get("fold") == fold.digest()
+            ):
+                scores["entries"][key] = entry
                 log.info("selection: candidate %d/%d, fold %d/%d: recorded", ci + 1, n, fi + 1, k)
                 continue
-            checkpoints = base / f"candidate{ci}_fold{fi}"
+            if entry is not None:
+                log.info(
+                    "selection: candidate %d/%d, fold %d/%d: the recorded score is of other "
+                    "settings, metric or cases; scoring it again",
+                    ci + 1,
+                    n,
+                    fi + 1,
+                    k,
+                )
+            checkpoints = fold_dirs[ci, fi]
             resume = (
                 load_resume_state(checkpoints)
                 if resuming and (checkpoints / LAST_CHECKPOINT).is_file()
                 else None
             )
             entry = score_fold(candidate, data, fold, selection.metric, checkpoints, resume)
-            scores["entries"][key] = entry
+            scores["entries"][key] = entry | {"config": configs[ci], "fold": fold.digest()}
             rundir.write_json(saved, scores)
             # The score is recorded; the fold's model is never used again.
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -166,7 +186,52 @@ def select(selection: Selection, data: PreparedData, run_dir: Path, resuming: bo
                 entry["train_seconds"],
                 " diverged" if entry.get("diverged") else "",
             )
-    return _choose(selection, data, folds, scores["entries"], run_dir)
+    selected = _choose(selection, data, folds, scores["entries"])
+    chosen = _plain(selected.chosen.overrides)
+    trained = previous.get("chosen")
+    if resuming and rundir.last_checkpoint(run_dir).is_file() and trained not in (None, chosen):
+        # The final training's checkpoint holds another candidate's model: continuing it under
+        # these settings would test a model of neither.
+        raise UserError(
+            f"trainer.resume: the stopped run's final training is of "
+            f"{_describe(trained)}, but the folds, scored again, now choose {_describe(chosen)}; "
+            "start the run afresh with trainer.overwrite=true (instead of trainer.resume)"
+        )
+    scores["chosen"] = chosen
+    rundir.write_json(saved, scores)
+    path = run_dir / rundir.SPLIT_REPORT
+    rundir.write_json(path, rundir.read_json(path) | {"selection": selected.record})
+    return selected
+
+
+def _config_digest(candidate: Candidate, metric: str) -> str:
+    text = json.dumps(
+        {"settings": candidate.settings, "metric": metric}, sort_keys=True, default=str
+    )
+    return _short(text)
+
+
+def _short(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:16]
+
+
+def _remove_stale_fold_dirs(base: Path, expected: set[Path]) -> None:
+    """Fold checkpoints of other settings or other cases (a stopped run whose folds or
+    settings differ): resumed, they would score a model that trained on held-out cases."""
+    if not base.is_dir():
+        return
+    stale = [p for p in base.iterdir() if p.is_dir() and p not in expected]
+    for path in stale:
+        shutil.rmtree(path)
+    if stale:
+        log.warning(
+            "selection: removed %d fold checkpoint(s) of other folds or settings than this run's",
+            len(stale),
+        )
+
+
+def _describe(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
 
 
 def score_fold(
@@ -182,7 +247,7 @@ def score_fold(
     split = Split(fold.train, fold.held, fold.held[:0], kind="fold")
     part = tensors(data.data, split, experiment.weights)
     seed_everything(experiment.seed)
-    model, _ = new_model(experiment.make_model, part, experiment.weights)
+    model, _ = new_model(experiment.make_model, part, experiment.weights, experiment.choices.model)
     entry: dict[str, Any] = {"overrides": _plain(candidate.overrides)}
     t0 = time.perf_counter()
     if isinstance(model, nn.Module):
@@ -225,11 +290,7 @@ def score_fold(
 
 
 def _choose(
-    selection: Selection,
-    data: PreparedData,
-    folds: list[Fold],
-    entries: dict[str, Any],
-    run_dir: Path,
+    selection: Selection, data: PreparedData, folds: list[Fold], entries: dict[str, Any]
 ) -> Selected:
     subjects = np.asarray(data.data.subjects)
     candidates, best = [], 0
@@ -283,8 +344,6 @@ def _choose(
         "trainings": len(candidates) * len(folds),
         "train_seconds": seconds,
     }
-    path = run_dir / rundir.SPLIT_REPORT
-    rundir.write_json(path, rundir.read_json(path) | {"selection": record})
     log.info(
         "selection: chose %s (%s %.4f ± %.4f over %d folds); training it on all %d training "
         "windows",

@@ -4,13 +4,16 @@ experiment built from the config (by :mod:`har_bench.experiment.components`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from har_bench.core.metrics import classification_metrics
 from har_bench.data.base import HARData
 from har_bench.data.splits import Split
 from har_bench.experiment.pretrained import WeightsSource
@@ -91,9 +94,12 @@ class Experiment:
     tracking: Tracking | None = None  # tracking=none: TensorBoard and the run dir only
 
 
-# What a fold's held-out cases can be scored by (keys of har_bench.core.metrics'
-# classification_metrics).
-SELECTION_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+@functools.cache
+def selection_metrics() -> tuple[str, ...]:
+    """What a fold's held-out cases can be scored by: the single-number scores of
+    :func:`~har_bench.core.metrics.classification_metrics` (a window count is no score)."""
+    example = classification_metrics(np.zeros(1, dtype=np.int64), np.zeros(1, np.int64), ["a"])
+    return tuple(k for k, v in example.items() if isinstance(v, float))
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,9 @@ class Candidate:
 
     overrides: dict[str, Any]  # config key -> value, in the grid's order
     experiment: Experiment
+    # Its whole config, flattened and resolved, without the bookkeeping keys and the selection
+    # group: what a resumed selection compares before it reuses a fold's score.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.overrides.items())

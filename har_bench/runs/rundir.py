@@ -67,6 +67,8 @@ REFIT_CHECKPOINTS = "refit"
 # checkpoints/selection/: selection=kfold's fold scores and the fold being trained
 # (experiment.select).
 SELECTION_CHECKPOINTS = "selection"
+# In checkpoints/selection/: every finished fold's score, rewritten atomically after each.
+SELECTION_SCORES = "scores.json"
 # har-bench export RUN_DIR writes into export/; har-bench predict reads from there.
 EXPORT_DIR = "export"
 EXPORT_REPORT = "export_report.json"
@@ -147,9 +149,18 @@ def last_checkpoint(run_dir: Path) -> Path:
 def stopped_in_selection(run_dir: Path) -> bool:
     """Whether a run stopped while ``selection=kfold`` scored its folds (it has selection
     progress and no checkpoint of the final training yet): it resumes there."""
-    return (checkpoint_dir(run_dir) / SELECTION_CHECKPOINTS).is_dir() and not last_checkpoint(
-        run_dir
-    ).is_file()
+    return selection_dir(run_dir).is_dir() and not last_checkpoint(run_dir).is_file()
+
+
+def selection_dir(run_dir: Path) -> Path:
+    return checkpoint_dir(run_dir) / SELECTION_CHECKPOINTS
+
+
+def selection_fold_dir(run_dir: Path, candidate: int, fold: int, digest: str) -> Path:
+    """Where candidate ``candidate`` trains on fold ``fold`` (both counted from 0) of
+    ``selection=kfold``; ``digest`` identifies its settings and the fold's cases, so a fold
+    checkpoint is never resumed for other settings or other cases."""
+    return selection_dir(run_dir) / f"candidate{candidate}_fold{fold}_{digest}"
 
 
 def tested_checkpoint(run_dir: Path) -> Path:
@@ -183,16 +194,26 @@ def set_aside(path: Path) -> bool:
 
 
 def checkpointed_runs(root: Path) -> list[Path]:
-    """The run dirs at or below ``root`` that hold a last checkpoint, newest checkpoint first."""
-    pattern = f"**/{CHECKPOINTS}/{_last_checkpoint_name()}"
-    lasts = sorted(Path(root).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-    runs = [last.parent.parent.resolve() for last in lasts]
+    """The run dirs at or below ``root`` that can be resumed: those that hold a last
+    checkpoint, or stopped while ``selection=kfold`` scored its folds; newest first."""
+    found: dict[Path, float] = {}
+    for pattern in (
+        f"**/{CHECKPOINTS}/{_last_checkpoint_name()}",
+        f"**/{CHECKPOINTS}/{SELECTION_CHECKPOINTS}",
+    ):
+        for path in Path(root).glob(pattern):
+            run = path.parent.parent.resolve()
+            if path.name == SELECTION_CHECKPOINTS and not stopped_in_selection(run):
+                continue
+            found[run] = max(found.get(run, 0.0), path.stat().st_mtime)
+    runs = sorted(found, key=found.__getitem__, reverse=True)
     return [r for r in runs if not set_aside(r.relative_to(Path(root).resolve()))]
 
 
 def resume_command(run_dir: Path) -> str | None:
-    """The command that continues this run, or None when it has no checkpoint yet."""
-    if not last_checkpoint(run_dir).is_file():
+    """The command that continues this run, or None when it has nothing to resume from yet
+    (no checkpoint, and no fold scores of ``selection=kfold``)."""
+    if not last_checkpoint(run_dir).is_file() and not stopped_in_selection(run_dir):
         return None
     return f"har-bench trainer.resume={shlex.quote(str(Path(run_dir).resolve()))}"
 
