@@ -201,6 +201,10 @@ def test_minirocket_selects_its_kernel_count(cli, tmp_path):
     assert [len(c["scores"]) for c in selection["candidates"]] == [2, 2]
     metrics = read(run_dir, rundir.METRICS)
     assert metrics["selection"]["chosen"] in ({"model.n_kernels": 84}, {"model.n_kernels": 168})
+    # A fitted model leaves no checkpoint of its final training: the completed run must still not
+    # pass for one stopped during its selection (trainer.resume=last would pick it).
+    assert not rundir.stopped_in_selection(run_dir) and rundir.resume_command(run_dir) is None
+    assert run_dir.resolve() not in rundir.checkpointed_runs(tmp_path)
 
 
 def stop_at(n: int, monkeypatch, after: bool = False) -> list[int]:

@@ -148,8 +148,13 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 def stopped_in_selection(run_dir: Path) -> bool:
     """Whether a run stopped while ``selection=kfold`` scored its folds (it has selection
-    progress and no checkpoint of the final training yet): it resumes there."""
-    return selection_dir(run_dir).is_dir() and not last_checkpoint(run_dir).is_file()
+    progress, no checkpoint of the final training yet, and did not complete: a fitted model such
+    as MiniRocket leaves no checkpoint): it resumes there."""
+    return (
+        selection_dir(run_dir).is_dir()
+        and not last_checkpoint(run_dir).is_file()
+        and read_status(run_dir).get("status") != "completed"
+    )
 
 
 def selection_dir(run_dir: Path) -> Path:
