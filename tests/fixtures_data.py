@@ -47,6 +47,17 @@ class Server:
         self.thread.join(timeout=5)
 
 
+def write_image_folder(root: Path, per_class: int = 5, size: int = 8) -> Path:
+    """Two classes of plain-coloured ``size`` x ``size`` PNGs in ``root/<class>/``."""
+    from PIL import Image
+
+    for cls, color in (("a", (255, 0, 0)), ("b", (0, 255, 0))):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (size, size), color).save(root / cls / f"{i}.png")
+    return root
+
+
 def write_text(path: Path, text: str, compress: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if compress == "gz":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from cli_helpers import assert_one_line_error, in_process_cli
+from fixtures_data import write_image_folder
 from helpers import config_options
 from test_image_transforms import write_cifar
 
@@ -38,12 +39,7 @@ def test_cifar10_with_a_window_model_is_one_error_line(tmp_path, monkeypatch, ca
     "model", ["inception_time", "lite", "patchtst", "cnn", "lstm", "deepconvlstm"]
 )
 def test_image_folder_with_a_sequence_model_is_one_error_line(tmp_path, monkeypatch, capsys, model):
-    from PIL import Image
-
-    for cls, color in (("a", (255, 0, 0)), ("b", (0, 255, 0))):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(5):
-            Image.new("RGB", (8, 8), color).save(tmp_path / "imgs" / cls / f"{i}.png")
+    write_image_folder(tmp_path / "imgs")
     main = in_process_cli(tmp_path, monkeypatch, capsys)
     code, err = main(
         *COMMON,

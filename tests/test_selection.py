@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from cli_helpers import SMALL, assert_one_line_error, in_process_cli
+from fixtures_data import write_image_folder
 from helpers import SHARED_DATA
 
 from har_bench.analysis.grouping import load_run
@@ -390,12 +391,7 @@ def test_each_fold_is_standardised_with_its_own_training_cases(cli, tmp_path, mo
 
 
 def test_images_with_a_sequence_model_name_the_model_choice(tmp_path, monkeypatch, capsys):
-    from PIL import Image
-
-    for cls, color in (("a", (255, 0, 0)), ("b", (0, 255, 0))):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(6):
-            Image.new("RGB", (8, 8), color).save(tmp_path / "imgs" / cls / f"{i}.png")
+    write_image_folder(tmp_path / "imgs", per_class=6)
     main = in_process_cli(tmp_path, monkeypatch, capsys)
     code, err = main(
         "trainer.max_epochs=1",

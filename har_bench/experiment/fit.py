@@ -78,15 +78,42 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None],
 ) -> FitResult:
     """Train on the training part, selecting the epoch on validation."""
+    return train_model(
+        training,
+        model,
+        data,
+        data.train,
+        data.val,
+        rundir.checkpoint_dir(run_dir),
+        resume,
+        on_epoch=on_epoch,
+    )
+
+
+def train_model(
+    training: Training,
+    model: nn.Module,
+    data: PreparedData,
+    train: Part,
+    val: Part | None,
+    checkpoints: Path,
+    resume: Mapping[str, Any] | None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train`` with the run's settings (optimizer, schedule, augmentation
+    and fine-tuning bound to ``data``), selecting the epoch on ``val``; ``val=None`` selects
+    nothing, so the last epoch's weights are kept. The one place a phase of training starts:
+    the run, the refit and every fold of a selection go through it."""
+    val_X, val_y = (train.X[:0], train.y[:0]) if val is None else (val.X, val.y)
     return training.trainer.fit(
         model,
-        data.train.X,
-        data.train.y,
-        data.val.X,
-        data.val.y,
+        train.X,
+        train.y,
+        val_X,
+        val_y,
         optimizer_factory=training.optimizer_factory,
         scheduler_factory=training.scheduler_factory,
-        checkpoint_dir=rundir.checkpoint_dir(run_dir),
+        checkpoint_dir=checkpoints,
         seed=training.seed,
         on_epoch_end=on_epoch,
         resume=resume,
@@ -217,36 +244,25 @@ def refit(
     # Early stopping chose the epoch count; a fixed schedule is its own choice.
     fixed = not training.selects_on_validation
     epochs = training.trainer.max_epochs if fixed else max(selected.best_epoch, 1)
-    trainer = dataclasses.replace(training.trainer, max_epochs=epochs, patience=None)
+    phase = dataclasses.replace(
+        training,
+        trainer=dataclasses.replace(training.trainer, max_epochs=epochs, patience=None),
+        scheduler_factory=rescaled_schedule(training.scheduler_factory, epochs),
+    )
     trained_on = Part.joined(data.train, data.val)
-    X, y = trained_on.X, trained_on.y
     checkpoints = rundir.checkpoint_dir(run_dir) / rundir.REFIT_CHECKPOINTS
     resume = load_resume_state(checkpoints) if (checkpoints / LAST_CHECKPOINT).is_file() else None
-    log.info("refit: %d epochs on train + validation (%d windows)", epochs, len(y))
+    log.info("refit: %d epochs on train + validation (%d windows)", epochs, len(trained_on))
     seed_everything(training.seed)
     model, _ = new_model(make_model, data, weights)  # from the same pretrained weights
-    fitted = trainer.fit(
-        model,
-        X,
-        y,
-        X[:0],
-        y[:0],
-        optimizer_factory=training.optimizer_factory,
-        scheduler_factory=rescaled_schedule(training.scheduler_factory, epochs),
-        checkpoint_dir=checkpoints,
-        seed=training.seed,
-        resume=resume,
-        augment=bind_augment(training, data),
-        prepare=data.prepare,
-        finetune=bind_finetune(training, model),
-    )
+    fitted = train_model(phase, model, data, trained_on, None, checkpoints, resume)
     model.load_state_dict(fitted.best_state)
     # From the rows trained on, not from the split: the record must show what the refit saw.
     subjects = np.unique(data.data.subjects[trained_on.index])
     info = {
         "epochs": epochs,
         "epochs_from": "schedule" if fixed else "best_epoch",
-        "train_windows": len(y),
+        "train_windows": len(trained_on),
         "train_subjects": [int(s) for s in subjects],
         "weights": fitted.weights,
         "history": [

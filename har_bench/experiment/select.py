@@ -36,9 +36,9 @@ from har_bench.core.metrics import classification_metrics
 from har_bench.core.seeding import seed_everything
 from har_bench.data.base import HARData
 from har_bench.data.splits import Split
-from har_bench.experiment.build import bind_finetune, new_model
+from har_bench.experiment.build import new_model
 from har_bench.experiment.evaluate import best_weights_scorer, estimator_scorer
-from har_bench.experiment.fit import apply_step_budget, bind_augment
+from har_bench.experiment.fit import apply_step_budget, train_model
 from har_bench.experiment.prepare import PreparedData, tensors
 from har_bench.experiment.spec import Candidate, Selection
 from har_bench.runs import rundir
@@ -252,23 +252,8 @@ def score_fold(
     t0 = time.perf_counter()
     if isinstance(model, nn.Module):
         training, _ = apply_step_budget(experiment.training, len(part.train))
-        trainer = training.trainer
         try:
-            fitted = trainer.fit(
-                model,
-                part.train.X,
-                part.train.y,
-                part.val.X[:0],  # nothing is selected inside a fold
-                part.val.y[:0],
-                optimizer_factory=training.optimizer_factory,
-                scheduler_factory=training.scheduler_factory,
-                checkpoint_dir=checkpoints,
-                seed=training.seed,
-                resume=resume,
-                augment=bind_augment(training, part),
-                prepare=part.prepare,
-                finetune=bind_finetune(training, model),
-            )
+            fitted = train_model(training, model, part, part.train, None, checkpoints, resume)
         except DivergedError as e:
             # A candidate whose loss blows up scores nothing; the others are still compared.
             return entry | {
@@ -279,7 +264,7 @@ def score_fold(
             }
         seconds = float(sum(fitted.train_seconds_per_epoch))
         entry["epochs"] = len(fitted.history)
-        score = best_weights_scorer(trainer, model, fitted, part.prepare)
+        score = best_weights_scorer(training.trainer, model, fitted, part.prepare)
     else:
         model.fit(part.train.X.numpy(), part.train.y.numpy())
         seconds = time.perf_counter() - t0
