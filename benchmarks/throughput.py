@@ -42,8 +42,9 @@ from har_bench.training.engine import precision_name
 
 # name -> (model, overrides): the presets a user runs, with their own batch and recipe.
 PRESETS: dict[str, tuple[str, list[str]]] = {
-    "default": ("resnext_har_s2", []),
-    "uci_har_best": ("resnext_har_s2", ["experiment=uci_har_best"]),
+    "default": ("resnext_har_3stage", []),
+    "uci_har_best": ("resnext_har_3stage", ["experiment=uci_har_best"]),
+    "resnext_har_s2": ("resnext_har_s2", ["model=resnext_har_s2"]),
     "resnext_har": ("resnext_har", ["model=resnext_har"]),
     "resnet18": ("resnet18", ["model=resnet18", "model.layout=1d"]),
     "cnn": ("cnn", ["model=cnn"]),

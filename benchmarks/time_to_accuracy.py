@@ -32,9 +32,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_HAR"
 CONFIGS: dict[str, list[str]] = {
     "minirocket": ["model=minirocket"],
     "default": [],
-    "default before (24 epochs)": ["trainer.max_epochs=24"],
+    "default before (resnext_har_s2, 22 epochs)": ["model=resnext_har_s2"],
+    "default before (resnext_har_s2, 24 epochs)": ["model=resnext_har_s2", "trainer.max_epochs=24"],
     "default before (resnext_har, 18 epochs)": ["model=resnext_har", "trainer.max_epochs=18"],
     "uci_har_best": ["experiment=uci_har_best"],
+    "uci_har_best before (resnext_har_s2)": ["experiment=uci_har_best", "model=resnext_har_s2"],
     "uci_har_best before (stem stride 1, first phase on 16 subjects, then the refit)": [
         "experiment=uci_har_best",
         "model=resnext_har",
@@ -47,9 +49,11 @@ CONFIGS: dict[str, list[str]] = {
 SLUGS = {
     "minirocket": "minirocket",
     "default": "default",
-    "default before (24 epochs)": "default_24",
+    "default before (resnext_har_s2, 22 epochs)": "default_s2",
+    "default before (resnext_har_s2, 24 epochs)": "default_24",
     "default before (resnext_har, 18 epochs)": "default_before",
     "uci_har_best": "uci_har_best",
+    "uci_har_best before (resnext_har_s2)": "uci_har_best_s2",
     "uci_har_best before (stem stride 1, first phase on 16 subjects, then the refit)": (
         "uci_har_best_before"
     ),
