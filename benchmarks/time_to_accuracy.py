@@ -24,7 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from har_bench.analysis.grouping import load_run
+from har_bench.config import compose
+from har_bench.runs import rundir
 from har_bench.runs.rundir import METRICS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_HAR"
@@ -60,6 +64,23 @@ SLUGS = {
 }
 
 
+def check_kept(name: str, run_dir: Path) -> None:
+    """A kept run stands for ``name`` only if it trained what ``name`` composes today: the
+    defaults it relied on (the default model, a preset's epochs) may have changed since."""
+    saved = rundir.saved_config(run_dir)
+    now = OmegaConf.to_container(compose(CONFIGS[name]), resolve=False)
+    for group, keys in (("model", None), ("trainer", ("max_epochs", "max_steps", "batch_size"))):
+        old = saved.get(group, {})
+        new = now.get(group, {})
+        if keys is not None:
+            old, new = ({k: d.get(k) for k in keys} for d in (old, new))
+        if old != new:
+            sys.exit(
+                f"{run_dir} holds a completed run of another {group} configuration than "
+                f"{name!r} composes now: move it aside (or pass another --keep) to run it afresh"
+            )
+
+
 def run(name: str, seed: int, data: Path, workdir: Path) -> dict:
     run_dir = workdir / SLUGS[name] / str(seed)
     cmd = [
@@ -76,6 +97,7 @@ def run(name: str, seed: int, data: Path, workdir: Path) -> dict:
     if not (done.is_file() and json.loads(done.read_text()).get("status") == "completed"):
         proc = subprocess.run(cmd, capture_output=True, text=True)
     else:
+        check_kept(name, run_dir)
         proc = subprocess.CompletedProcess(cmd, 0)
     if proc.returncode != 0:
         sys.exit(f"{name} (seed {seed}) failed:\n{proc.stderr[-2000:]}")

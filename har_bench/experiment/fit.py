@@ -102,8 +102,8 @@ def train_model(
 ) -> FitResult:
     """Train ``model`` on ``train`` with the run's settings (optimizer, schedule, augmentation
     and fine-tuning bound to ``data``), selecting the epoch on ``val``; ``val=None`` selects
-    nothing, so the last epoch's weights are kept. The one place a phase of training starts:
-    the run, the refit and every fold of a selection go through it."""
+    nothing, so the last epoch's weights are kept. The run, the refit and every fold of a
+    selection start their training here."""
     val_X, val_y = (train.X[:0], train.y[:0]) if val is None else (val.X, val.y)
     return training.trainer.fit(
         model,
