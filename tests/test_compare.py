@@ -222,3 +222,28 @@ def test_std_is_shown_to_the_means_precision():
     assert format_stat(1.11, 0.001, 3, "ms", 2) == "1.11 ± 0.001 (n=3)"  # not "± 0.00"
     assert format_stat(2.0, 0.6, 2, "ms", 2) == "2.00 ± 0.60"  # not "2 ± 1"
     assert format_stat(5.0, 0.6, 2, "rate", 2) == "5.000 ± 0.600"
+
+
+def test_a_users_file_named_like_a_table_is_never_written_over(
+    sweep, tmp_path, monkeypatch, capsys
+):
+    # Several paths and no --out: the tables go to the current directory, where a file of the
+    # same name may be the user's own.
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "comparison.csv"
+    mine.write_text("subject,score\n1,0.5\n")
+    paths = [str(sweep / "0"), str(sweep / "3")]
+    assert cli.main(["compare", *paths]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "comparison.csv" in err and "--out" in err
+    assert mine.read_text() == "subject,score\n1,0.5\n"
+    assert not (tmp_path / "comparison.md").exists()
+    # The command's own tables are rewritten freely.
+    mine.unlink()
+    assert cli.main(["compare", *paths]) == 0
+    assert cli.main(["compare", *paths, "--metrics", "accuracy"]) == 0
+    assert (tmp_path / "comparison.md").read_text().startswith("# har-bench compare")
+    (tmp_path / "comparison.md").write_text("# my notes\n")
+    assert cli.main(["compare", *paths]) == 2
+    assert (tmp_path / "comparison.md").read_text() == "# my notes\n"

@@ -9,6 +9,7 @@ torch, so the command answers in a fraction of a second.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,23 @@ def _parse_metrics(text: str) -> list[str]:
     return names
 
 
+TITLE = "har-bench compare"
+TABLES = ("comparison.csv", "comparison.md")
+
+
+def written_by_compare(path: Path) -> bool:
+    """Whether ``path`` is a table this command wrote (comparison.md's title, comparison.csv's
+    count columns), so writing over it loses nothing of the user's."""
+    try:
+        with open(path, newline="", errors="replace") as f:
+            first = f.readline().rstrip("\r\n")
+    except OSError:
+        return False
+    if path.suffix == ".md":
+        return first == f"# {TITLE}"
+    return {"n", "n_runs"} <= set(next(csv.reader([first]), []))
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     try:
@@ -87,19 +105,26 @@ def main(argv: Sequence[str]) -> int:
         return 2
     comp = compare([load_run(d) for d in run_dirs])
     groups = sort_groups(comp.groups, args.sort, args.reverse) if args.sort else comp.groups
-    title = "har-bench compare"
-    print_table(comp, metrics, groups, title)
+    print_table(comp, metrics, groups, TITLE)
     if args.no_write:
         return 0
     out = args.out
     if out is None:
         single = len(args.paths) == 1 and Path(args.paths[0]).is_dir()
         out = Path(args.paths[0]) if single else Path.cwd()
+    for name in TABLES:
+        if (out / name).exists() and not written_by_compare(out / name):
+            print(
+                f"error: {out / name} exists and is not a table har-bench compare wrote; "
+                "nothing was written: pass --out DIR for the tables (or --no-write)",
+                file=sys.stderr,
+            )
+            return 2
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "comparison.csv", comp, metrics, groups)
-    md = markdown(comp, metrics, groups, title)
-    atomic_write_text(out / "comparison.md", md)
-    written = [out / "comparison.csv", out / "comparison.md"]
+    csv_path, md_path = (out / name for name in TABLES)
+    write_csv(csv_path, comp, metrics, groups)
+    atomic_write_text(md_path, markdown(comp, metrics, groups, TITLE))
+    written = [csv_path, md_path]
     if args.plot:
         from har_bench.analysis.plots import plot  # matplotlib only when plotting
 
