@@ -24,11 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from har_bench.analysis.grouping import load_run
-from har_bench.config import compose
+from har_bench.config import compose_container
 from har_bench.runs import rundir
+from har_bench.runs.resume import SAME_RUN, config_differences
 from har_bench.runs.rundir import METRICS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_HAR"
@@ -64,40 +63,29 @@ SLUGS = {
 }
 
 
-def check_kept(name: str, run_dir: Path) -> None:
-    """A kept run stands for ``name`` only if it trained what ``name`` composes today: the
-    defaults it relied on (the default model, a preset's epochs) may have changed since."""
-    saved = rundir.saved_config(run_dir)
-    now = OmegaConf.to_container(compose(CONFIGS[name]), resolve=False)
-    for group, keys in (("model", None), ("trainer", ("max_epochs", "max_steps", "batch_size"))):
-        old = saved.get(group, {})
-        new = now.get(group, {})
-        if keys is not None:
-            old, new = ({k: d.get(k) for k in keys} for d in (old, new))
-        if old != new:
-            sys.exit(
-                f"{run_dir} holds a completed run of another {group} configuration than "
-                f"{name!r} composes now: move it aside (or pass another --keep) to run it afresh"
-            )
+def check_kept(name: str, run_dir: Path, overrides: list[str]) -> None:
+    """A kept run stands for ``name`` only if it trained what ``overrides`` compose today (the
+    test a sweep re-run applies before skipping a job): the defaults it relied on (the default
+    model, a preset's epochs) may have changed since."""
+    changed = config_differences(
+        rundir.saved_config(run_dir), compose_container(overrides), SAME_RUN
+    )
+    if changed:
+        sys.exit(
+            f"{run_dir} holds a completed run of another configuration than {name!r} composes "
+            f"now ({changed[0]}): move it aside (or pass another --keep) to run it afresh"
+        )
 
 
 def run(name: str, seed: int, data: Path, workdir: Path) -> dict:
     run_dir = workdir / SLUGS[name] / str(seed)
-    cmd = [
-        sys.executable,
-        "-m",
-        "har_bench.cli",
-        *CONFIGS[name],
-        f"dataset.root={data}",
-        f"seed={seed}",
-        "trainer.progress=false",
-        f"hydra.run.dir={run_dir}",
-    ]
+    overrides = [*CONFIGS[name], f"dataset.root={data}", f"seed={seed}", "trainer.progress=false"]
+    cmd = [sys.executable, "-m", "har_bench.cli", *overrides, f"hydra.run.dir={run_dir}"]
     done = run_dir / METRICS
     if not (done.is_file() and json.loads(done.read_text()).get("status") == "completed"):
         proc = subprocess.run(cmd, capture_output=True, text=True)
     else:
-        check_kept(name, run_dir)
+        check_kept(name, run_dir, overrides)
         proc = subprocess.CompletedProcess(cmd, 0)
     if proc.returncode != 0:
         sys.exit(f"{name} (seed {seed}) failed:\n{proc.stderr[-2000:]}")

@@ -22,7 +22,7 @@ from har_bench.analysis.grouping import (
     load_run,
     sort_groups,
 )
-from har_bench.analysis.tables import markdown, print_table, write_csv
+from har_bench.analysis.tables import COUNT_COLUMNS, markdown, print_table, write_csv
 from har_bench.core.fs import atomic_write_text
 from har_bench.runs import rundir
 
@@ -86,7 +86,7 @@ def written_by_compare(path: Path) -> bool:
         return False
     if path.suffix == ".md":
         return first == f"# {TITLE}"
-    return {"n", "n_runs"} <= set(next(csv.reader([first]), []))
+    return set(COUNT_COLUMNS) <= set(next(csv.reader([first]), []))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -96,12 +96,16 @@ def _write_rows(w: Any, comp: Comparison, metrics: Sequence[str], groups: Sequen
         w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 
 
+# The counts every comparison.csv has after the swept keys (also how compare knows its own file).
+COUNT_COLUMNS = ("n", "n_runs")
+
+
 def csv_rows(
     comp: Comparison, metrics: Sequence[str], groups: Sequence[Group]
 ) -> tuple[list[str], list[list[Any]]]:
     """The comparison table as numbers (NaN where a metric is missing): the swept keys, counts,
     then mean/std/n per metric; comparison.csv and ``har_bench.compare`` hold these."""
-    header = [*comp.keys, "n", "n_runs"]
+    header = [*comp.keys, *COUNT_COLUMNS]
     for m in metrics:
         header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
     rows = []
