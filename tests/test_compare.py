@@ -247,3 +247,27 @@ def test_a_users_file_named_like_a_table_is_never_written_over(
     (tmp_path / "comparison.md").write_text("# my notes\n")
     assert cli.main(["compare", *paths]) == 2
     assert (tmp_path / "comparison.md").read_text() == "# my notes\n"
+
+
+def test_a_users_image_named_like_a_figure_is_never_written_over(sweep, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    mine = out / "accuracy_vs_flops.png"
+    Image.new("RGB", (4, 4), "red").save(mine)
+    before = mine.read_bytes()
+    assert cli.main(["compare", str(sweep), "--plot", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "accuracy_vs_flops.png" in err
+    assert mine.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_vs_flops.png"]
+    # Without --plot the figure is not touched, so the tables are written.
+    assert cli.main(["compare", str(sweep), "--out", str(out)]) == 0
+    assert mine.read_bytes() == before
+    # The command's own figures are rewritten freely.
+    mine.unlink()
+    assert cli.main(["compare", str(sweep), "--plot", "--out", str(out)]) == 0
+    assert cli.main(["compare", str(sweep), "--plot", "--out", str(out)]) == 0
+    assert (out / "comparison_vs_model.cardinality.png").exists()

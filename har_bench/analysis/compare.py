@@ -77,8 +77,13 @@ TABLES = ("comparison.csv", "comparison.md")
 
 
 def written_by_compare(path: Path) -> bool:
-    """Whether ``path`` is a table this command wrote (comparison.md's title, comparison.csv's
-    count columns), so writing over it loses nothing of the user's."""
+    """Whether ``path`` is a table or figure this command wrote (comparison.md's title,
+    comparison.csv's count columns, a figure's PNG text), so writing over it loses nothing of
+    the user's."""
+    if path.suffix == ".png":
+        from har_bench.analysis.plots import is_compare_figure
+
+        return is_compare_figure(path)
     try:
         with open(path, newline="", errors="replace") as f:
             first = f.readline().rstrip("\r\n")
@@ -112,10 +117,15 @@ def main(argv: Sequence[str]) -> int:
     if out is None:
         single = len(args.paths) == 1 and Path(args.paths[0]).is_dir()
         out = Path(args.paths[0]) if single else Path.cwd()
-    for name in TABLES:
+    names = list(TABLES)
+    if args.plot:
+        from har_bench.analysis.plots import figure_names
+
+        names += figure_names(comp, groups)
+    for name in names:
         if (out / name).exists() and not written_by_compare(out / name):
             print(
-                f"error: {out / name} exists and is not a table har-bench compare wrote; "
+                f"error: {out / name} exists and is not a file har-bench compare wrote; "
                 "nothing was written: pass --out DIR for the tables (or --no-write)",
                 file=sys.stderr,
             )

@@ -12,6 +12,31 @@ from har_bench.analysis.grouping import METRICS, Comparison, Group, hashable, so
 from har_bench.analysis.tables import format_key
 from har_bench.core.errors import is_number
 
+# Written into each figure's PNG text chunks and read back before writing over a file of the
+# same name, so a user's own image is never replaced.
+FIGURE_METADATA = {"Software": "har-bench compare"}
+FLOPS_FIGURE = "accuracy_vs_flops.png"
+
+
+def figure_names(comp: Comparison, groups: Sequence[Group]) -> list[str]:
+    """The files :func:`plot` writes for these groups, in its order."""
+    names = [f"comparison_vs_{_safe(key)}.png" for key in comp.keys]
+    if any(g.stats("accuracy")[2] and g.stats("flops")[2] for g in groups):
+        names.append(FLOPS_FIGURE)
+    return names
+
+
+def is_compare_figure(path: Path) -> bool:
+    """Whether ``path`` is a PNG that :func:`plot` wrote (its text chunks say so)."""
+    from PIL import Image  # matplotlib's own image dependency
+
+    try:
+        with Image.open(path) as im:
+            text = getattr(im, "text", {})
+    except (OSError, ValueError):
+        return False
+    return all(text.get(k) == v for k, v in FIGURE_METADATA.items())
+
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats: cost (x) as low, quality (y) as high."""
@@ -76,7 +101,7 @@ def plot(
         fig.suptitle(f"mean ± std over {', '.join(comp.replicates) or 'runs'} vs {key}")
         fig.tight_layout()
         path = out_dir / f"comparison_vs_{_safe(key)}.png"
-        save_figure(fig, path)
+        save_figure(fig, path, FIGURE_METADATA)
         written.append(path)
 
     pts, labels = [], []
@@ -115,8 +140,8 @@ def plot(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out_dir / "accuracy_vs_flops.png"
-        save_figure(fig, path)
+        path = out_dir / FLOPS_FIGURE
+        save_figure(fig, path, FIGURE_METADATA)
         written.append(path)
     return written
 

@@ -209,9 +209,10 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``fig`` atomically; ``metadata`` goes into the PNG's text chunks."""
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, metadata=metadata))
     finally:
         pyplot().close(fig)
 
