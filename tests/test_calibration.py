@@ -49,6 +49,21 @@ def test_a_calibrated_model_keeps_a_temperature_near_one():
     assert fit_temperature(logits, y) == pytest.approx(1.0, abs=0.1)
 
 
+def test_windows_all_right_with_a_margin_leave_the_logits_alone():
+    # Every window right: the NLL keeps falling as T shrinks, so these windows cannot fix T,
+    # and the search's edge would make any new window's error near-certain.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 200)
+    logits = rng.normal(0, 0.3, (200, 3))
+    logits[np.arange(200), y] += 1.0
+    assert nll(logits, y, 0.01) < nll(logits, y, 0.1) < nll(logits, y)
+    assert fit_temperature(logits, y) == 1.0
+    # One confident error among them and T is determined again.
+    logits[0] = 0.0
+    logits[0, (y[0] + 1) % 3] = 2.0
+    assert 0.01 < fit_temperature(logits, y) < 1.0
+
+
 def test_calibration_record_on_held_out_and_test_parts():
     logits, y = overconfident()
     test_logits, test_y = overconfident(seed=2)

@@ -230,7 +230,7 @@ def test_a_minirocket_member_gives_calibrated_probabilities(members, tmp_path, c
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-6)
     own = json.loads((rocket / rundir.METRICS).read_text())
     assert (saved["true"] == saved["predicted"]).mean() == pytest.approx(own["test"]["accuracy"])
-    assert own["calibration"]["fitted_on"] in ("val", "train")
+    assert own["calibration"]["fitted_on"] in ("val", "train (leave-one-out)")
 
     code, _, err = ensemble(members[0], rocket, "-o", tmp_path / "mixed", capsys=capsys)
     assert code == 0, err
@@ -249,7 +249,7 @@ def test_a_refitted_minirocket_is_calibrated_on_what_it_was_fitted_on(tmp_path):
     pytest.importorskip("aeon", reason="model=minirocket needs the [rocket] extra")
     rocket = train(tmp_path / "refit", "split.val_fraction=0.3", "trainer.refit=true", base=ROCKET)
     calibration = json.loads((rocket / rundir.METRICS).read_text())["calibration"]
-    assert calibration["fitted_on"] == "train+val"
+    assert calibration["fitted_on"] == "train+val (leave-one-out)"
 
 
 def test_a_glob_takes_the_runs_it_matches_not_the_folder_of_a_file(members, tmp_path, capsys):

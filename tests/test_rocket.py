@@ -27,6 +27,44 @@ def test_minirocket_config_fits_and_predicts_separable_classes(compose_cfg):
     assert summary["params"] > 0 and summary["flops_per_sample"] is None
 
 
+def test_leave_one_out_scores_are_the_ridge_fitted_without_each_window():
+    from sklearn.linear_model import Ridge
+
+    from har_bench.models.rocket import leave_one_out_scores
+
+    rng = np.random.default_rng(2)
+    for n, p in ((25, 60), (40, 8)):  # more features than windows, and fewer
+        X = rng.standard_normal((n, p))
+        Y = np.sign(rng.standard_normal((n, 3)))
+        loo = leave_one_out_scores(X, Y, 1.5)
+        for i in (0, n // 2, n - 1):
+            alone = Ridge(alpha=1.5).fit(np.delete(X, i, 0), np.delete(Y, i, 0))
+            np.testing.assert_allclose(loo[i], alone.predict(X[i : i + 1])[0], atol=1e-9)
+
+
+def test_minirocket_keeps_held_out_scores_of_its_training_windows():
+    from har_bench.models.rocket import MiniRocket
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    t = np.arange(48)
+    X = np.sin(2 * np.pi * (y[:, None] + 1) * t / 48)[:, None, :] + 0.8 * rng.standard_normal(
+        (40, 1, 48)
+    )
+    model = MiniRocket(1, 3, n_kernels=84).fit(X, y * 2)  # classes 0 and 2 of three
+    scores, labels = model.held_out_scores()
+    fitted = model.decision_function(X)
+    assert scores.shape == fitted.shape == (40, 3) and (labels == y * 2).all()
+    assert np.isneginf(scores[:, 1]).all()
+    # Each window scored without itself: its miss of its own ±1 target is the fitted score's,
+    # enlarged (divided by 1 - its leverage).
+    target = np.where(labels == 2, 1.0, -1.0)
+    miss, fitted_miss = target - scores[:, 2], target - fitted[:, 2]
+    assert (np.sign(miss) == np.sign(fitted_miss)).all()
+    assert (np.abs(miss) >= np.abs(fitted_miss) - 1e-5).all()
+    assert np.abs(miss).mean() > 1.05 * np.abs(fitted_miss).mean()
+
+
 def test_minirocket_bad_settings_name_the_key():
     from har_bench.models.rocket import MiniRocket
 

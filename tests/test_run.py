@@ -273,6 +273,11 @@ def test_recipe_with_refit_tests_the_refit_model_and_never_sees_test_subjects(
     assert report["refit"]["train_windows"] == parts["train"]["windows"] + parts["val"]["windows"]
     assert set(report["refit"]["train_subjects"]).isdisjoint(parts["test"]["subjects"])
     assert (run_dir / "checkpoints" / "refit" / "last.pt").is_file()
+    # The temperature comes from windows no tested weights saw: the first phase's validation
+    # part, scored by the first phase's model, as the first phase reported it.
+    calibration = metrics["calibration"]
+    assert calibration["fitted_on"] == "val (first phase)"
+    assert calibration["n_windows"] == parts["val"]["windows"]
 
 
 def test_step_budget_sets_the_epochs_of_both_phases(compose_cfg, tmp_path):

@@ -18,7 +18,7 @@ from har_bench.core.errors import UserError
 
 # The temperature is searched on log T in this range: wide enough for a network's logits and a
 # ridge classifier's small decision scores (MiniRocket); the bound keeps a degenerate fitting
-# part (every window right, or every one wrong) finite.
+# part (every window wrong) finite.
 LOG_T_BOUNDS = (float(np.log(1e-3)), float(np.log(1e3)))
 # Equal-width confidence bins of the expected calibration error.
 ECE_BINS = 15
@@ -50,12 +50,24 @@ def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
     return float(-log_p[np.arange(len(y)), np.asarray(y, dtype=np.int64)].mean())
 
 
+def all_right_with_a_margin(logits: np.ndarray, y: np.ndarray) -> bool:
+    """Whether every window's true class has the strictly highest logit."""
+    z = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(y))
+    true = z[rows, np.asarray(y, dtype=np.int64)]
+    rivals = z.copy()
+    rivals[rows, np.asarray(y, dtype=np.int64)] = -np.inf
+    return bool((true > rivals.max(axis=1)).all())
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The temperature minimising the NLL of ``y`` (1.0 for no windows). One bounded scalar
     search (scipy's Brent), deterministic and without a learning rate to tune."""
     from scipy.optimize import minimize_scalar
 
-    if len(y) == 0:
+    if len(y) == 0 or all_right_with_a_margin(logits, y):
+        # Then the NLL falls for ever as T shrinks: these windows say nothing about T, and
+        # sharpening to the search's edge would make every new window's error near-certain.
         return 1.0
     res = minimize_scalar(
         lambda log_t: nll(logits, y, float(np.exp(log_t))),
@@ -135,7 +147,10 @@ class Calibration:
     probabilities matched the accuracy before and after."""
 
     temperature: float
-    fitted_on: str  # "val", or the windows the tested model was trained on: "train", "train+val"
+    # "val" (held out from the tested model), "val (first phase)" (held out from a refit's first
+    # model), "train (leave-one-out)" / "train+val (leave-one-out)", or the windows the tested
+    # model was trained on: "train", "train+val"
+    fitted_on: str
     n_windows: int
     rule: str  # why those windows, in one sentence
     nll: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> before/after

@@ -122,29 +122,53 @@ def calibrate(
     evaluation: Evaluation,
     data: PreparedData,
     score_test: Scorer | None = None,
+    *,
+    val_held_out: bool = True,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Calibrated | None:
-    """One temperature for the tested model's logits, fitted on the validation part; the
-    test part only measures it (calibration error before/after, the reject curve).
+    """One temperature for the tested model's logits, fitted on windows its weights did not
+    see where there are any; the test part only measures it (calibration error before/after,
+    the reject curve).
 
-    The validation windows are held out from the tested model unless it was refitted on them
-    (``score_test`` given) or there are none (``split.val_fraction=0``): then the temperature is
-    fitted on the windows the tested model was trained on, which are more often right and more
-    confidently so than new ones, so it corrects over-confidence less than held-out windows
-    would (out-of-fold logits would need a model per fold, the cost of the run again)."""
+    In order: the validation part when ``evaluation.val`` was scored by a model not trained on
+    it (``val_held_out``; after a refit that is the first phase's model, the same recipe on
+    fewer windows, whose temperature the refitted model is tested with); else ``held_out``,
+    scores of the fitted windows each from a fit without it (MiniRocket's leave-one-out
+    ridge); else the windows the tested model was trained on, which are more often right and
+    more confidently so than new ones, so the temperature corrects over-confidence less than
+    held-out windows would (out-of-fold logits of a network would need a model per fold)."""
     test = evaluation.test
     if len(test["y_true"]) == 0 or test["logits"].shape[0] != len(test["y_true"]):
         return None
     val = evaluation.val
-    if score_test is None and len(val["y_true"]):
-        fit, fitted_on = val, "val"
-        rule = "the validation part, held out from the tested model"
+    if val_held_out and len(val["y_true"]):
+        fit = val
+        if score_test is None:
+            fitted_on, rule = "val", "the validation part, held out from the tested model"
+        else:
+            fitted_on = "val (first phase)"
+            rule = (
+                "the validation part, held out from the first phase's model; the refitted "
+                "model, trained on it too, is tested with that temperature"
+            )
     else:
-        scorer = score_test or score
-        part = Part.joined(data.train, data.val) if score_test is not None else data.train
-        fit = scorer(part)
-        fitted_on = "train+val" if score_test is not None else "train"
-        why = "the model was refitted on train + validation" if score_test else "no validation part"
-        rule = f"the windows the tested model was trained on ({why})"
+        refitted = score_test is not None
+        if held_out is not None:
+            fit = {"logits": held_out[0], "y_true": held_out[1]}
+            fitted_on = "train+val (leave-one-out)" if refitted else "train (leave-one-out)"
+            rule = (
+                "the windows the tested model was fitted on, each scored by the model fitted "
+                "without it"
+            )
+        else:
+            scorer = score_test or score
+            part = Part.joined(data.train, data.val) if refitted else data.train
+            fit = scorer(part)
+            fitted_on = "train+val" if refitted else "train"
+            why = (
+                "the model was refitted on train + validation" if refitted else "no validation part"
+            )
+            rule = f"the windows the tested model was trained on ({why})"
     if fit["logits"].shape[0] != len(fit["y_true"]) or not len(fit["y_true"]):
         return None
     calibration = Calibration.fit(

@@ -177,7 +177,8 @@ def _run(
     with default_reporters(
         run_dir, experiment.hparams, resumed_history, experiment.tracking
     ) as reporters:
-        refitted, score_test = None, None
+        refitted, score_test, held_out = None, None, None
+        val_held_out = True  # a refit's first phase never trains on the validation part
         if built.trained_by_loop:
             fitted = fit(training, built.model, data, run_dir, resume, reporters.on_epoch)
             score = best_weights_scorer(trainer, built.model, fitted, data.prepare)
@@ -192,9 +193,12 @@ def _run(
             if training.refit:
                 # Fitted on train + validation: its validation windows are not held out from it,
                 # so its temperature must not be fitted on them as if they were.
-                score_test = score
+                score_test, val_held_out = score, False
+            held_out = getattr(built.model, "held_out_scores", lambda: None)()
         evaluation = evaluate(score, data, score_test)
-        calibration = calibrate(score, evaluation, data, score_test)
+        calibration = calibrate(
+            score, evaluation, data, score_test, val_held_out=val_held_out, held_out=held_out
+        )
         tested = refitted.model if refitted is not None else built.model
         timings = measure(
             trainer,

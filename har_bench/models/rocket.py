@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
+from sklearn.preprocessing import LabelBinarizer
 
 from har_bench.core.errors import MissingExtraError, UserError
 
@@ -27,6 +28,11 @@ from har_bench.core.errors import MissingExtraError, UserError
 ALPHAS = np.logspace(-3, 5, 13)
 # Below MiniRocket's ~10,000 features, where scikit-learn's leave-one-out stays quick.
 ALPHA_SEARCH_WINDOWS = 8_000
+# Up to this many training windows the ridge also keeps its leave-one-out decision scores (an
+# n x n eigendecomposition, well under a second): what its temperature is fitted on when no
+# window is held out. Above it the ridge does not fit its windows perfectly and its scores on
+# them serve.
+LOO_WINDOWS = 2_000
 # MiniRocket's kernels are 9 samples long; aeon refuses shorter series and advises zero padding.
 MIN_LENGTH = 9
 
@@ -36,6 +42,22 @@ def pad_to_min_length(X: np.ndarray) -> np.ndarray:
     X = X.astype(np.float32)
     short = MIN_LENGTH - X.shape[-1]
     return np.pad(X, ((0, 0), (0, 0), (0, short))) if short > 0 else X
+
+
+def leave_one_out_scores(X: np.ndarray, Y: np.ndarray, alpha: float) -> np.ndarray:
+    """Each window's ridge scores (targets ``Y`` [N, K], intercept unpenalised) from the ridge
+    fitted on all the other windows. Written out because scikit-learn keeps only the
+    leave-one-out errors, squared: ``Y - (Y - fitted) / (1 - h)`` with ``h`` the hat matrix's
+    diagonal, from one eigendecomposition of the centred Gram matrix."""
+    Xc = np.asarray(X, np.float64)
+    Xc = Xc - Xc.mean(axis=0)
+    Y = np.asarray(Y, np.float64)
+    eigvals, V = np.linalg.eigh(Xc @ Xc.T)
+    shrink = np.clip(eigvals, 0.0, None) / (np.clip(eigvals, 0.0, None) + alpha)
+    h = (V**2) @ shrink + 1.0 / len(Y)
+    mean = Y.mean(axis=0)
+    fitted = V @ (shrink[:, None] * (V.T @ (Y - mean))) + mean
+    return Y - (Y - fitted) / (1.0 - h)[:, None]
 
 
 class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
@@ -62,6 +84,12 @@ class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
         self.ridge_ = cv if len(search) == len(y) else RidgeClassifier(alpha=self.alpha_).fit(X, y)
         self.classes_ = self.ridge_.classes_
         self.coef_, self.intercept_ = self.ridge_.coef_, self.ridge_.intercept_
+        self.loo_scores_ = None
+        if len(y) <= LOO_WINDOWS:
+            # The ridge's own ±1 targets; one column for two classes, as its decision_function.
+            Y = LabelBinarizer(pos_label=1, neg_label=-1).fit(self.classes_).transform(y)
+            scores = leave_one_out_scores(X, Y, self.alpha_)
+            self.loo_scores_ = scores[:, 0] if scores.shape[1] == 1 else scores
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -130,17 +158,31 @@ class MiniRocket:
                 f"model=minirocket takes windows [N, {self.in_channels}, T], got {X.shape}"
             )
         self.classifier.fit(pad_to_min_length(X), y)
+        self.y_fit_ = np.asarray(y)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Ridge scores [N, num_classes]; their argmax is the prediction. A class never seen
         in training scores -inf."""
-        scores = self.classifier.pipeline_.decision_function(pad_to_min_length(X))
+        return self._class_columns(
+            self.classifier.pipeline_.decision_function(pad_to_min_length(X))
+        )
+
+    def held_out_scores(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The training windows' scores, each from the ridge fitted without it, and their
+        labels (for the temperature when no window is held out); None above
+        :data:`LOO_WINDOWS` training windows."""
+        ridge = self.classifier.pipeline_[-1]
+        if getattr(ridge, "loo_scores_", None) is None:
+            return None
+        return self._class_columns(ridge.loo_scores_), self.y_fit_
+
+    def _class_columns(self, scores: np.ndarray) -> np.ndarray:
         if scores.ndim == 1:
             # scikit-learn's binary ridge gives one score, positive for classes_[1]: the two
             # columns are its two signs.
             scores = np.stack([-scores, scores], axis=1)
-        out = np.full((len(X), self.num_classes), -np.inf, dtype=np.float32)
+        out = np.full((len(scores), self.num_classes), -np.inf, dtype=np.float32)
         out[:, self.classifier.classes_.astype(int)] = scores
         return out
 
