@@ -58,6 +58,14 @@ def test_windows_all_right_with_a_margin_leave_the_logits_alone():
     logits[np.arange(200), y] += 1.0
     assert nll(logits, y, 0.01) < nll(logits, y, 0.1) < nll(logits, y)
     assert fit_temperature(logits, y) == 1.0
+    # Ties are no errors either.
+    tied = logits.copy()
+    tied[0, (y[0] + 1) % 3] = tied[0, y[0]]
+    assert fit_temperature(tied, y) == 1.0
+    # A class the model cannot score (-inf): no temperature helps, the logits stay.
+    unseen = logits.copy()
+    unseen[1, y[1]] = -np.inf
+    assert fit_temperature(unseen, y) == 1.0
     # One confident error among them and T is determined again.
     logits[0] = 0.0
     logits[0, (y[0] + 1) % 3] = 2.0

@@ -42,7 +42,8 @@ def test_leave_one_out_scores_are_the_ridge_fitted_without_each_window():
             np.testing.assert_allclose(loo[i], alone.predict(X[i : i + 1])[0], atol=1e-9)
 
 
-def test_minirocket_keeps_held_out_scores_of_its_training_windows():
+def test_minirocket_scores_its_training_windows_held_out(monkeypatch):
+    from har_bench.models import rocket
     from har_bench.models.rocket import MiniRocket
 
     rng = np.random.default_rng(0)
@@ -52,7 +53,7 @@ def test_minirocket_keeps_held_out_scores_of_its_training_windows():
         (40, 1, 48)
     )
     model = MiniRocket(1, 3, n_kernels=84).fit(X, y * 2)  # classes 0 and 2 of three
-    scores, labels = model.held_out_scores()
+    scores, labels = model.held_out_scores(X, y * 2)
     fitted = model.decision_function(X)
     assert scores.shape == fitted.shape == (40, 3) and (labels == y * 2).all()
     assert np.isneginf(scores[:, 1]).all()
@@ -63,6 +64,12 @@ def test_minirocket_keeps_held_out_scores_of_its_training_windows():
     assert (np.sign(miss) == np.sign(fitted_miss)).all()
     assert (np.abs(miss) >= np.abs(fitted_miss) - 1e-5).all()
     assert np.abs(miss).mean() > 1.05 * np.abs(fitted_miss).mean()
+    # Above LOO_WINDOWS windows: a seeded subset of that many, scored among themselves.
+    monkeypatch.setattr(rocket, "LOO_WINDOWS", 25)
+    sub_scores, sub_labels = model.held_out_scores(X, y * 2)
+    again = model.held_out_scores(X, y * 2)
+    assert sub_scores.shape == (25, 3) and np.array_equal(sub_scores, again[0])
+    assert np.isin(sub_labels, [0, 2]).all() and np.array_equal(sub_labels, again[1])
 
 
 def test_minirocket_bad_settings_name_the_key():

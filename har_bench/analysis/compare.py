@@ -126,7 +126,7 @@ def main(argv: Sequence[str]) -> int:
         if (out / name).exists() and not written_by_compare(out / name):
             print(
                 f"error: {out / name} exists and is not a file har-bench compare wrote; "
-                "nothing was written: pass --out DIR for the tables (or --no-write)",
+                "nothing was written: delete it, or pass --out DIR (or --no-write)",
                 file=sys.stderr,
             )
             return 2

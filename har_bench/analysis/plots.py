@@ -33,7 +33,7 @@ def is_compare_figure(path: Path) -> bool:
     try:
         with Image.open(path) as im:
             text = getattr(im, "text", {})
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return False
     return all(text.get(k) == v for k, v in FIGURE_METADATA.items())
 

@@ -50,22 +50,25 @@ def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
     return float(-log_p[np.arange(len(y)), np.asarray(y, dtype=np.int64)].mean())
 
 
-def all_right_with_a_margin(logits: np.ndarray, y: np.ndarray) -> bool:
-    """Whether every window's true class has the strictly highest logit."""
+def none_wrong(logits: np.ndarray, y: np.ndarray) -> bool:
+    """Whether no window's true class is beaten by another class's logit (ties count as not
+    wrong: their NLL too only falls as T shrinks)."""
     z = np.asarray(logits, dtype=np.float64)
     rows = np.arange(len(y))
     true = z[rows, np.asarray(y, dtype=np.int64)]
     rivals = z.copy()
     rivals[rows, np.asarray(y, dtype=np.int64)] = -np.inf
-    return bool((true > rivals.max(axis=1)).all())
+    return bool((true >= rivals.max(axis=1)).all())
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the NLL of ``y`` (1.0 for no windows). One bounded scalar
-    search (scipy's Brent), deterministic and without a learning rate to tune."""
+    """The temperature minimising the NLL of ``y``. One bounded scalar search (scipy's Brent),
+    deterministic and without a learning rate to tune. 1.0 (the logits left alone) for no
+    windows, for windows none of which is wrong, and when a window's true class cannot be
+    predicted at all (a class the model never saw: its NLL is infinite at every T)."""
     from scipy.optimize import minimize_scalar
 
-    if len(y) == 0 or all_right_with_a_margin(logits, y):
+    if len(y) == 0 or none_wrong(logits, y) or not np.isfinite(nll(logits, y)):
         # Then the NLL falls for ever as T shrinks: these windows say nothing about T, and
         # sharpening to the search's edge would make every new window's error near-certain.
         return 1.0

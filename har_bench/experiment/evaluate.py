@@ -123,7 +123,7 @@ def calibrate(
     data: PreparedData,
     score_test: Scorer | None = None,
     *,
-    val_held_out: bool = True,
+    val_held_out: bool,
     held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Calibrated | None:
     """One temperature for the tested model's logits, fitted on windows its weights did not

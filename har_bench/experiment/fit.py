@@ -289,12 +289,17 @@ def record_refit(run_dir: Path, data: PreparedData, info: Mapping[str, Any]) -> 
     rundir.write_json(path, report)
 
 
-def fit_estimator(built: BuiltModel, data: PreparedData, run_dir: Path, refit: bool) -> FitResult:
-    """Fit a model that is not trained by the loop (``model=minirocket``) once, on the training
-    part, or on train + validation with ``trainer.refit`` (it selects nothing on validation)."""
+def estimator_windows(data: PreparedData, refit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The windows and labels a model not trained by the loop is fitted on: the training part,
+    or train + validation with ``trainer.refit``."""
     parts = [data.train, data.val] if refit else [data.train]
-    X = torch.cat([p.X for p in parts]).numpy()
-    y = torch.cat([p.y for p in parts]).numpy()
+    return torch.cat([p.X for p in parts]).numpy(), torch.cat([p.y for p in parts]).numpy()
+
+
+def fit_estimator(built: BuiltModel, data: PreparedData, run_dir: Path, refit: bool) -> FitResult:
+    """Fit a model that is not trained by the loop (``model=minirocket``) once, on
+    :func:`estimator_windows` (it selects nothing on validation)."""
+    X, y = estimator_windows(data, refit)
     t0 = time.perf_counter()
     built.model.fit(X, y)
     seconds = time.perf_counter() - t0

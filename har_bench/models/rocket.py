@@ -28,10 +28,9 @@ from har_bench.core.errors import MissingExtraError, UserError
 ALPHAS = np.logspace(-3, 5, 13)
 # Below MiniRocket's ~10,000 features, where scikit-learn's leave-one-out stays quick.
 ALPHA_SEARCH_WINDOWS = 8_000
-# Up to this many training windows the ridge also keeps its leave-one-out decision scores (an
-# n x n eigendecomposition, well under a second): what its temperature is fitted on when no
-# window is held out. Above it the ridge does not fit its windows perfectly and its scores on
-# them serve.
+# The leave-one-out scores a temperature is fitted on (when no window is held out) come from at
+# most this many training windows (an n x n eigendecomposition of seconds): up to it, exactly the
+# tested ridge's; above it, a ridge of the same penalty on a seeded subset of that many.
 LOO_WINDOWS = 2_000
 # MiniRocket's kernels are 9 samples long; aeon refuses shorter series and advises zero padding.
 MIN_LENGTH = 9
@@ -46,8 +45,8 @@ def pad_to_min_length(X: np.ndarray) -> np.ndarray:
 
 def leave_one_out_scores(X: np.ndarray, Y: np.ndarray, alpha: float) -> np.ndarray:
     """Each window's ridge scores (targets ``Y`` [N, K], intercept unpenalised) from the ridge
-    fitted on all the other windows. Written out because scikit-learn keeps only the
-    leave-one-out errors, squared: ``Y - (Y - fitted) / (1 - h)`` with ``h`` the hat matrix's
+    fitted on all the other windows. Written out because RidgeClassifierCV keeps only the
+    leave-one-out errors, squared, unless its penalty is chosen by another score: ``Y - (Y - fitted) / (1 - h)`` with ``h`` the hat matrix's
     diagonal, from one eigendecomposition of the centred Gram matrix."""
     Xc = np.asarray(X, np.float64)
     Xc = Xc - Xc.mean(axis=0)
@@ -84,13 +83,15 @@ class SubsampledRidgeClassifierCV(ClassifierMixin, BaseEstimator):
         self.ridge_ = cv if len(search) == len(y) else RidgeClassifier(alpha=self.alpha_).fit(X, y)
         self.classes_ = self.ridge_.classes_
         self.coef_, self.intercept_ = self.ridge_.coef_, self.ridge_.intercept_
-        self.loo_scores_ = None
-        if len(y) <= LOO_WINDOWS:
-            # The ridge's own ±1 targets; one column for two classes, as its decision_function.
-            Y = LabelBinarizer(pos_label=1, neg_label=-1).fit(self.classes_).transform(y)
-            scores = leave_one_out_scores(X, Y, self.alpha_)
-            self.loo_scores_ = scores[:, 0] if scores.shape[1] == 1 else scores
         return self
+
+    def leave_one_out_decision(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Scores of the windows ``X`` (labels ``y``), each from this penalty's ridge fitted on
+        the other windows given: the shape of :meth:`decision_function`'s."""
+        # The ridge's own ±1 targets; one column for two classes, as its decision_function.
+        Y = LabelBinarizer(pos_label=1, neg_label=-1).fit(self.classes_).transform(y)
+        scores = leave_one_out_scores(X, Y, self.alpha_)
+        return scores[:, 0] if scores.shape[1] == 1 else scores
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         return self.ridge_.decision_function(X)
@@ -144,6 +145,7 @@ class MiniRocket:
                 "integer >= 2, or null to search the penalty on every training window"
             )
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.random_state = random_state
         self.classifier = MiniRocketClassifier(
             n_kernels=n_kernels,
             max_dilations_per_kernel=max_dilations_per_kernel,
@@ -158,7 +160,6 @@ class MiniRocket:
                 f"model=minirocket takes windows [N, {self.in_channels}, T], got {X.shape}"
             )
         self.classifier.fit(pad_to_min_length(X), y)
-        self.y_fit_ = np.asarray(y)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -168,14 +169,18 @@ class MiniRocket:
             self.classifier.pipeline_.decision_function(pad_to_min_length(X))
         )
 
-    def held_out_scores(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The training windows' scores, each from the ridge fitted without it, and their
-        labels (for the temperature when no window is held out); None above
-        :data:`LOO_WINDOWS` training windows."""
+    def held_out_scores(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the temperature when no window is held out: the windows ``X`` it was fitted on
+        (labels ``y``), each scored by the ridge fitted without it, and their labels. Above
+        :data:`LOO_WINDOWS` windows, a seeded subset of that many, scored by leave-one-out
+        among themselves. Not part of fitting: a run does not count it as training time."""
+        keep = np.arange(len(y))
+        if len(y) > LOO_WINDOWS:
+            rng = np.random.default_rng(self.random_state)
+            keep = np.sort(rng.choice(len(y), LOO_WINDOWS, replace=False))
+        features = self.classifier.pipeline_[:-1].transform(pad_to_min_length(X[keep]))
         ridge = self.classifier.pipeline_[-1]
-        if getattr(ridge, "loo_scores_", None) is None:
-            return None
-        return self._class_columns(ridge.loo_scores_), self.y_fit_
+        return self._class_columns(ridge.leave_one_out_decision(features, y[keep])), y[keep]
 
     def _class_columns(self, scores: np.ndarray) -> np.ndarray:
         if scores.ndim == 1:
