@@ -18,9 +18,14 @@ FIGURE_METADATA = {"Software": "har-bench compare"}
 FLOPS_FIGURE = "accuracy_vs_flops.png"
 
 
+def key_figure(key: str) -> str:
+    """The figure of every metric against the swept ``key``."""
+    return f"comparison_vs_{_safe(key)}.png"
+
+
 def figure_names(comp: Comparison, groups: Sequence[Group]) -> list[str]:
     """The files :func:`plot` writes for these groups, in its order."""
-    names = [f"comparison_vs_{_safe(key)}.png" for key in comp.keys]
+    names = [key_figure(key) for key in comp.keys]
     if any(g.stats("accuracy")[2] and g.stats("flops")[2] for g in groups):
         names.append(FLOPS_FIGURE)
     return names
@@ -100,7 +105,7 @@ def plot(
             axes[0][0].legend(fontsize=7)
         fig.suptitle(f"mean ± std over {', '.join(comp.replicates) or 'runs'} vs {key}")
         fig.tight_layout()
-        path = out_dir / f"comparison_vs_{_safe(key)}.png"
+        path = out_dir / key_figure(key)
         save_figure(fig, path, FIGURE_METADATA)
         written.append(path)
 

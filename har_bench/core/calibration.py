@@ -53,11 +53,10 @@ def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
 def none_wrong(logits: np.ndarray, y: np.ndarray) -> bool:
     """Whether no window's true class is beaten by another class's logit (ties count as not
     wrong: their NLL too only falls as T shrinks)."""
-    z = np.asarray(logits, dtype=np.float64)
-    rows = np.arange(len(y))
-    true = z[rows, np.asarray(y, dtype=np.int64)]
-    rivals = z.copy()
-    rivals[rows, np.asarray(y, dtype=np.int64)] = -np.inf
+    rivals = np.array(logits, dtype=np.float64)
+    picked = (np.arange(len(y)), np.asarray(y, dtype=np.int64))
+    true = rivals[picked]
+    rivals[picked] = -np.inf
     return bool((true >= rivals.max(axis=1)).all())
 
 
@@ -69,8 +68,9 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     if len(y) == 0 or none_wrong(logits, y) or not np.isfinite(nll(logits, y)):
-        # Then the NLL falls for ever as T shrinks: these windows say nothing about T, and
-        # sharpening to the search's edge would make every new window's error near-certain.
+        # None wrong: the NLL falls for ever as T shrinks, and sharpening to the search's edge
+        # would make every new window's error near-certain. Infinite: no T changes it. Either
+        # way these windows say nothing about T.
         return 1.0
     res = minimize_scalar(
         lambda log_t: nll(logits, y, float(np.exp(log_t))),

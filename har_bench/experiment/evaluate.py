@@ -124,7 +124,7 @@ def calibrate(
     score_test: Scorer | None = None,
     *,
     val_held_out: bool,
-    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    held_out: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Calibrated | None:
     """One temperature for the tested model's logits, fitted on windows its weights did not
     see where there are any; the test part only measures it (calibration error before/after,
@@ -132,9 +132,9 @@ def calibrate(
 
     In order: the validation part when ``evaluation.val`` was scored by a model not trained on
     it (``val_held_out``; after a refit that is the first phase's model, the same recipe on
-    fewer windows, whose temperature the refitted model is tested with); else ``held_out``,
-    scores of the fitted windows each from a fit without it (MiniRocket's leave-one-out
-    ridge); else the windows the tested model was trained on, which are more often right and
+    fewer windows, whose temperature the refitted model is tested with); else what
+    ``held_out()`` returns, scores of the fitted windows each from a fit without it, and their
+    labels (MiniRocket's leave-one-out ridge; asked only here); else the windows the tested model was trained on, which are more often right and
     more confidently so than new ones, so the temperature corrects over-confidence less than
     held-out windows would (out-of-fold logits of a network would need a model per fold)."""
     test = evaluation.test
@@ -154,7 +154,8 @@ def calibrate(
     else:
         refitted = score_test is not None
         if held_out is not None:
-            fit = {"logits": held_out[0], "y_true": held_out[1]}
+            scores, labels = held_out()
+            fit = {"logits": scores, "y_true": labels}
             fitted_on = "train+val (leave-one-out)" if refitted else "train (leave-one-out)"
             rule = (
                 "the windows the tested model was fitted on, each scored by the model fitted "

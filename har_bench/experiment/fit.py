@@ -296,6 +296,15 @@ def estimator_windows(data: PreparedData, refit: bool) -> tuple[np.ndarray, np.n
     return torch.cat([p.X for p in parts]).numpy(), torch.cat([p.y for p in parts]).numpy()
 
 
+def estimator_held_out_scores(
+    model: Any, data: PreparedData, refit: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The windows a fitted estimator was fitted on, each scored without it, and their labels
+    (``model.held_out_scores``, MiniRocket's leave-one-out ridge): asked after the timed fit,
+    so not training time."""
+    return model.held_out_scores(*estimator_windows(data, refit))
+
+
 def fit_estimator(built: BuiltModel, data: PreparedData, run_dir: Path, refit: bool) -> FitResult:
     """Fit a model that is not trained by the loop (``model=minirocket``) once, on
     :func:`estimator_windows` (it selects nothing on validation)."""

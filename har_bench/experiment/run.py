@@ -12,6 +12,7 @@ import os
 import socket
 import traceback
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from har_bench.experiment.evaluate import (
 )
 from har_bench.experiment.fit import (
     apply_step_budget,
-    estimator_windows,
+    estimator_held_out_scores,
     fit,
     fit_estimator,
     load_resume,
@@ -195,10 +196,9 @@ def _run(
                 # Fitted on train + validation: its validation windows are not held out from it,
                 # so its temperature must not be fitted on them as if they were.
                 score_test, val_held_out = score, False
-            # Scored after the timed fit: not training time.
-            no_val = not (val_held_out and len(data.val))
-            if no_val and hasattr(built.model, "held_out_scores"):
-                held_out = built.model.held_out_scores(*estimator_windows(data, training.refit))
+            if hasattr(built.model, "held_out_scores"):
+                held_out = partial(estimator_held_out_scores, built.model, data, training.refit)
+
         evaluation = evaluate(score, data, score_test)
         calibration = calibrate(
             score, evaluation, data, score_test, val_held_out=val_held_out, held_out=held_out

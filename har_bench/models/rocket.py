@@ -45,9 +45,10 @@ def pad_to_min_length(X: np.ndarray) -> np.ndarray:
 
 def leave_one_out_scores(X: np.ndarray, Y: np.ndarray, alpha: float) -> np.ndarray:
     """Each window's ridge scores (targets ``Y`` [N, K], intercept unpenalised) from the ridge
-    fitted on all the other windows. Written out because RidgeClassifierCV keeps only the
-    leave-one-out errors, squared, unless its penalty is chosen by another score: ``Y - (Y - fitted) / (1 - h)`` with ``h`` the hat matrix's
-    diagonal, from one eigendecomposition of the centred Gram matrix."""
+    fitted on all the other windows: ``Y - (Y - fitted) / (1 - h)``, ``h`` the hat matrix's
+    diagonal, from one eigendecomposition of the centred Gram matrix. Written out because
+    RidgeClassifierCV keeps only the squared leave-one-out errors (unless its penalty is chosen
+    by another score)."""
     Xc = np.asarray(X, np.float64)
     Xc = Xc - Xc.mean(axis=0)
     Y = np.asarray(Y, np.float64)
