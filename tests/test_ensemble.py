@@ -23,6 +23,7 @@ from har_bench.analysis.grouping import load_run
 from har_bench.core.calibration import probability_column
 from har_bench.deploy.loaded import FinishedRun, load_calibration
 from har_bench.runs import rundir
+from har_bench.runs.artifacts import TestPredictions
 
 # Every member draws the same synthetic data (dataset.seed defaults to the run's seed).
 TINY = [*SMALL, "dataset.seed=0"]
@@ -316,3 +317,78 @@ def test_a_member_with_a_capped_evaluation_is_refused_with_its_reason(members, t
         "run it again without trainer.limit_eval_batches",
     )
     assert "ran before" not in err and not (tmp_path / "e").exists()
+
+
+# Another family for --by: a small CNN on the same data.
+OTHER = [
+    *(o for o in TINY if not o.startswith("model")),
+    "model=cnn",
+    "model.channels=[8,8,8]",
+    "model.hidden=16",
+]
+
+
+@pytest.fixture(scope="module")
+def others(tmp_path_factory) -> list[Path]:
+    """Three tiny CNN runs on the members' data, seeds 1-3."""
+    base = tmp_path_factory.mktemp("others")
+    return [train(base / f"seed{s}", f"seed={s}", base=OTHER) for s in (1, 2, 3)]
+
+
+def test_by_seed_pairs_the_runs_of_each_seed(members, others, tmp_path, capsys):
+    out = tmp_path / "pairs"
+    code, stdout, err = ensemble("--by", "seed", *members, *others, "-o", out, capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["1", "2", "3"]
+    for seed, network, cnn in zip((1, 2, 3), members, others, strict=True):
+        metrics = json.loads((out / str(seed) / rundir.METRICS).read_text())
+        listed = [r["run_dir"] for r in metrics["ensemble"]["members"]]
+        assert listed == [str(network.resolve()), str(cnn.resolve())]
+        pair = [TestPredictions.read(m) for m in (network, cnn)]
+        y = pair[0].y_true
+        mean = (pair[0].probs + pair[1].probs) / 2
+        assert metrics["test"]["accuracy"] == pytest.approx(float((mean.argmax(1) == y).mean()))
+        assert f"seed={seed}: ensemble of 2 runs" in stdout
+    # The folder is read as three repeats of one ensemble.
+    table = har_bench.compare(out)
+    assert list(table["n"]) == [3]
+
+
+def test_by_fold_pairs_runs_tested_on_different_folds(tmp_path, capsys):
+    """Runs of two folds are tested on different windows: refused as one ensemble, averaged
+    fold by fold with --by split.fold."""
+    fold = [*TINY, "split=group_kfold"]
+    runs = [
+        train(tmp_path / "runs" / f"f{k}s{s}", f"split.fold={k}", f"seed={s}", base=fold)
+        for k in (0, 1)
+        for s in (1, 2)
+    ]
+    code, _, err = ensemble(*runs, "-o", tmp_path / "never", capsys=capsys)
+    assert_one_line_error(code, err, f"member {runs[2]}", "split.fold: 1, but")
+    code, _, err = ensemble("--by", "split.fold", *runs, "-o", tmp_path / "folds", capsys=capsys)
+    assert code == 0, err
+    for k in (0, 1):
+        metrics = json.loads((tmp_path / "folds" / str(k) / rundir.METRICS).read_text())
+        assert [r["run_dir"] for r in metrics["ensemble"]["members"]] == [
+            str(r.resolve()) for r in runs[2 * k : 2 * k + 2]
+        ]
+    assert not (tmp_path / "never").exists()
+
+
+def test_by_refuses_uneven_groups_lone_runs_and_a_missing_key(members, others, tmp_path, capsys):
+    cases = [
+        ([*members, *others[:2]], "seed", ["different numbers of runs", "seed=3: 1"]),
+        (members, "seed", ["every seed has one run", "nothing to average"]),
+        ([*members, *others], "trainer.nope", [f"member {members[0].resolve()} has no trainer"]),
+    ]
+    for runs, key, needles in cases:
+        code, _, err = ensemble("--by", key, *runs, "-o", tmp_path / "never", capsys=capsys)
+        assert_one_line_error(code, err, f"--by {key}: ", *needles)
+    assert not (tmp_path / "never").exists()
+    # An occupied output is refused before any group is written.
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine\n")
+    code, _, err = ensemble("--by", "seed", *members, *others, "-o", taken, capsys=capsys)
+    assert_one_line_error(code, err, "already exists and is not an empty folder")
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]

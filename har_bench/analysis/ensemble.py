@@ -14,6 +14,10 @@ same dataset and split settings, same test part in ``split_report.json`` and the
 and labels in their predictions; anything else is one error line naming the member. A run
 whose evaluation was capped (``trainer.limit_eval_batches``) scored only part of its test set
 and is refused the same way.
+
+With ``--by KEY`` (``seed``, ``split.fold``) the runs are grouped by their value of that config
+key and one ensemble per group is written to ``OUT_DIR/<value>``: a network and MiniRocket
+paired seed by seed, or fold by fold where each fold has its own test windows.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -258,7 +263,11 @@ def check_same_windows(member: Member, first: Member) -> None:
 
 
 def read_members(paths: Sequence[str], recompute: Recompute | None) -> list[Member]:
-    members = [read_member(p) for p in find_members(paths)]
+    return checked([read_member(p) for p in find_members(paths)], recompute)
+
+
+def checked(members: list[Member], recompute: Recompute | None) -> list[Member]:
+    """``members`` with their test predictions, once they are known to share their test windows."""
     first = members[0]
     for member in members[1:]:
         check_same_data(member, first)
@@ -267,6 +276,61 @@ def read_members(paths: Sequence[str], recompute: Recompute | None) -> list[Memb
         if member is not first:
             check_same_windows(member, first)
     return members
+
+
+def config_value(member: Member, key: str) -> Any:
+    """``key``'s value in the member's saved config, interpolations resolved."""
+    settings = rundir.resolved_settings(member.record.config, (key.split(".")[0],))
+    if key not in settings:
+        raise UserError(
+            f"--by {key}: member {member.path} has no {key} in its config (.hydra/config.yaml): "
+            "give a key every member has, e.g. seed or split.fold"
+        )
+    return settings[key]
+
+
+def folder_name(value: Any) -> str:
+    """A value as the name of its ensemble's folder."""
+    return re.sub(r"[^\w.=+-]", "_", str(value)) or "_"
+
+
+def read_groups(
+    paths: Sequence[str], key: str, recompute: Recompute | None
+) -> dict[str, list[Member]]:
+    """The runs named, by their value of ``key``, each group checked as one ensemble's members;
+    keyed by folder name, in the order of the values (numbers by size)."""
+    values: dict[str, Any] = {}
+    groups: dict[str, list[Member]] = {}
+    for run_dir in find_members(paths):
+        member = read_member(run_dir)
+        value = config_value(member, key)
+        name = folder_name(value)
+        if values.setdefault(name, value) != value:
+            raise UserError(
+                f"--by {key}: the values {show(values[name])} and {show(value)} would share the "
+                f"folder {name}: group by a key with plainer values"
+            )
+        groups.setdefault(name, []).append(member)
+    sizes = {name: len(members) for name, members in groups.items()}
+    counts = ", ".join(f"{key}={show(values[n])}: {c}" for n, c in sizes.items())
+    if len(set(sizes.values())) > 1:
+        raise UserError(
+            f"--by {key}: the values have different numbers of runs ({counts}): give every "
+            f"{key} the same runs, e.g. one network and one MiniRocket run each"
+        )
+    if min(sizes.values()) < 2:
+        raise UserError(
+            f"--by {key}: every {key} has one run ({counts}), nothing to average: give each "
+            f"{key} two or more runs, e.g. one network and one MiniRocket run each"
+        )
+
+    def order(name: str) -> tuple[int, float, str]:
+        value = values[name]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (0, float(value), name)
+        return (1, 0.0, name)
+
+    return {name: checked(groups[name], recompute) for name in sorted(groups, key=order)}
 
 
 # -- the ensemble's run directory --------------------------------------------------------------
@@ -479,24 +543,20 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"the ensemble's run directory, new or empty (default: {DEFAULT_ROOT}/<date>/<time>)",
     )
+    p.add_argument(
+        "--by",
+        metavar="KEY",
+        help=(
+            "one ensemble per value of the config key KEY (seed, split.fold): the runs sharing "
+            "a value are averaged into OUT_DIR/<value>; every value needs the same number of "
+            "runs, two or more (a network and MiniRocket per seed, or per fold)"
+        ),
+    )
     return p
 
 
-def main(argv: Sequence[str], recompute: Recompute | None = None) -> int:
-    """``recompute``: a member's test predictions from its tested model, for runs that saved
-    none (the command passes :func:`har_bench.deploy.loaded.recompute_test_predictions`)."""
-    args = parser().parse_args(list(argv))
-    try:
-        members = read_members(args.run_dirs, recompute)
-        if len(members) == 1:
-            print(
-                f"note: one member ({members[0].path}): the ensemble's figures are its own",
-                file=sys.stderr,
-            )
-        out = args.out if args.out is not None else default_output()
-        metrics = write(members, out)
-    except Exception as e:
-        return report_error(e)
+def report(metrics: Mapping[str, Any], size: int, prefix: str = "") -> None:
+    """One ensemble's line on stdout: its test accuracy beside its members'."""
     test = metrics["test"]
     accs = ", ".join(
         f"{100 * r['test_accuracy']:.2f}"
@@ -504,8 +564,43 @@ def main(argv: Sequence[str], recompute: Recompute | None = None) -> int:
         if r["test_accuracy"] is not None
     )
     print(
-        f"ensemble of {len(members)} runs: test accuracy {100 * test['accuracy']:.2f}% "
+        f"{prefix}ensemble of {size} runs: test accuracy {100 * test['accuracy']:.2f}% "
         f"(members: {accs}), macro-F1 {100 * test['macro_f1']:.2f}%"
     )
+
+
+def write_groups(groups: Mapping[str, Sequence[Member]], key: str, out: Path) -> None:
+    """One ensemble per group in ``out/<value>``; ``out`` new or empty, checked before any is
+    written, each appearing complete or not at all."""
+    out = out.expanduser().absolute()
+    check_output(out, [m for members in groups.values() for m in members])
+    for name, members in groups.items():
+        metrics = write(members, out / name)
+        report(metrics, len(members), prefix=f"{key}={name}: ")
+    print(
+        f"run directories: {out}/<{key}>, {len(groups)} of them; mean ± std over them: "
+        f"har-bench compare {out}"
+    )
+
+
+def main(argv: Sequence[str], recompute: Recompute | None = None) -> int:
+    """``recompute``: a member's test predictions from its tested model, for runs that saved
+    none (the command passes :func:`har_bench.deploy.loaded.recompute_test_predictions`)."""
+    args = parser().parse_args(list(argv))
+    out = args.out if args.out is not None else default_output()
+    try:
+        if args.by is not None:
+            write_groups(read_groups(args.run_dirs, args.by, recompute), args.by, out)
+            return 0
+        members = read_members(args.run_dirs, recompute)
+        if len(members) == 1:
+            print(
+                f"note: one member ({members[0].path}): the ensemble's figures are its own",
+                file=sys.stderr,
+            )
+        metrics = write(members, out)
+    except Exception as e:
+        return report_error(e)
+    report(metrics, len(members))
     print(f"run directory: {metrics['run_dir']}")
     return 0
