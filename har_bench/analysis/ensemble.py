@@ -541,7 +541,10 @@ def parser() -> argparse.ArgumentParser:
         "-o",
         "--out",
         type=Path,
-        help=f"the ensemble's run directory, new or empty (default: {DEFAULT_ROOT}/<date>/<time>)",
+        help=(
+            "the ensemble's run directory (with --by, the folder of the ensembles), new or empty "
+            f"(default: {DEFAULT_ROOT}/<date>/<time>)"
+        ),
     )
     p.add_argument(
         "--by",
