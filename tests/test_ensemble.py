@@ -367,6 +367,7 @@ def test_by_fold_pairs_runs_tested_on_different_folds(tmp_path, capsys):
     assert_one_line_error(code, err, f"member {runs[2]}", "split.fold: 1, but")
     code, _, err = ensemble("--by", "split.fold", *runs, "-o", tmp_path / "folds", capsys=capsys)
     assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["0", "1"]
     for k in (0, 1):
         metrics = json.loads((tmp_path / "folds" / str(k) / rundir.METRICS).read_text())
         assert [r["run_dir"] for r in metrics["ensemble"]["members"]] == [
@@ -380,6 +381,7 @@ def test_by_refuses_uneven_groups_lone_runs_and_a_missing_key(members, others, t
         ([*members, *others[:2]], "seed", ["different numbers of runs", "seed=3: 1"]),
         (members, "seed", ["every seed has one run", "nothing to average"]),
         ([*members, *others], "trainer.nope", [f"member {members[0].resolve()} has no trainer"]),
+        ([*members, *others], "split", ["split is a group of settings, not one value"]),
     ]
     for runs, key, needles in cases:
         code, _, err = ensemble("--by", key, *runs, "-o", tmp_path / "never", capsys=capsys)

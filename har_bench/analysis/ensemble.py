@@ -280,18 +280,27 @@ def checked(members: list[Member], recompute: Recompute | None) -> list[Member]:
 
 def config_value(member: Member, key: str) -> Any:
     """``key``'s value in the member's saved config, interpolations resolved."""
+    if not key.strip():
+        raise UserError("--by '': expected a config key, e.g. seed or split.fold")
     settings = rundir.resolved_settings(member.record.config, (key.split(".")[0],))
+    if key not in settings and any(k.startswith(key + ".") for k in settings):
+        raise UserError(
+            f"--by {key}: {key} is a group of settings, not one value: give one key, e.g. "
+            "seed or split.fold"
+        )
     if key not in settings:
         raise UserError(
-            f"--by {key}: member {member.path} has no {key} in its config (.hydra/config.yaml): "
-            "give a key every member has, e.g. seed or split.fold"
+            f"--by {key}: member {member.path} has no {key} in its config "
+            f"({rundir.SAVED_CONFIG}): give a key every member has, e.g. seed or split.fold"
         )
     return settings[key]
 
 
 def folder_name(value: Any) -> str:
-    """A value as the name of its ensemble's folder."""
-    return re.sub(r"[^\w.=+-]", "_", str(value)) or "_"
+    """A value as the name of its ensemble's folder: path separators and the like become _, and
+    so do the dots of "." and "..", which would name OUT_DIR or its parent."""
+    name = re.sub(r"[^\w.=+-]", "_", str(value))
+    return name.replace(".", "_") if not name.strip(".") else name
 
 
 def read_groups(
@@ -307,7 +316,7 @@ def read_groups(
         name = folder_name(value)
         if values.setdefault(name, value) != value:
             raise UserError(
-                f"--by {key}: the values {show(values[name])} and {show(value)} would share the "
+                f"--by {key}: the values {values[name]!r} and {value!r} would share the "
                 f"folder {name}: group by a key with plainer values"
             )
         groups.setdefault(name, []).append(member)
@@ -558,7 +567,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def report(metrics: Mapping[str, Any], size: int, prefix: str = "") -> None:
+def print_result(metrics: Mapping[str, Any], size: int, prefix: str = "") -> None:
     """One ensemble's line on stdout: its test accuracy beside its members'."""
     test = metrics["test"]
     accs = ", ".join(
@@ -579,7 +588,7 @@ def write_groups(groups: Mapping[str, Sequence[Member]], key: str, out: Path) ->
     check_output(out, [m for members in groups.values() for m in members])
     for name, members in groups.items():
         metrics = write(members, out / name)
-        report(metrics, len(members), prefix=f"{key}={name}: ")
+        print_result(metrics, len(members), prefix=f"{key}={name}: ")
     print(
         f"run directories: {out}/<{key}>, {len(groups)} of them; mean ± std over them: "
         f"har-bench compare {out}"
@@ -604,6 +613,6 @@ def main(argv: Sequence[str], recompute: Recompute | None = None) -> int:
         metrics = write(members, out)
     except Exception as e:
         return report_error(e)
-    report(metrics, len(members))
+    print_result(metrics, len(members))
     print(f"run directory: {metrics['run_dir']}")
     return 0
