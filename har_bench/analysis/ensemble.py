@@ -42,7 +42,7 @@ import numpy as np
 from har_bench.analysis.grouping import IGNORED, find_run_dirs, load_run
 from har_bench.config import flatten, key_in, report_error
 from har_bench.core.calibration import expected_calibration_error, nll, reject_curve
-from har_bench.core.errors import MissingInputError, UserError
+from har_bench.core.errors import MissingInputError, UserError, is_number
 from har_bench.core.metrics import classification_metrics, confusion_counts
 from har_bench.runs import artifacts, rundir
 from har_bench.runs.artifacts import TestPredictions
@@ -335,9 +335,7 @@ def read_groups(
 
     def order(name: str) -> tuple[int, float, str]:
         value = values[name]
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return (0, float(value), name)
-        return (1, 0.0, name)
+        return (0, float(value), name) if is_number(value) else (1, 0.0, name)
 
     return {name: checked(groups[name], recompute) for name in sorted(groups, key=order)}
 
@@ -382,7 +380,7 @@ def ensemble_choices(members: Sequence[Member]) -> dict[str, str]:
 
 def summed(values: Sequence[Any]) -> float | None:
     """The sum when every member has a number, else None."""
-    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    numbers = [v for v in values if is_number(v)]
     return float(sum(numbers)) if len(numbers) == len(values) else None
 
 

@@ -134,9 +134,10 @@ def calibrate(
     it (``val_held_out``; after a refit that is the first phase's model, the same recipe on
     fewer windows, whose temperature the refitted model is tested with); else what
     ``held_out()`` returns, scores of the fitted windows each from a fit without it, and their
-    labels (MiniRocket's leave-one-out ridge; asked only here); else the windows the tested model was trained on, which are more often right and
-    more confidently so than new ones, so the temperature corrects over-confidence less than
-    held-out windows would (out-of-fold logits of a network would need a model per fold)."""
+    labels (MiniRocket's leave-one-out ridge; asked only here); else the windows the tested
+    model was trained on, which are more often right and more confidently so than new ones, so
+    the temperature corrects over-confidence less than held-out windows would (out-of-fold
+    logits of a network would need a model per fold)."""
     test = evaluation.test
     if len(test["y_true"]) == 0 or test["logits"].shape[0] != len(test["y_true"]):
         return None
